@@ -1,0 +1,7 @@
+"""medssl: from the imaging a hospital already holds to working models.
+
+Stages (DESIGN.md): ingest -> pretrain -> export -> finetune -> predict/serve.
+Each stage talks to the next only through files.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Shared keys, type aliases and small value types used across medssl.
+
+Everything here is import-free of the heavy packages so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from typing import TypeAlias
+
+PathLike: TypeAlias = str | os.PathLike[str]
+
+
+class SourceKind(StrEnum):
+    """Where a volume came from (manifest column ``source_kind``)."""
+
+    DICOM_FILES = "dicom_files"
+    DICOM_ZIP = "dicom_zip"
+    DICOMWEB = "dicomweb"
+    NIFTI = "nifti"
+    NRRD = "nrrd"
+
+
+class RejectReason(StrEnum):
+    """Reason codes of the ``rejected`` table: one per way an input can be refused."""
+
+    NOT_AN_IMAGE = "not_an_image"  # not DICOM, NIfTI or NRRD
+    MALFORMED = "malformed"  # unparseable header, strict-mode violation
+    TRUNCATED = "truncated"  # file ends early, pixel data shorter than the header says
+    TOO_LARGE = "too_large"  # header dimensions beyond the memory bound
+    UNSUPPORTED = "unsupported"  # SOP class / transfer syntax / layout we do not convert
+    NO_PIXELS = "no_pixels"  # DICOM without pixel data (SR, presentation states, ...)
+    DECODE = "decode_failed"  # compressed pixel data that does not decode
+    GEOMETRY = "geometry"  # missing or inconsistent position/orientation/spacing
+    MISSING_SLICES = "missing_slices"  # gaps along the slice normal
+    DUPLICATE_SLICES = "duplicate_slices"  # two slices at one position with different pixels
+    UNEVEN_SPACING = "uneven_spacing"  # spacing varies beyond tolerance
+    GANTRY_TILT = "gantry_tilt"  # sheared stack and resampling not allowed
+    BURNED_IN = "burned_in_annotation"  # pixels may carry identifiers
+    BAD_ARCHIVE = "bad_archive"  # unreadable zip, unsafe member names, zip bomb
+    FETCH = "fetch_failed"  # DICOMweb / network failure for one item
+    INTERNAL = "internal_error"  # a bug: recorded, never fatal for the run
+
+
+class IrregularPolicy(StrEnum):
+    """What ingest does with gantry tilt, missing slices and uneven spacing."""
+
+    REJECT = "reject"
+    RESAMPLE = "resample"
