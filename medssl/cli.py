@@ -1,0 +1,108 @@
+"""The ``medssl`` command: a thin door to each stage (DESIGN.md section 3).
+
+Each subcommand parses its options, calls one function of its stage and prints a summary.
+Failures print one line naming the input and the reason, never a traceback, never an
+identifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from medssl.errors import MedsslError
+from medssl.types import IrregularPolicy
+
+DEFAULT_KEY_FILE = "~/.config/medssl/project.key"
+
+
+def _ingest_parser(sub) -> None:
+    p = sub.add_parser("ingest", help="DICOM/NIfTI/NRRD/DICOMweb -> de-identified canonical volumes in a store")
+    p.add_argument("sources", nargs="+", help="folders, zip files, files, or dicomweb+http(s)://host/dicom-web?modality=CT&study_date=A-B")
+    p.add_argument("--out", required=True, type=Path, help="the store folder (created if missing)")
+    p.add_argument("--workers", type=int, default=1, help="processes for reading and converting (default 1)")
+    p.add_argument("--key-file", default=os.environ.get("MEDSSL_KEY_FILE", DEFAULT_KEY_FILE), help="project pseudonymisation key (created 0600 on first use; keep it outside the store)")
+    p.add_argument("--irregular", choices=[p.value for p in IrregularPolicy], default=IrregularPolicy.REJECT.value, help="gantry tilt, missing or uneven slices: reject (default) or resample")
+    p.add_argument("--allow-burned-in", action="store_true", help="ingest images that may carry burned-in text (after a human review)")
+    p.add_argument("--date-shift", action="store_true", help="shift dates per patient instead of removing them")
+    p.add_argument("--keep-private", action="append", default=[], metavar="CREATOR:ELEMENT", help="keep a private element, e.g. 'SIEMENS CSA HEADER:0x10' (repeatable)")
+    p.add_argument("--max-gb", type=float, default=4.0, help="refuse any single file or volume larger than this (GiB)")
+    p.add_argument("--locate", metavar="REF", help="print the source files whose reference starts with REF (key holders only), then exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from medssl.deid import DeidOptions, load_or_create_key
+    from medssl.store.ingest import IngestOptions, ingest, locate
+    from medssl.store.report import print_summary
+
+    key = load_or_create_key(Path(args.key_file).expanduser())
+    if args.locate:
+        for path in locate(args.locate, args.sources, key):
+            print(path)
+        return 0
+    keep = frozenset(_parse_private(v) for v in args.keep_private)
+    options = IngestOptions(
+        workers=max(1, args.workers),
+        irregular=IrregularPolicy(args.irregular),
+        allow_burned_in=args.allow_burned_in,
+        deid=DeidOptions(date_shift=args.date_shift, keep_private=keep),
+        max_bytes=int(args.max_gb * (1 << 30)),
+        progress=not args.no_progress,
+    )
+    summary = ingest(args.sources, args.out, key, options)
+    print_summary(summary, args.out)
+    return 0
+
+
+def _parse_private(value: str) -> tuple[str, int]:
+    creator, _, element = value.rpartition(":")
+    try:
+        return creator, int(element, 0)
+    except ValueError:
+        raise MedsslError(f"--keep-private '{value}': expected CREATOR:ELEMENT with ELEMENT like 0x10") from None
+
+
+def _pipeline_parser(sub) -> None:
+    p = sub.add_parser("pipeline", help="run a multi-stage recipe (pipelines/*.yaml)")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from medssl.pipeline import run_pipeline
+
+    return run_pipeline(args.file, build_parser(), main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medssl", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _ingest_parser(sub)
+    _pipeline_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except MedsslError as err:
+        print(f"medssl {args.command}: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"medssl {args.command}: {err.strerror or 'not found'}: {err.filename or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medssl {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

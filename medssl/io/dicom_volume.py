@@ -1,0 +1,191 @@
+"""Second pass: decode the pixels of one stack and build its canonical :class:`Volume`.
+
+Geometry (DICOM PS3.3 C.7.6.2.1.1): the world position (LPS, mm) of the pixel in column
+c and row r of a slice is ``IPP + c * dx * row_cosine + r * dy * column_cosine`` where
+``PixelSpacing = [dy, dx]`` (between rows, between columns). Voxel axes of the assembled
+array are (column, row, slice-along-normal), so the LPS affine has columns
+``[dx * row_cosine, dy * column_cosine, step * normal, IPP_first]``; it is then turned into
+RAS and the voxels into RAS+ order (``volume.to_ras_canonical``).
+
+Irregular stacks, when the policy allows, are resampled onto the geometry a regular
+acquisition would have had: a gantry-tilted stack is un-sheared slice by slice (each
+slice shifted in-plane by its offset from the normal line through the first slice, so
+every voxel keeps its true world position); missing or uneven slices are linearly
+interpolated onto a uniform grid along the normal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from medssl.errors import IngestError
+from medssl.io.dicom_scan import SliceRecord, read_dataset, strict_reading
+from medssl.io.dicom_stack import Stack
+from medssl.io.volume import Volume, compact_dtype, lps_to_ras, to_ras_canonical
+from medssl.types import RejectReason
+
+MAX_VOXELS = 2_000_000_000 // 4  # float32 working copy stays under 2 GB per worker
+
+
+def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
+    """Decode and assemble ``stack``; ``read_bytes(item)`` gives a file's bytes.
+
+    Returns the volume and the first image's full header (for de-identification and the
+    manifest). The volume has ``corrections`` naming any resampling done.
+    """
+    first = stack.first
+    n_voxels = first.rows * first.cols * max(len(stack.records), first.mosaic_tiles or 1)
+    if n_voxels > MAX_VOXELS:
+        raise IngestError(RejectReason.TOO_LARGE, f"stack of {n_voxels} voxels exceeds the bound of {MAX_VOXELS}")
+    if first.samples_per_pixel != 1:
+        raise IngestError(RejectReason.UNSUPPORTED, f"colour images (SamplesPerPixel={first.samples_per_pixel}) are not converted")
+    slices, header = _decode(stack.records, read_bytes)
+    if stack.kind == "image2d":
+        return _image2d(stack, slices[0]), header
+    if stack.kind == "mosaic":
+        return _mosaic(stack, slices[0], header), header
+    data = np.stack(slices, axis=-1)  # [rows, cols, slices]
+    data = np.ascontiguousarray(data.transpose(1, 0, 2))  # [cols, rows, slices]
+    corrections: list[str] = []
+    row_cos, col_cos = np.array(first.iop[:3]), np.array(first.iop[3:])
+    dy, dx = first.pixel_spacing
+    normal = np.array(stack.normal)
+    if stack.irregularity is not None:
+        if stack.tilt_deg > 0:
+            data = _unshear(data, stack, row_cos, col_cos, dx, dy)
+            corrections.append(f"gantry_tilt_corrected:{stack.tilt_deg:.2f}deg")
+        positions = np.array(stack.positions)
+        steps = np.diff(positions) if len(positions) > 1 else np.array([stack.step])
+        if np.any(np.abs(steps - stack.step) > max(0.02 * stack.step, 0.01)):
+            data = _regrid(data, positions, stack.step)
+            corrections.append(f"resampled_along_normal:{stack.step:.4g}mm")
+    affine = np.eye(4)
+    affine[:3, 0] = row_cos * dx
+    affine[:3, 1] = col_cos * dy
+    affine[:3, 2] = normal * stack.step
+    affine[:3, 3] = first.ipp
+    array, affine = to_ras_canonical(compact_dtype(data), lps_to_ras(affine))
+    return Volume(array, affine, corrections=corrections), header
+
+
+def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[list[np.ndarray], Dataset]:
+    """Pixel values with the rescale applied, one 2D array per record, in record order."""
+    by_item: dict = defaultdict(list)
+    for index, rec in enumerate(records):
+        by_item[rec.item].append((index, rec))
+    out: list[np.ndarray | None] = [None] * len(records)
+    header = None
+    for item, members in by_item.items():
+        ds = read_dataset(read_bytes(item), stop_before_pixels=False)
+        frames = _pixels(ds, members[0][1])
+        header = ds if header is None else header  # the first record's file comes first
+        for index, rec in members:
+            raw = frames[rec.frame] if rec.frame is not None else frames
+            if raw.ndim != 2 or raw.shape != (rec.rows, rec.cols):
+                raise IngestError(RejectReason.MALFORMED, f"decoded image of shape {raw.shape} for a header of {rec.rows}x{rec.cols}")
+            values = _rescale(raw, rec.slope, rec.intercept)
+            if rec.photometric == "MONOCHROME1":  # display-inverted: make high values bright
+                values = values.max() + values.min() - values
+            out[index] = values
+        del ds
+    dtypes = {a.dtype for a in out}
+    if len(dtypes) > 1:
+        common = np.result_type(*dtypes)
+        out = [a.astype(common) for a in out]
+    return out, header
+
+
+def _rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Modality LUT (HU for CT): integers stay exact integers when the rescale allows."""
+    if slope == 1 and intercept == 0:
+        return raw
+    if slope == 1 and float(intercept).is_integer():
+        return raw.astype(np.int32) + int(intercept)
+    return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
+    """Decoded pixel data; native data is length-checked against the header first."""
+    if "PixelData" not in ds:
+        kind = "float " if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else ""
+        raise IngestError(RejectReason.NO_PIXELS if not kind else RejectReason.UNSUPPORTED, f"no {kind}pixel data to convert")
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsyntax is None or not tsyntax.is_compressed:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16))
+        expected = (rec.rows * rec.cols * frames * rec.samples_per_pixel * bits + 7) // 8
+        have = len(ds.PixelData)
+        if have < expected:
+            raise IngestError(RejectReason.TRUNCATED, f"pixel data holds {have} of {expected} bytes the header promises")
+    try:
+        with strict_reading():
+            return ds.pixel_array
+    except IngestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything; texts may quote values
+        code = RejectReason.DECODE if tsyntax is not None and tsyntax.is_compressed else RejectReason.MALFORMED
+        raise IngestError(code, f"pixel data does not decode ({type(exc).__name__})") from None
+
+
+def _unshear(data: np.ndarray, stack: Stack, row_cos, col_cos, dx: float, dy: float) -> np.ndarray:
+    """Shift each slice in-plane so its origin lies on the normal through slice 0."""
+    from scipy import ndimage
+
+    ipp0 = np.array(stack.first.ipp)
+    normal = np.array(stack.normal)
+    fill = float(data.min())
+    out = np.empty(data.shape, dtype=np.float32)
+    for k, rec in enumerate(stack.records):
+        delta = np.array(rec.ipp) - ipp0
+        perp = delta - np.dot(delta, normal) * normal
+        shift = (np.dot(perp, row_cos) / dx, np.dot(perp, col_cos) / dy)  # voxels along (cols, rows)
+        out[:, :, k] = ndimage.shift(data[:, :, k].astype(np.float32), shift, order=1, mode="constant", cval=fill)
+    return out
+
+
+def _regrid(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
+    """Linear interpolation along the slice axis onto ``positions[0] + m * step``."""
+    count = int(round((positions[-1] - positions[0]) / step)) + 1
+    target = positions[0] + step * np.arange(count)
+    upper = np.clip(np.searchsorted(positions, target, side="right"), 1, len(positions) - 1)
+    lower = upper - 1
+    span = positions[upper] - positions[lower]
+    w = np.clip((target - positions[lower]) / np.where(span > 0, span, 1), 0, 1).astype(np.float32)
+    src = data.astype(np.float32, copy=False)
+    return src[:, :, lower] * (1 - w) + src[:, :, upper] * w
+
+
+def _image2d(stack: Stack, pixels: np.ndarray) -> Volume:
+    spacing = stack.first.pixel_spacing or (1.0, 1.0)
+    affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
+    return Volume(compact_dtype(np.ascontiguousarray(pixels.T)), affine)
+
+
+def _mosaic(stack: Stack, pixels: np.ndarray, header: Dataset) -> Volume:
+    """Unpack a Siemens mosaic: tiles row-major in an m x m grid of slices."""
+    rec = stack.first
+    if rec.ipp is None or rec.iop is None or rec.pixel_spacing is None:
+        raise IngestError(RejectReason.GEOMETRY, "mosaic image without position, orientation or spacing")
+    n = rec.mosaic_tiles
+    m = int(np.ceil(np.sqrt(n)))
+    if rec.rows % m or rec.cols % m:
+        raise IngestError(RejectReason.GEOMETRY, f"mosaic of {rec.rows}x{rec.cols} does not tile into {m}x{m}")
+    tr, tc = rec.rows // m, rec.cols // m
+    tiles = [pixels[(k // m) * tr : (k // m + 1) * tr, (k % m) * tc : (k % m + 1) * tc] for k in range(n)]
+    data = np.ascontiguousarray(np.stack(tiles, axis=-1).transpose(1, 0, 2))  # [cols, rows, slices]
+    row_cos, col_cos = np.array(rec.iop[:3]), np.array(rec.iop[3:])
+    dy, dx = rec.pixel_spacing
+    # IPP of a mosaic is that of the whole tiled image's corner; move it to tile 0's corner
+    origin = np.array(rec.ipp) + row_cos * dx * (rec.cols - tc) / 2 + col_cos * dy * (rec.rows - tr) / 2
+    step = float(header.get("SpacingBetweenSlices") or header.get("SliceThickness") or 1.0)
+    affine = np.eye(4)
+    affine[:3, 0] = row_cos * dx
+    affine[:3, 1] = col_cos * dy
+    affine[:3, 2] = np.array(rec.mosaic_normal) * step
+    affine[:3, 3] = origin
+    array, affine = to_ras_canonical(compact_dtype(data), lps_to_ras(affine))
+    return Volume(array, affine)

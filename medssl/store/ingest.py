@@ -1,0 +1,244 @@
+"""``medssl ingest``: sources -> validated, de-identified, canonical volumes in a store.
+
+Two passes over each batch of files. Pass 1 (parallel) reads headers and sniffs formats;
+the main process then groups DICOM images into stacks and decides which units are new.
+Pass 2 (parallel, a bounded number in flight so memory stays bounded) converts each unit
+and writes its files atomically; the main process records each outcome in the manifest
+as it arrives. A unit already in the manifest with its file present is skipped, so a
+rerun writes nothing and an interrupted run resumes where it stopped.
+
+Local sources form one batch (a series may be spread over folders and archives); each
+remote DICOMweb series is fetched into a private temporary folder and is its own batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medssl.deid import DeidOptions, Pseudonymizer
+from medssl.errors import ConfigError, IngestError
+from medssl.io.dicom_stack import build_stacks
+from medssl.io.nifti import MAX_VOLUME_BYTES
+from medssl.io.sources import BadItem, FileFormat, SourceItem, iter_source_items
+from medssl.store import ingest_work as work
+from medssl.store.atomic import remove_stale_temporaries
+from medssl.store.manifest import Manifest
+from medssl.progress import Progress
+from medssl.types import IrregularPolicy, SourceKind
+
+log = logging.getLogger("medssl.ingest")
+KEY_CHECK = "medssl-key-check"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    workers: int = 1
+    irregular: IrregularPolicy = IrregularPolicy.REJECT
+    allow_burned_in: bool = False
+    deid: DeidOptions = field(default_factory=DeidOptions)
+    max_bytes: int = MAX_VOLUME_BYTES
+    progress: bool = True
+
+
+@dataclass
+class IngestSummary:
+    written: int = 0
+    skipped: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    files: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: IngestSummary) -> None:
+        self.written += other.written
+        self.skipped += other.skipped
+        self.rejected.update(other.rejected)
+        self.files += other.files
+        self.bytes_written += other.bytes_written
+
+
+def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: IngestOptions = IngestOptions()) -> IngestSummary:
+    """Ingest every source into ``store``; never raises for bad input, only for bad setup."""
+    start = time.perf_counter()
+    store = Path(store)
+    for sub, mode in (("", 0o755), ("volumes", 0o755), ("quarantine", 0o700)):
+        (store / sub).mkdir(mode=mode, parents=True, exist_ok=True)
+        remove_stale_temporaries(store / sub)
+    pseudo = Pseudonymizer(key)
+    ctx = work.WorkContext(str(store), key, options.deid, options.irregular, options.allow_burned_in, options.max_bytes)
+    work.init_worker(ctx)  # the main process also quarantines and names things
+    summary = IngestSummary()
+    sources = [str(s) for s in sources]
+    local = [s for s in sources if not s.startswith("dicomweb+")]
+    for index, source in enumerate(local):
+        if not Path(source).exists():  # the path is not echoed: folder names may name patients
+            raise ConfigError(f"local source {index + 1} of {len(local)} does not exist")
+    remote = [s for s in sources if s.startswith("dicomweb+")]
+    with Manifest(store / "manifest.sqlite") as manifest, Progress(enabled=options.progress) as progress:
+        _check_key(manifest, pseudo)
+        with _executor(options.workers, ctx) as pool:
+            if local:
+                items = []
+                for source in local:
+                    for entry in iter_source_items(source):
+                        if isinstance(entry, BadItem):
+                            _record(manifest, work.reject_file(entry.item, entry.error), summary)
+                        else:
+                            items.append(entry)
+                summary.add(_batch(items, lambda item: SourceKind.DICOM_ZIP if item.in_zip else SourceKind.DICOM_FILES, manifest, pool, pseudo, options, progress))
+            for source in remote:
+                summary.add(_remote(source, manifest, pool, pseudo, options, progress))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
+    check = pseudo.token(KEY_CHECK, "keycheck")
+    stored = manifest.get_meta("key_check")
+    if stored is None:
+        manifest.set_meta("key_check", check)
+    elif stored != check:
+        raise ConfigError("this store was written with a different key file: its pseudonyms would not match; use the original key or a new store")
+
+
+def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: Executor, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
+    summary = IngestSummary(files=len(items))
+    records, files = [], []
+    task = progress.task("scanning", total=len(items))
+    for scan in _map(pool, work.scan_item, [(item,) for item in items], options.workers * 4):
+        progress.advance(task)
+        if scan.error is not None:
+            _record(manifest, work.reject_file(scan.item, scan.error), summary)
+        elif scan.fmt == FileFormat.DICOM:
+            records.extend(scan.records)
+        else:
+            files.append(scan)
+    stacks, failed = build_stacks(records)
+    jobs: list[tuple[Callable, tuple]] = []
+    for group, err in failed:
+        jobs.append((work.reject_records, (group, err, pseudo.token(repr(sorted(r.sop_uid for r in group)), "volume"))))
+    for stack in stacks:
+        vid = pseudo.token(stack.identity(), "volume")
+        if not _done(manifest, vid, summary):
+            jobs.append((work.convert_stack, (stack, vid, kind_of(stack.first.item))))
+    for scan in files:
+        vid = pseudo.token(f"file:{scan.sha256}", "volume")
+        if not _done(manifest, vid, summary):
+            jobs.append((work.convert_file, (scan.item, scan.fmt, vid)))
+    task = progress.task("converting", total=len(jobs))
+    for outcome in _run(pool, jobs, max(2, options.workers * 2)):
+        progress.advance(task)
+        _record(manifest, outcome, summary)
+    return summary
+
+
+def _remote(source: str, manifest: Manifest, pool: Executor, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
+    from medssl.io import dicomweb  # only remote ingests need the HTTP client
+
+    query = dicomweb.parse_dicomweb_source(source)
+    summary = IngestSummary()
+    series_list = dicomweb.list_series(query)
+    for index, series in enumerate(series_list):
+        ref = pseudo.token(f"{series.study_uid}/{series.series_uid}", "remote-series")
+        if manifest.source_done(ref):
+            continue
+        staging = Path(tempfile.mkdtemp(prefix="medssl-fetch-"))  # private (0700), outside the store
+        try:
+            try:
+                paths = dicomweb.fetch_series(query, series, staging, ref=f"{index + 1} of {len(series_list)}")
+            except IngestError as err:
+                _record(manifest, work.Outcome("rejected", ref, "remote-series", code=str(err.code), message=err.message), summary)
+                continue
+            items = [SourceItem(str(p)) for p in paths]
+            summary.add(_batch(items, lambda _item: SourceKind.DICOMWEB, manifest, pool, pseudo, options, progress))
+            manifest.mark_source_done(ref)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _done(manifest: Manifest, volume_id: str, summary: IngestSummary) -> bool:
+    row = manifest.volume(volume_id)
+    if row is not None and (Path(manifest.path).parent / row["path"]).is_file():
+        summary.skipped += 1
+        return True
+    return False
+
+
+def _record(manifest: Manifest, outcome: work.Outcome, summary: IngestSummary) -> None:
+    if outcome.kind == "volume":
+        manifest.add_volume(outcome.row)
+        manifest.clear_rejected(outcome.source_ref, outcome.unit)
+        summary.written += 1
+        summary.bytes_written += int(outcome.row.get("nbytes") or 0)
+    else:
+        if manifest.add_rejected(outcome.source_ref, outcome.unit, outcome.code, outcome.message, outcome.quarantine_path):
+            log.warning("rejected %s [%s] %s", outcome.source_ref[:12], outcome.code, outcome.message)
+        summary.rejected[outcome.code] += 1
+
+
+# execution ---------------------------------------------------------------------------------
+
+
+class _InlineExecutor(Executor):
+    """Runs each call at submit time, in this process (``--workers 1``)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001
+            future.set_exception(exc)
+        return future
+
+
+def _executor(workers: int, ctx: work.WorkContext) -> Executor:
+    if workers <= 1:
+        return _InlineExecutor()
+    # spawn: workers start clean (no inherited locks from progress threads)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=work.init_worker, initargs=(ctx,))
+
+
+def _map(pool: Executor, fn: Callable, args: list[tuple], in_flight: int):
+    """``fn(*a)`` for each ``a``, in order, with at most ``in_flight`` pending."""
+    pending: list[Future] = []
+    for a in args:
+        pending.append(pool.submit(fn, *a))
+        if len(pending) >= in_flight:
+            yield pending.pop(0).result()
+    for future in pending:
+        yield future.result()
+
+
+def _run(pool: Executor, jobs: list[tuple[Callable, tuple]], in_flight: int):
+    """Outcomes in completion order, at most ``in_flight`` units decoded at once."""
+    queue = list(reversed(jobs))
+    pending: set[Future] = set()
+    while queue or pending:
+        while queue and len(pending) < in_flight:
+            fn, args = queue.pop()
+            pending.add(pool.submit(fn, *args))
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield future.result()
+
+
+def locate(ref: str, sources: Iterable[str], key: bytes) -> list[str]:
+    """Local files whose opaque source reference starts with ``ref`` (for the key holder only)."""
+    pseudo = Pseudonymizer(key)
+    found = []
+    for source in sources:
+        for entry in iter_source_items(source):
+            item = entry if isinstance(entry, SourceItem) else None
+            if item is not None and work.source_ref(pseudo, item).startswith(ref):
+                found.append(item.path + (f" :: {item.member}" if item.member else ""))
+    return found

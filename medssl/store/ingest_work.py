@@ -1,0 +1,233 @@
+"""The work of ingest that runs in worker processes: scan a file, convert a unit.
+
+Each function takes picklable inputs, touches only its own final paths (atomically) and
+returns an :class:`Outcome` that the main process records in the manifest. Every failure
+is an :class:`IngestError` turned into a ``rejected`` outcome; nothing escapes to crash the
+run, and no message carries an identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from medssl.deid import PROFILE_EDITION, DeidOptions, Pseudonymizer, burned_in_risk, deidentify
+from medssl.errors import IngestError
+from medssl.io.dicom_scan import SliceRecord, read_dataset, scan_file
+from medssl.io.dicom_stack import Stack
+from medssl.io.dicom_volume import read_stack
+from medssl.io.nifti import read_nifti, read_nrrd
+from medssl.io.sources import FileFormat, SourceItem, sniff_format
+from medssl.io.volume import Volume, nifti_gz_bytes
+from medssl.store.atomic import atomic_write_bytes
+from medssl.store.quarantine import quarantine
+from medssl.types import IrregularPolicy, RejectReason, SourceKind
+
+
+@dataclass(frozen=True)
+class WorkContext:
+    """Everything a worker needs, sent once per process."""
+
+    store: str
+    key: bytes = field(repr=False)
+    deid: DeidOptions
+    irregular: IrregularPolicy
+    allow_burned_in: bool
+    max_bytes: int
+
+
+@dataclass
+class Outcome:
+    kind: str  # "volume" | "rejected" | "skipped"
+    source_ref: str
+    unit: str
+    row: dict | None = None
+    code: str = ""
+    message: str = ""
+    quarantine_path: str | None = None
+
+
+@dataclass
+class Scan:
+    item: SourceItem
+    fmt: FileFormat
+    records: list[SliceRecord] = field(default_factory=list)
+    sha256: str = ""
+    error: IngestError | None = None
+
+
+_CTX: WorkContext | None = None
+_PSEUDO: Pseudonymizer | None = None
+
+
+def init_worker(ctx: WorkContext) -> None:
+    global _CTX, _PSEUDO
+    _CTX, _PSEUDO = ctx, Pseudonymizer(ctx.key)
+
+
+def source_ref(pseudo: Pseudonymizer, item: SourceItem) -> str:
+    """Opaque, stable reference of a source file (its location, keyed)."""
+    return pseudo.token(f"{item.path}\0{item.member or ''}", "source")
+
+
+def scan_item(item: SourceItem) -> Scan:
+    try:
+        data = item.read_bytes(_CTX.max_bytes)
+        fmt = sniff_format(data[:352], item.suffix())
+        if fmt == FileFormat.DICOM:
+            return Scan(item, fmt, records=scan_file(item, data))
+        if fmt in (FileFormat.NIFTI, FileFormat.NRRD):
+            return Scan(item, fmt, sha256=hashlib.sha256(data).hexdigest())
+        raise IngestError(RejectReason.NOT_AN_IMAGE, "not DICOM, NIfTI or NRRD (content sniffed, name ignored)")
+    except IngestError as err:
+        return Scan(item, FileFormat.UNKNOWN, error=err)
+    except MemoryError:
+        return Scan(item, FileFormat.UNKNOWN, error=IngestError(RejectReason.TOO_LARGE, "file does not fit in memory"))
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the run
+        return Scan(item, FileFormat.UNKNOWN, error=IngestError(RejectReason.INTERNAL, f"unexpected {type(exc).__name__} while scanning"))
+
+
+def reject_file(item: SourceItem, err: IngestError) -> Outcome:
+    ref = source_ref(_PSEUDO, item)
+    qpath = quarantine(Path(_CTX.store), ref, err, items=[], read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
+    return Outcome("rejected", ref, "file", code=str(err.code), message=err.message, quarantine_path=qpath)
+
+
+def convert_stack(stack: Stack, volume_id: str, source_kind: SourceKind) -> Outcome:
+    ref = source_ref(_PSEUDO, stack.first.item)
+    items = sorted({r.item for r in stack.records})
+    try:
+        _check_policy(stack)
+        volume, header = read_stack(stack, _read)
+        deid_header = _deid_header(header)
+        meta = _dicom_meta(deid_header, header, stack)
+        row = _write(volume_id, volume, source_kind, ref, meta, deid_header)
+        return Outcome("volume", ref, volume_id, row=row)
+    except IngestError as err:
+        qpath = quarantine(Path(_CTX.store), volume_id, err, items=items, read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
+        return Outcome("rejected", ref, volume_id, code=str(err.code), message=err.message, quarantine_path=qpath)
+    except MemoryError:
+        return Outcome("rejected", ref, volume_id, code=RejectReason.TOO_LARGE, message="stack does not fit in memory")
+    except Exception as exc:  # noqa: BLE001
+        return Outcome("rejected", ref, volume_id, code=RejectReason.INTERNAL, message=f"unexpected {type(exc).__name__} while converting")
+
+
+def convert_file(item: SourceItem, fmt: FileFormat, volume_id: str) -> Outcome:
+    """A NIfTI or NRRD file: one volume, header rebuilt from scratch (nothing carried over)."""
+    ref = source_ref(_PSEUDO, item)
+    try:
+        data = item.read_bytes(_CTX.max_bytes)
+        reader = read_nifti if fmt == FileFormat.NIFTI else read_nrrd
+        volume = reader(data, max_bytes=_CTX.max_bytes)
+        kind = SourceKind.NIFTI if fmt == FileFormat.NIFTI else SourceKind.NRRD
+        deid = {"method": "header rebuilt from array and affine; descrip, aux_file, intent_name and extensions dropped"}
+        row = _write(volume_id, volume, kind, ref, {"deid": deid, "n_images": 1}, None)
+        return Outcome("volume", ref, volume_id, row=row)
+    except IngestError as err:
+        qpath = quarantine(Path(_CTX.store), volume_id, err, items=[], read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
+        return Outcome("rejected", ref, volume_id, code=str(err.code), message=err.message, quarantine_path=qpath)
+    except MemoryError:
+        return Outcome("rejected", ref, volume_id, code=RejectReason.TOO_LARGE, message="volume does not fit in memory")
+    except Exception as exc:  # noqa: BLE001
+        return Outcome("rejected", ref, volume_id, code=RejectReason.INTERNAL, message=f"unexpected {type(exc).__name__} while converting")
+
+
+def _read(item: SourceItem) -> bytes:
+    return item.read_bytes(_CTX.max_bytes)
+
+
+def _check_policy(stack: Stack) -> None:
+    first = stack.first
+    probe = Dataset()
+    probe.Modality = first.modality
+    if first.burned_in:
+        probe.BurnedInAnnotation = first.burned_in
+    if not _CTX.allow_burned_in and burned_in_risk(probe):
+        why = "BurnedInAnnotation is YES" if first.burned_in == "YES" else f"BurnedInAnnotation absent for modality {first.modality}"
+        raise IngestError(RejectReason.BURNED_IN, f"{why}: pixels may carry identifiers (pass --allow-burned-in after review)")
+    if stack.irregularity is not None and _CTX.irregular == IrregularPolicy.REJECT:
+        raise IngestError(stack.irregularity, f"{stack.detail}; pass --irregular resample to resample onto a regular grid")
+
+
+def _deid_header(header: Dataset) -> Dataset:
+    """A de-identified copy of the first image's header, without its pixels."""
+    ds = Dataset()
+    ds.file_meta = header.file_meta.copy() if hasattr(header, "file_meta") else Dataset()
+    for elem in header:
+        if elem.tag.group != 0x7FE0:
+            ds.add(elem)
+    ds = ds.copy()
+    return deidentify(ds, _PSEUDO, _CTX.deid)
+
+
+def _dicom_meta(deid: Dataset, original: Dataset, stack: Stack) -> dict:
+    def num(keyword):
+        try:
+            value = deid.get(keyword)
+            return float(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    first = stack.first
+    return {
+        "modality": first.modality,
+        "body_part": str(deid.get("BodyPartExamined", "") or "") or None,
+        "patient": _PSEUDO.token(first.patient_id, "patient"),
+        "study": _PSEUDO.token(first.study_uid, "study"),
+        "series": _PSEUDO.token(first.series_uid, "series"),
+        "n_images": len(stack.records) if stack.kind == "volume" else first.mosaic_tiles or 1,
+        "slice_thickness": num("SliceThickness") or first.slice_thickness,
+        "kvp": num("KVP"),
+        "field_strength": num("MagneticFieldStrength"),
+        "echo_time": num("EchoTime"),
+        "repetition_time": num("RepetitionTime"),
+        "manufacturer": str(deid.get("Manufacturer", "") or "") or None,
+        "model": str(deid.get("ManufacturerModelName", "") or "") or None,
+        "kernel": "\\".join(str(v) for v in deid.get("ConvolutionKernel") or []) if isinstance(deid.get("ConvolutionKernel"), list) else (str(deid.get("ConvolutionKernel") or "") or None),
+        "contrast": int(bool(original.get("ContrastBolusAgent"))),
+        "deid": {"method": str(deid.get("DeidentificationMethod", "")), "profile": "DICOM PS3.15 E.1-1 basic", "edition": PROFILE_EDITION},
+    }
+
+
+def _write(volume_id: str, volume: Volume, kind: SourceKind, ref: str, meta: dict, header: Dataset | None) -> dict:
+    store = Path(_CTX.store)
+    rel = f"volumes/{volume_id}.nii.gz"
+    data = nifti_gz_bytes(volume)
+    header_rel = None
+    if header is not None:
+        header_rel = f"volumes/{volume_id}.dicom.json"
+        atomic_write_bytes(store / header_rel, json.dumps(header.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk), sort_keys=True).encode())
+    atomic_write_bytes(store / rel, data)
+    return {
+        "volume_id": volume_id,
+        "path": rel,
+        "header_path": header_rel,
+        "ndim": volume.array.ndim,
+        "shape": list(volume.array.shape),
+        "spacing": [round(v, 6) for v in volume.spacing],
+        "affine": [[round(float(v), 6) for v in row] for row in volume.affine],
+        "axcodes": volume.axcodes,
+        "dtype": str(volume.array.dtype),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "nbytes": len(data),
+        "source_kind": str(kind),
+        "source_ref": ref,
+        "corrections": list(volume.corrections),
+        **meta,
+    }
+
+
+def _drop_bulk(_elem) -> str:
+    return ""
+
+
+def reject_records(records: list[SliceRecord], err: IngestError, volume_id: str) -> Outcome:
+    """A group that could not even form a stack (duplicates, bad orientation): quarantined whole."""
+    ref = source_ref(_PSEUDO, records[0].item)
+    items = sorted({r.item for r in records})
+    qpath = quarantine(Path(_CTX.store), volume_id, err, items=items, read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
+    return Outcome("rejected", ref, volume_id, code=str(err.code), message=err.message, quarantine_path=qpath)
