@@ -27,6 +27,8 @@ item of every retained sequence, at any depth):
    options; no identifiers) and its code sequence from CID 7050.
 
 Empty values stay empty: they carry nothing, and a dummy would invent content.
+``FileDataset.filename`` (a Python attribute, never written) is left for deferred pixel
+reads; like any source path it must not be logged.
 """
 
 from __future__ import annotations
@@ -133,25 +135,23 @@ def _walk(ds: Dataset, ctx: _Context, depth: int) -> None:
         )
     patient_id = _text(ds.get("PatientID"))  # read before PatientID itself is replaced
     _private(ds, ctx, depth)
+    opts = ctx.options
     for tag in list(ds.keys()):
         if tag.is_private:
             continue  # settled by _private
         try:
-            elem = ds[tag]
-            row = row_for_tag(tag)
-            opts = ctx.options
-            if row is not None:
-                action = planned_action(
-                    row, elem.VR, date_shift=opts.date_shift, keep_descriptions=opts.keep_descriptions
-                )
-            else:
-                action = untabled_action(int(tag), elem.VR, date_shift=opts.date_shift)
-            _apply(ds, tag, elem, action, ctx, depth, patient_id)
-        except IngestError:
-            raise
+            elem = ds[tag]  # converts the raw bytes; a malformed value raises here
         except Exception:  # a value that cannot be read cannot be vetted: it does not survive
-            if tag in ds:
-                del ds[tag]
+            del ds[tag]
+            continue
+        row = row_for_tag(tag)
+        if row is not None:
+            action = planned_action(
+                row, elem.VR, date_shift=opts.date_shift, keep_descriptions=opts.keep_descriptions
+            )
+        else:
+            action = untabled_action(int(tag), elem.VR, date_shift=opts.date_shift)
+        _apply(ds, tag, elem, action, ctx, depth, patient_id)
 
 
 def _apply(
@@ -172,8 +172,7 @@ def _apply(
     elif elem.is_empty:
         return  # nothing to hide, and a dummy would invent content
     elif action is Action.KEEP:
-        if vr in STRING_VRS:
-            elem.value = _map(elem.value, sanitize_text)
+        _sanitize(elem)
     elif action is Action.UID:
         elem.value = _map(elem.value, lambda v: remap_uid(v, ctx.pseudo))
     elif action is Action.SHIFT:
@@ -204,8 +203,8 @@ def _private(ds: Dataset, ctx: _Context, depth: int) -> None:
         if elem.VR == "SQ":
             for item in elem.value or []:
                 _walk(item, ctx, depth + 1)
-        elif elem.VR in STRING_VRS and not elem.is_empty:
-            elem.value = _map(elem.value, sanitize_text)
+        elif not elem.is_empty:
+            _sanitize(elem)
     for block in creators:
         if block not in kept_blocks:
             del ds[Tag(*block)]
@@ -247,6 +246,17 @@ def _mark(ds: Dataset, options: DeidOptions) -> None:
     ds.DeidentificationMethodCodeSequence = items
 
 
+def _sanitize(elem: DataElement) -> None:
+    """Sanitise a kept string element, rewriting it only when something had to go."""
+    if elem.VR not in STRING_VRS:
+        return
+    values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+    before = [_str(v) for v in values]
+    after = [sanitize_text(v) for v in before]
+    if after != before:
+        elem.value = after if len(after) > 1 else after[0]
+
+
 def _map(value: Any, fn: Callable[[str], str]) -> Any:
     """Apply ``fn`` to each value of a single- or multi-valued string element."""
     if isinstance(value, (list, tuple, MultiValue)):
@@ -257,7 +267,11 @@ def _map(value: Any, fn: Callable[[str], str]) -> Any:
 def _str(value: Any) -> str:
     # pydicom's DA/DT/TM objects (config.datetime_conversion) remember the text they came from
     original = getattr(value, "original_string", None)
-    return original if isinstance(original, str) else str(value)
+    if isinstance(original, str):
+        return original
+    if isinstance(value, (bytes, bytearray)):  # text pydicom could not decode
+        return bytes(value).decode("latin-1")
+    return str(value)
 
 
 def _empty(vr: str) -> Any:

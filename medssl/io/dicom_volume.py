@@ -172,15 +172,16 @@ def _mosaic(stack: Stack, pixels: np.ndarray, header: Dataset) -> Volume:
         raise IngestError(RejectReason.GEOMETRY, "mosaic image without position, orientation or spacing")
     n = rec.mosaic_tiles
     m = int(np.ceil(np.sqrt(n)))
-    if rec.rows % m or rec.cols % m:
-        raise IngestError(RejectReason.GEOMETRY, f"mosaic of {rec.rows}x{rec.cols} does not tile into {m}x{m}")
-    tr, tc = rec.rows // m, rec.cols // m
+    tr, tc = rec.rows // m, rec.cols // m  # scanners may pad the mosaic: floor, as dcm2niix does
+    if tr == 0 or tc == 0:
+        raise IngestError(RejectReason.GEOMETRY, f"mosaic of {rec.rows}x{rec.cols} cannot hold {n} tiles")
     tiles = [pixels[(k // m) * tr : (k // m + 1) * tr, (k % m) * tc : (k % m + 1) * tc] for k in range(n)]
     data = np.ascontiguousarray(np.stack(tiles, axis=-1).transpose(1, 0, 2))  # [cols, rows, slices]
     row_cos, col_cos = np.array(rec.iop[:3]), np.array(rec.iop[3:])
     dy, dx = rec.pixel_spacing
     # IPP of a mosaic is that of the whole tiled image's corner; move it to tile 0's corner
-    origin = np.array(rec.ipp) + row_cos * dx * (rec.cols - tc) / 2 + col_cos * dy * (rec.rows - tr) / 2
+    # (the shift uses the exact mosaic fraction rows / m, as the scanner computed it)
+    origin = np.array(rec.ipp) + row_cos * dx * (rec.cols - rec.cols / m) / 2 + col_cos * dy * (rec.rows - rec.rows / m) / 2
     step = float(header.get("SpacingBetweenSlices") or header.get("SliceThickness") or 1.0)
     affine = np.eye(4)
     affine[:3, 0] = row_cos * dx
