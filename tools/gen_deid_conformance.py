@@ -23,16 +23,17 @@ from medssl.deid.actions import ACTION_MEANING, Action, planned_action, untabled
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deid_conformance.md"
 
+# (label, an untabled tag of that kind, its VR): untabled_action looks at VR and group only.
 _UNTABLED_EXAMPLES = [
-    ("PN (any person name)", 0x00081030, "PN"),
-    ("UR (any URL)", 0x00081190, "UR"),
-    ("public element of unknown VR (UN)", 0x00091000 - 0x00010000, "UN"),
-    ("UI (any UID)", 0x00081150, "UI"),
-    ("DA (any date)", 0x00080012, "DA"),
-    ("DT (any date-time)", 0x0040A120, "DT"),
-    ("TM (any time)", 0x00080013, "TM"),
-    ("SQ (any sequence)", 0x00081115, "SQ"),
-    ("overlay group element (60xx,eeee)", 0x60000010, "US"),
+    ("PN (any person name)", 0x00142006, "PN"),  # Evaluator Name
+    ("UR (any URL)", 0x00081190, "UR"),  # Retrieve URL
+    ("public element of unknown VR (UN)", 0x00189FFE, "UN"),  # not in the dictionary
+    ("UI (any UID)", 0x00081150, "UI"),  # Referenced SOP Class UID
+    ("DA (any date)", 0x00080012, "DA"),  # Instance Creation Date
+    ("DT (any date-time)", 0x0040A120, "DT"),  # DateTime
+    ("TM (any time)", 0x00080013, "TM"),  # Instance Creation Time
+    ("SQ (any sequence)", 0x00081115, "SQ"),  # Referenced Series Sequence
+    ("overlay group element (60xx,eeee)", 0x60000010, "US"),  # Overlay Rows
     ("any other element (e.g. Manufacturer LO)", 0x00080070, "LO"),
 ]
 
@@ -97,7 +98,9 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
-def _planned(row: ProfileRow, vr: str, date_shift: bool = False, keep_descriptions: bool = False) -> Action:
+def _planned(
+    row: ProfileRow, vr: str, date_shift: bool = False, keep_descriptions: bool = False
+) -> Action:
     return planned_action(row, vr, date_shift=date_shift, keep_descriptions=keep_descriptions)
 
 

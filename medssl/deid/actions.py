@@ -84,7 +84,9 @@ _NUMBER_VRS = frozenset({"FD", "FL", "SL", "SS", "SV", "UL", "US", "UV", "US or 
 _UNSAFE_CHARS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f/\\]")
 
 
-def planned_action(row: ProfileRow, vr: str, *, date_shift: bool, keep_descriptions: bool) -> Action:
+def planned_action(
+    row: ProfileRow, vr: str, *, date_shift: bool, keep_descriptions: bool
+) -> Action:
     """The action for a table attribute of value representation ``vr`` under the options."""
     if row.keyword in PATIENT_TOKEN_KEYWORDS:
         return Action.PATIENT
@@ -107,8 +109,9 @@ def untabled_action(tag: int, vr: str, *, date_shift: bool) -> Action:
     """The action for a public element the table does not list (medssl's additions).
 
     Person names and URLs go (a name is identifying wherever it sits; a URL points at the
-    source system), and so do public elements of unknown VR (nothing shows they are safe); UIDs are remapped unless they are registered DICOM UIDs; dates are
-    shifted or replaced, so "temporal information removed" is true of the whole object;
+    source system), and so do public elements of unknown VR (nothing shows they are
+    safe); UIDs are remapped unless they are registered DICOM UIDs; dates are shifted or
+    replaced, so "temporal information removed" is true of the whole object;
     overlay groups go whole, since Overlay Data (removed per the table) is Type 1 in its
     module; sequences are walked; everything else is kept and sanitised.
     """

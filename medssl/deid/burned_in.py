@@ -20,7 +20,8 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 BURNED_IN_MODALITIES = frozenset(
-    {"US", "IVUS", "XA", "RF", "ES", "XC", "GM", "SM", "OT", "SC", "DOC", "CR", "DX", "MG", "IO", "PX"}
+    {"US", "IVUS", "XA", "RF", "ES", "XC", "GM", "SM", "OT", "SC", "DOC"}
+    | {"CR", "DX", "MG", "IO", "PX"}
 )
 SECONDARY_CAPTURE_CLASSES = frozenset(
     {

@@ -155,7 +155,12 @@ def _walk(ds: Dataset, ctx: _Context, depth: int) -> None:
 
 
 def _apply(
-    ds: Dataset, tag: BaseTag, elem: DataElement, action: Action, ctx: _Context, depth: int,
+    ds: Dataset,
+    tag: BaseTag,
+    elem: DataElement,
+    action: Action,
+    ctx: _Context,
+    depth: int,
     patient_id: str,
 ) -> None:
     vr = elem.VR
@@ -198,8 +203,12 @@ def _private(ds: Dataset, ctx: _Context, depth: int) -> None:
         if creator is None or (creator, tag.element & 0xFF) not in ctx.options.keep_private:
             del ds[tag]
             continue
+        try:
+            elem = ds[tag]
+        except Exception:  # unreadable, so it cannot be vetted even when allow-listed
+            del ds[tag]
+            continue
         kept_blocks.add(block)
-        elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value or []:
                 _walk(item, ctx, depth + 1)

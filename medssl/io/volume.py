@@ -43,7 +43,7 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, : self.array.ndim], axis=0))
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, : min(self.array.ndim, 3)], axis=0))
 
     @property
     def axcodes(self) -> str:

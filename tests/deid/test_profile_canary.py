@@ -68,7 +68,8 @@ def test_same_key_twice_gives_identical_bytes(real_ds, pseudo):
 def test_different_keys_give_different_uids(real_ds, pseudo, other_pseudo):
     a = deidentify(copy.deepcopy(real_ds), pseudo, DeidOptions())
     b = deidentify(copy.deepcopy(real_ds), other_pseudo, DeidOptions())
-    for keyword in ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"]:
+    uids = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"]
+    for keyword in uids:
         assert a[keyword].value != b[keyword].value
         assert a[keyword].value.startswith("2.25.")
     assert a.PatientID != b.PatientID

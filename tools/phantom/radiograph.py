@@ -70,6 +70,7 @@ def write_radiograph(
     study_uid: str | None = None,
     series_uid: str | None = None,
     series_number: int = 1,
+    series_description: str | None = None,
     transfer_syntax: str = ExplicitVRLittleEndian,
     seed: int = 0,
 ) -> Path:
@@ -93,7 +94,7 @@ def write_radiograph(
     set_identity(
         ds, patient_name=patient_name, patient_id=patient_id, study_uid=study_uid,
         series_uid=series_uid, series_number=series_number, modality=modality,
-        series_description=f"CHEST {view_position}",
+        series_description=series_description or f"CHEST {view_position}",
     )
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.InstanceNumber = 1
