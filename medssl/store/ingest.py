@@ -14,13 +14,11 @@ remote DICOMweb series is fetched into a private temporary folder and is its own
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +31,8 @@ from medssl.store import ingest_work as work
 from medssl.store.atomic import remove_stale_temporaries
 from medssl.store.manifest import Manifest
 from medssl.progress import Progress
-from medssl.types import IrregularPolicy, SourceKind
+from medssl.store.workers import Job, WorkerPool
+from medssl.types import IrregularPolicy, RejectReason, SourceKind
 
 log = logging.getLogger("medssl.ingest")
 KEY_CHECK = "medssl-key-check"
@@ -85,7 +84,7 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
     remote = [s for s in sources if s.startswith("dicomweb+")]
     with Manifest(store / "manifest.sqlite") as manifest, Progress(enabled=options.progress) as progress:
         _check_key(manifest, pseudo)
-        with _executor(options.workers, ctx) as pool:
+        with WorkerPool(options.workers, work.init_worker, (ctx,)) as pool:
             if local:
                 items = []
                 for source in local:
@@ -110,11 +109,12 @@ def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
         raise ConfigError("this store was written with a different key file: its pseudonyms would not match; use the original key or a new store")
 
 
-def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: Executor, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
+def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
     summary = IngestSummary(files=len(items))
     records, files = [], []
     task = progress.task("scanning", total=len(items))
-    for scan in _map(pool, work.scan_item, [(item,) for item in items], options.workers * 4):
+    scans = [(work.scan_item, (item,)) for item in items]
+    for scan in pool.run(scans, options.workers * 4, _crashed, ordered=True):
         progress.advance(task)
         if scan.error is not None:
             _record(manifest, work.reject_file(scan.item, scan.error), summary)
@@ -123,7 +123,7 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
         else:
             files.append(scan)
     stacks, failed = build_stacks(records)
-    jobs: list[tuple[Callable, tuple]] = []
+    jobs: list[Job] = []
     for group, err in failed:
         jobs.append((work.reject_records, (group, err, pseudo.token(repr(sorted(r.sop_uid for r in group)), "volume"))))
     for stack in stacks:
@@ -135,13 +135,13 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
         if not _done(manifest, vid, summary):
             jobs.append((work.convert_file, (scan.item, scan.fmt, vid)))
     task = progress.task("converting", total=len(jobs))
-    for outcome in _run(pool, jobs, max(2, options.workers * 2)):
+    for outcome in pool.run(jobs, max(2, options.workers * 2), _crashed):
         progress.advance(task)
         _record(manifest, outcome, summary)
     return summary
 
 
-def _remote(source: str, manifest: Manifest, pool: Executor, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
+def _remote(source: str, manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
     from medssl.io import dicomweb  # only remote ingests need the HTTP client
 
     query = dicomweb.parse_dicomweb_source(source)
@@ -166,6 +166,17 @@ def _remote(source: str, manifest: Manifest, pool: Executor, pseudo: Pseudonymiz
     return summary
 
 
+def _crashed(job: Job):
+    """What a unit becomes when the worker converting it dies (decoder crash, out of memory)."""
+    fn, args = job
+    err = IngestError(RejectReason.INTERNAL, "worker process died on this input (decoder crash or out of memory)")
+    if fn is work.scan_item:
+        return work.Scan(args[0], FileFormat.UNKNOWN, error=err)
+    first = args[0]
+    item = first.first.item if hasattr(first, "first") else first[0].item if isinstance(first, list) else first
+    return work.Outcome("rejected", work.source_ref(work._PSEUDO, item), args[-1] if isinstance(args[-1], str) else "file", code=str(err.code), message=err.message)
+
+
 def _done(manifest: Manifest, volume_id: str, summary: IngestSummary) -> bool:
     row = manifest.volume(volume_id)
     if row is not None and (Path(manifest.path).parent / row["path"]).is_file():
@@ -184,52 +195,6 @@ def _record(manifest: Manifest, outcome: work.Outcome, summary: IngestSummary) -
         if manifest.add_rejected(outcome.source_ref, outcome.unit, outcome.code, outcome.message, outcome.quarantine_path):
             log.warning("rejected %s [%s] %s", outcome.source_ref[:12], outcome.code, outcome.message)
         summary.rejected[outcome.code] += 1
-
-
-# execution ---------------------------------------------------------------------------------
-
-
-class _InlineExecutor(Executor):
-    """Runs each call at submit time, in this process (``--workers 1``)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001
-            future.set_exception(exc)
-        return future
-
-
-def _executor(workers: int, ctx: work.WorkContext) -> Executor:
-    if workers <= 1:
-        return _InlineExecutor()
-    # spawn: workers start clean (no inherited locks from progress threads)
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=work.init_worker, initargs=(ctx,))
-
-
-def _map(pool: Executor, fn: Callable, args: list[tuple], in_flight: int):
-    """``fn(*a)`` for each ``a``, in order, with at most ``in_flight`` pending."""
-    pending: list[Future] = []
-    for a in args:
-        pending.append(pool.submit(fn, *a))
-        if len(pending) >= in_flight:
-            yield pending.pop(0).result()
-    for future in pending:
-        yield future.result()
-
-
-def _run(pool: Executor, jobs: list[tuple[Callable, tuple]], in_flight: int):
-    """Outcomes in completion order, at most ``in_flight`` units decoded at once."""
-    queue = list(reversed(jobs))
-    pending: set[Future] = set()
-    while queue or pending:
-        while queue and len(pending) < in_flight:
-            fn, args = queue.pop()
-            pending.add(pool.submit(fn, *args))
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            yield future.result()
 
 
 def locate(ref: str, sources: Iterable[str], key: bytes) -> list[str]:

@@ -8,6 +8,7 @@ run, and no message carries an identifier.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -156,11 +157,10 @@ def _check_policy(stack: Stack) -> None:
 def _deid_header(header: Dataset) -> Dataset:
     """A de-identified copy of the first image's header, without its pixels."""
     ds = Dataset()
-    ds.file_meta = header.file_meta.copy() if hasattr(header, "file_meta") else Dataset()
+    ds.file_meta = copy.deepcopy(header.file_meta) if hasattr(header, "file_meta") else Dataset()
     for elem in header:
-        if elem.tag.group != 0x7FE0:
-            ds.add(elem)
-    ds = ds.copy()
+        if elem.tag.group != 0x7FE0:  # deep copies: deidentify edits in place, the original must stay intact
+            ds.add(copy.deepcopy(elem))
     return deidentify(ds, _PSEUDO, _CTX.deid)
 
 

@@ -182,7 +182,7 @@ def make_ct_phantom(
     rng = np.random.default_rng(seed)
     canvas, lesions = build_anatomy(shape, spacing, center_mm, rng, n_lesions, lesion_kinds)
     image = tissue_lut("CT")[canvas.tissue]
-    image = ndimage.gaussian_filter(image, sigma=0.6, mode="nearest")  # partial-volume edges
+    image = ndimage.gaussian_filter(image, sigma=0.4, mode="nearest")  # mild partial-volume edges
     noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=0.7)
     image += noise * np.float32(noise_sd / max(float(noise.std()), 1e-6))
     np.clip(image, -1024.0, 3071.0, out=image)
@@ -218,7 +218,7 @@ def make_mr_phantom(
     rng = np.random.default_rng(seed)
     canvas, lesions = build_anatomy(shape, spacing, center_mm, rng, n_lesions, lesion_kinds)
     image = tissue_lut("MR")[canvas.tissue]
-    image = ndimage.gaussian_filter(image, sigma=0.6, mode="nearest")
+    image = ndimage.gaussian_filter(image, sigma=0.4, mode="nearest")
     coeffs = rng.uniform(-1.0, 1.0, size=4).astype(np.float32)
     bias = np.exp(
         np.float32(bias_strength)
