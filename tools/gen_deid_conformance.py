@@ -34,7 +34,9 @@ _UNTABLED_EXAMPLES = [
     ("TM (any time)", 0x00080013, "TM"),  # Instance Creation Time
     ("SQ (any sequence)", 0x00081115, "SQ"),  # Referenced Series Sequence
     ("overlay group element (60xx,eeee)", 0x60000010, "US"),  # Overlay Rows
-    ("any other element (e.g. Manufacturer LO)", 0x00080070, "LO"),
+    ("free text outside RETAINED_TEXT (e.g. Software Versions LO)", 0x00181020, "LO"),
+    ("free text in RETAINED_TEXT (e.g. Manufacturer LO)", 0x00080070, "LO"),
+    ("any other element (e.g. Slice Thickness DS)", 0x00180050, "DS"),
 ]
 
 
@@ -69,6 +71,9 @@ def render() -> str:
         shifted = untabled_action(tag, vr, date_shift=True)
         out.append(f"| {label} | {plain.value} | {_same(shifted, plain)} |")
     out += [
+        "",
+        "Free-text attributes kept although the table does not list them (`RETAINED_TEXT`):",
+        ", ".join(f"`{k}`" for k in sorted(actions.RETAINED_TEXT)) + ".",
         "",
         "Private elements (odd groups): removed, with their private creators, unless the",
         "(private creator, element offset) pair is in `DeidOptions.keep_private`.",

@@ -28,6 +28,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
 
@@ -79,6 +80,19 @@ PATIENT_TOKEN_KEYWORDS = frozenset({"PatientID", "PatientName"})
 STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
 )
+FREE_TEXT_VRS = frozenset({"AE", "LO", "LT", "SH", "ST", "UC", "UT"})
+# Technical free-text attributes the table does not list that medssl keeps (the manifest
+# and training use them). Everything else in a free-text VR outside the table is removed.
+RETAINED_TEXT = frozenset(
+    {
+        "Manufacturer", "ManufacturerModelName", "BodyPartExamined", "ConvolutionKernel",
+        "RescaleType", "SequenceName", "PulseSequenceName", "ReceiveCoilName",
+        "TransmitCoilName", "FilterType", "ScanOptions", "ImagedNucleus",
+        "PhotometricInterpretation", "ContrastBolusRoute", "PositionReferenceIndicator",
+        "PixelPresentation", "VolumetricProperties", "VolumeBasedCalculationTechnique",
+        "FrameOfReferenceUID", "LossyImageCompressionMethod", "SpecificCharacterSet",
+    }
+)
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _NUMBER_VRS = frozenset({"FD", "FL", "SL", "SS", "SV", "UL", "US", "UV", "US or SS"})
 _UNSAFE_CHARS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f/\\]")
@@ -113,7 +127,9 @@ def untabled_action(tag: int, vr: str, *, date_shift: bool) -> Action:
     safe); UIDs are remapped unless they are registered DICOM UIDs; dates are shifted or
     replaced, so "temporal information removed" is true of the whole object;
     overlay groups go whole, since Overlay Data (removed per the table) is Type 1 in its
-    module; sequences are walked; everything else is kept and sanitised.
+    module; sequences are walked; free text (LO, SH, ST, LT, UT, UC, AE) goes unless the
+    attribute is in ``RETAINED_TEXT``, the technical attributes training needs (a vendor
+    or kernel name, not a person); everything else is kept and sanitised.
     """
     group = tag >> 16
     if group & 0xFF00 in (0x5000, 0x6000) or group == 0x0002:
@@ -126,6 +142,8 @@ def untabled_action(tag: int, vr: str, *, date_shift: bool) -> Action:
         return Action.SHIFT if date_shift else Action.DUMMY
     if vr == "SQ":
         return Action.RECURSE
+    if vr in FREE_TEXT_VRS and keyword_for_tag(tag) not in RETAINED_TEXT:
+        return Action.REMOVE
     return Action.KEEP
 
 

@@ -26,6 +26,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pydicom.valuerep import format_number_as_ds
 
 from tools.phantom.jpeg_lossless import encode_jpeg_lossless_sv1
 
@@ -120,11 +121,15 @@ def apply_extra(ds: Dataset, extra: Mapping[str, Any] | None) -> None:
 
 
 def ds_number(value: float) -> str:
-    """A DS string (<= 16 chars) for ``value`` rounded to 6 decimals."""
-    text = f"{round(float(value), 6):.6f}".rstrip("0").rstrip(".")
+    """A DS string (<= 16 chars) for ``value``, exact to 10 decimals when it fits.
+
+    Geometry is rounded (IOP to 8, positions to 6 decimals) before sampling, so what is
+    written is exactly what the pixels were sampled with.
+    """
+    text = f"{round(float(value), 10):.10f}".rstrip("0").rstrip(".")
     text = "0" if text in ("-0", "") else text
     if len(text) > 16:
-        raise ValueError(f"{value} does not fit a 16-character DS")
+        text = format_number_as_ds(float(value))
     return text
 
 
