@@ -20,6 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from medssl.types import RejectReason
 from tests.store import dicom_factory as f
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
@@ -27,12 +28,17 @@ TRUNCATED_SOURCES = (f.CT, f.MR, "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"
 HOSTILE = "../../etc/passwd"
 
 
+WRITTEN = "written"  # the outcome of an input that converts: a volume, no refusal
+ANY_REFUSAL = frozenset(str(code) for code in RejectReason) - {str(RejectReason.INTERNAL)}
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One input: a file, or a member of a zip file (``member``)."""
+    """One input (a file, or ``member`` of the zip at ``path``) and the outcomes that are right for it."""
 
     path: Path
     member: str | None = None
+    expect: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Corpus:
     good_zip_member: Entry | None = None
 
     def add(self, category: str, entry: Entry) -> None:
+        assert entry.expect, "every input states what a right outcome is"
         self.categories.setdefault(category, []).append(entry)
 
     def bad_entries(self) -> list[Entry]:
@@ -78,12 +85,25 @@ def pixel_data_offset(data: bytes) -> int:
     return data.rindex(PIXEL_DATA_TAG)
 
 
-def truncation_offsets(data: bytes) -> list[int]:
+def truncations(data: bytes) -> tuple[dict[int, frozenset[str]], dict[int, frozenset[str]]]:
+    """Cut offsets and their right outcomes: (cuts at an element boundary, cuts inside an element).
+
+    Before ``DICM`` the bytes are no DICOM at all. A cut exactly before the pixel data
+    element leaves a complete dataset without pixels. Every other cut leaves an element
+    shorter than its declared length: the file is truncated (or, in the meta header,
+    unparseable).
+    """
     header_end = pixel_data_offset(data)
     size = len(data)
-    offsets = {0, 1, 10, 127, 128, 131, 132, 200, 500, 1000, header_end, header_end + 6, header_end + 12,
-               header_end + (size - header_end) // 2, size - 1}
-    return sorted(o for o in offsets if o < size)
+    short = frozenset({"truncated"})
+    boundary = {cut: frozenset({"not_an_image"}) for cut in (0, 1, 10, 127, 128, 131)}
+    boundary[132] = frozenset({"malformed", "truncated"})
+    boundary[header_end] = frozenset({"no_pixels", "truncated"})
+    boundary[header_end + 12] = short  # pixel data element header complete, value absent
+    boundary[header_end + (size - header_end) // 2] = short | {"decode_failed"}
+    inside = {cut: short | {"malformed"} for cut in (200, 500, 1000, header_end + 6, size - 1)}
+    assert max(inside) < size and 1000 < header_end
+    return boundary, inside
 
 
 def _nifti_header_bytes(shape: tuple[int, ...], dtype=np.int16) -> bytes:
@@ -122,18 +142,20 @@ def build(root: Path, seed: int = 1234) -> Corpus:
     corpus = Corpus(src)
     corpus.good_series = f.write(f.make_series(6), src / "good", names=[f"good-{k}.dcm" for k in range(6)])
 
-    def put(category: str, name: str, data: bytes) -> None:
+    def put(category: str, name: str, data: bytes, expect: set[str] | frozenset[str]) -> None:
         path = src / category / name
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
-        corpus.add(category, Entry(path))
+        corpus.add(category, Entry(path, expect=frozenset(expect)))
 
     # truncation at many offsets, of plain, RLE and JPEG 2000 files
     for source in TRUNCATED_SOURCES:
         original = f.testdata(source).read_bytes()
         stem = source.removesuffix(".dcm").lower()
-        for offset in truncation_offsets(original):
-            put("truncated", f"{stem}-cut{offset:06d}.dcm", uids.unique_copy(original)[:offset])
+        boundary, inside = truncations(original)
+        for category, cuts in (("truncated_at_boundary", boundary), ("truncated_inside_element", inside)):
+            for offset, expect in cuts.items():
+                put(category, f"{stem}-cut{offset:06d}.dcm", uids.unique_copy(original)[:offset], expect)
 
     # seeded byte flips: half inside the header, half anywhere
     ct = f.testdata(f.CT).read_bytes()
@@ -143,17 +165,17 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         limit = header_end if k % 2 == 0 else len(data)
         for pos in rng.sample(range(132, limit), rng.randint(1, 8)):
             data[pos] ^= rng.randrange(1, 256)
-        put("flipped", f"flip-{k:02d}.dcm", bytes(data))
+        put("flipped", f"flip-{k:02d}.dcm", bytes(data), ANY_REFUSAL | {WRITTEN})
 
     # not DICOM, whatever the name says
-    put("not_dicom", "notes.dcm", b"Patient: Jane Doe\nthis is a text file, not an image\n" * 20)
-    put("not_dicom", "picture.dcm", b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(600)))
-    put("not_dicom", "empty.dcm", b"")
-    put("not_dicom", "noise.dcm", bytes(rng.randrange(256) for _ in range(4096)))
+    put("not_dicom", "notes.dcm", b"Patient: Jane Doe\nthis is a text file, not an image\n" * 20, {"not_an_image"})
+    put("not_dicom", "picture.dcm", b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(600)), {"not_an_image"})
+    put("not_dicom", "empty.dcm", b"", {"not_an_image"})
+    put("not_dicom", "noise.dcm", bytes(rng.randrange(256) for _ in range(4096)), {"not_an_image"})
 
     # NIfTI whose header claims far more than it holds / than memory allows
-    put("nifti_bomb", "header-bomb.nii", _nifti_header_bytes((30000, 30000, 30000)) + b"\x00" * 64)
-    put("nifti_bomb", "gzip-bomb.nii.gz", _gzip_bomb(_nifti_header_bytes((2048, 2048, 2048)), 256 << 20))
+    put("nifti_bomb", "header-bomb.nii", _nifti_header_bytes((30000, 30000, 30000)) + b"\x00" * 64, {"too_large"})
+    put("nifti_bomb", "gzip-bomb.nii.gz", _gzip_bomb(_nifti_header_bytes((2048, 2048, 2048)), 256 << 20), {"too_large"})
 
     # archives: unsafe member names next to a safe one; archives that are not archives
     member_bytes = uids.unique_copy(ct)
@@ -163,22 +185,22 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         zf.writestr("../../evil.dcm", uids.unique_copy(ct))
         zf.writestr("/tmp/evil-absolute.dcm", uids.unique_copy(ct))
         zf.writestr("ok/inside.dcm", member_bytes)
-    corpus.add("unsafe_zip_member", Entry(evil, "../../evil.dcm"))
-    corpus.add("unsafe_zip_member", Entry(evil, "/tmp/evil-absolute.dcm"))
-    corpus.good_zip_member = Entry(evil, "ok/inside.dcm")
+    corpus.add("unsafe_zip_member", Entry(evil, "../../evil.dcm", frozenset({"bad_archive"})))
+    corpus.add("unsafe_zip_member", Entry(evil, "/tmp/evil-absolute.dcm", frozenset({"bad_archive"})))
+    corpus.good_zip_member = Entry(evil, "ok/inside.dcm", frozenset({WRITTEN}))
     whole = io.BytesIO()
     with zipfile.ZipFile(whole, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in corpus.good_series[:2]:
             zf.writestr(path.name, path.read_bytes())
-    put("corrupt_zip", "cut-archive.zip", whole.getvalue()[: len(whole.getvalue()) // 2])
-    put("corrupt_zip", "garbage.zip", b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(2000)))
+    put("corrupt_zip", "cut-archive.zip", whole.getvalue()[: len(whole.getvalue()) // 2], {"bad_archive"})
+    put("corrupt_zip", "garbage.zip", b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(2000)), {"bad_archive"})
 
     # hostile identifiers: traversal strings, NUL and control characters
     ds = f.read_template(f.CT)
     ds.PatientID = HOSTILE
     ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    put("hostile_ids_valid", "traversal-patient.dcm", f.to_bytes(ds))
+    put("hostile_ids_valid", "traversal-patient.dcm", f.to_bytes(ds), {WRITTEN})
     for k, (series, sop, patient) in enumerate(
         [
             (HOSTILE, generate_uid(), "p\x00\x01\x1b"),
@@ -187,7 +209,8 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         ]
     ):
         ds = f.read_template(f.CT)
-        put("hostile_ids_raw", f"raw-ids-{k}.dcm", _raw_dicom_with(ds, SeriesInstanceUID=series, SOPInstanceUID=sop, PatientID=patient))
+        raw = _raw_dicom_with(ds, SeriesInstanceUID=series, SOPInstanceUID=sop, PatientID=patient)
+        put("hostile_ids_raw", f"raw-ids-{k}.dcm", raw, {"malformed"})
 
     # a header that promises a huge image over a few bytes of pixels
     for k, size in enumerate((65535, 16000)):
@@ -196,5 +219,19 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.Rows = ds.Columns = size
         ds.PixelData = b"\x00\x01" * 32
-        put("huge_dims", f"huge-{k}.dcm", f.to_bytes(ds))
+        put("huge_dims", f"huge-{k}.dcm", f.to_bytes(ds), {"too_large", "truncated"})
     return corpus
+
+
+def rle_decoder_panic(uids_from: int = 900) -> bytes:
+    """MR_small_RLE with one byte of its RLE stream changed (offset 3393 -> 0xAF).
+
+    Found by seeded byte flips: pylibjpeg-rle (Rust) panics on it with "index out of
+    bounds: the len is 8192 but the index is 8193" and raises pyo3's PanicException,
+    which derives from BaseException, not Exception.
+    """
+    data = bytearray(f.testdata("MR_small_RLE.dcm").read_bytes())
+    data[3393] = 0xAF
+    uids = _Uids()
+    uids.counter = uids_from
+    return uids.unique_copy(bytes(data))
