@@ -12,6 +12,7 @@ turned into pseudonyms before anything is written or printed.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -205,7 +206,9 @@ def _mosaic(ds: Dataset) -> tuple[int, Vec3 | None]:
     """Number of tiles and slice normal of a Siemens mosaic, from its CSA image header."""
     if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
         return 0, None
-    from nibabel.nicom import csareader  # nibabel owns the CSA format; we only ask it
+    with warnings.catch_warnings():  # nibabel warns about its DICOM *readers*; we use only the CSA parser
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import csareader
 
     try:
         csa = csareader.get_csa_header(ds, "image")

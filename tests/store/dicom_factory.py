@@ -77,7 +77,9 @@ def make_series(
     return out
 
 
-def write(datasets: Sequence[Dataset], folder: Path, names: Sequence[str] | None = None) -> list[Path]:
+def write(
+    datasets: Sequence[Dataset], folder: Path, names: Sequence[str] | None = None
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, ds in enumerate(datasets):

@@ -60,7 +60,9 @@ class Corpus:
         for entry in self.bad_entries():
             names.add(entry.path.name)
             if entry.member:
-                names.update(part for part in entry.member.split("/") if part not in ("", ".", ".."))
+                names.update(
+                    part for part in entry.member.split("/") if part not in ("", ".", "..")
+                )
         return names
 
 
@@ -111,7 +113,9 @@ def _nifti_header_bytes(shape: tuple[int, ...], dtype=np.int16) -> bytes:
     header.set_data_dtype(dtype)
     header.set_data_shape(shape)
     header.set_sform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
-    img = nib.Nifti1Image(np.zeros((1, 1, 1), dtype=dtype), np.eye(4))  # for a correctly laid-out header
+    img = nib.Nifti1Image(
+        np.zeros((1, 1, 1), dtype=dtype), np.eye(4)
+    )  # for a correctly laid-out header
     raw = header.binaryblock
     offset = int(img.header.get_data_offset()) or 352
     return raw + b"\x00" * (offset - len(raw))
@@ -130,7 +134,9 @@ def _raw_dicom_with(ds: Dataset, **values: str) -> bytes:
         raw = value.encode("latin-1")
         if len(raw) % 2:
             raw += b"\x00" if elem.VR == "UI" else b" "
-        ds[keyword] = pydicom.dataelem.RawDataElement(elem.tag, elem.VR, len(raw), raw, 0, False, True)
+        ds[keyword] = pydicom.dataelem.RawDataElement(
+            elem.tag, elem.VR, len(raw), raw, 0, False, True
+        )
     return f.to_bytes(ds)
 
 
@@ -140,7 +146,9 @@ def build(root: Path, seed: int = 1234) -> Corpus:
     src = root / "src"
     src.mkdir(parents=True)
     corpus = Corpus(src)
-    corpus.good_series = f.write(f.make_series(6), src / "good", names=[f"good-{k}.dcm" for k in range(6)])
+    corpus.good_series = f.write(
+        f.make_series(6), src / "good", names=[f"good-{k}.dcm" for k in range(6)]
+    )
 
     def put(category: str, name: str, data: bytes, expect: set[str] | frozenset[str]) -> None:
         path = src / category / name
@@ -153,9 +161,17 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         original = f.testdata(source).read_bytes()
         stem = source.removesuffix(".dcm").lower()
         boundary, inside = truncations(original)
-        for category, cuts in (("truncated_at_boundary", boundary), ("truncated_inside_element", inside)):
+        for category, cuts in (
+            ("truncated_at_boundary", boundary),
+            ("truncated_inside_element", inside),
+        ):
             for offset, expect in cuts.items():
-                put(category, f"{stem}-cut{offset:06d}.dcm", uids.unique_copy(original)[:offset], expect)
+                put(
+                    category,
+                    f"{stem}-cut{offset:06d}.dcm",
+                    uids.unique_copy(original)[:offset],
+                    expect,
+                )
 
     # seeded byte flips: half inside the header, half anywhere
     ct = f.testdata(f.CT).read_bytes()
@@ -168,14 +184,34 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         put("flipped", f"flip-{k:02d}.dcm", bytes(data), ANY_REFUSAL | {WRITTEN})
 
     # not DICOM, whatever the name says
-    put("not_dicom", "notes.dcm", b"Patient: Jane Doe\nthis is a text file, not an image\n" * 20, {"not_an_image"})
-    put("not_dicom", "picture.dcm", b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(600)), {"not_an_image"})
+    put(
+        "not_dicom",
+        "notes.dcm",
+        b"Patient: Jane Doe\nthis is a text file, not an image\n" * 20,
+        {"not_an_image"},
+    )
+    put(
+        "not_dicom",
+        "picture.dcm",
+        b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(600)),
+        {"not_an_image"},
+    )
     put("not_dicom", "empty.dcm", b"", {"not_an_image"})
     put("not_dicom", "noise.dcm", bytes(rng.randrange(256) for _ in range(4096)), {"not_an_image"})
 
     # NIfTI whose header claims far more than it holds / than memory allows
-    put("nifti_bomb", "header-bomb.nii", _nifti_header_bytes((30000, 30000, 30000)) + b"\x00" * 64, {"too_large"})
-    put("nifti_bomb", "gzip-bomb.nii.gz", _gzip_bomb(_nifti_header_bytes((2048, 2048, 2048)), 256 << 20), {"too_large"})
+    put(
+        "nifti_bomb",
+        "header-bomb.nii",
+        _nifti_header_bytes((30000, 30000, 30000)) + b"\x00" * 64,
+        {"too_large"},
+    )
+    put(
+        "nifti_bomb",
+        "gzip-bomb.nii.gz",
+        _gzip_bomb(_nifti_header_bytes((2048, 2048, 2048)), 256 << 20),
+        {"too_large"},
+    )
 
     # archives: unsafe member names next to a safe one; archives that are not archives
     member_bytes = uids.unique_copy(ct)
@@ -186,14 +222,30 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         zf.writestr("/tmp/evil-absolute.dcm", uids.unique_copy(ct))
         zf.writestr("ok/inside.dcm", member_bytes)
     corpus.add("unsafe_zip_member", Entry(evil, "../../evil.dcm", frozenset({"bad_archive"})))
-    corpus.add("unsafe_zip_member", Entry(evil, "/tmp/evil-absolute.dcm", frozenset({"bad_archive"})))
+    corpus.add(
+        "unsafe_zip_member", Entry(evil, "/tmp/evil-absolute.dcm", frozenset({"bad_archive"}))
+    )
     corpus.good_zip_member = Entry(evil, "ok/inside.dcm", frozenset({WRITTEN}))
     whole = io.BytesIO()
     with zipfile.ZipFile(whole, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in corpus.good_series[:2]:
             zf.writestr(path.name, path.read_bytes())
-    put("corrupt_zip", "cut-archive.zip", whole.getvalue()[: len(whole.getvalue()) // 2], {"bad_archive"})
-    put("corrupt_zip", "garbage.zip", b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(2000)), {"bad_archive"})
+    put(
+        "corrupt_zip",
+        "cut-archive.zip",
+        whole.getvalue()[: len(whole.getvalue()) // 2],
+        {"bad_archive"},
+    )
+    bomb = src / "archives" / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("slice.dcm", b"\x00" * (32 << 20))  # 32 MiB of zeros in ~32 KiB
+    corpus.add("zip_bomb", Entry(bomb, "slice.dcm", frozenset({"bad_archive"})))
+    put(
+        "corrupt_zip",
+        "garbage.zip",
+        b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(2000)),
+        {"bad_archive"},
+    )
 
     # hostile identifiers: traversal strings, NUL and control characters
     ds = f.read_template(f.CT)

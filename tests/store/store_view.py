@@ -11,7 +11,16 @@ from pathlib import Path
 from medssl.store.atomic import TMP_MARK
 
 DOCUMENTED_VOLUME_COLUMNS = {
-    "volume_id", "path", "modality", "shape", "spacing", "affine", "sha256", "source_kind", "deid", "created_at",
+    "volume_id",
+    "path",
+    "modality",
+    "shape",
+    "spacing",
+    "affine",
+    "sha256",
+    "source_kind",
+    "deid",
+    "created_at",
 }
 DOCUMENTED_REJECTED_COLUMNS = {"source_ref", "code", "message"}
 
@@ -62,7 +71,11 @@ def file_digests(store: Path, sub: str = "volumes") -> dict[str, str]:
 
 
 def mtimes(store: Path, sub: str = "") -> dict[str, int]:
-    return {str(rel): (Path(store) / rel).stat().st_mtime_ns for rel in files(store, sub) if not rel.name.startswith("manifest.sqlite")}
+    return {
+        str(rel): (Path(store) / rel).stat().st_mtime_ns
+        for rel in files(store, sub)
+        if not rel.name.startswith("manifest.sqlite")
+    }
 
 
 def is_complete_gzip(path: Path) -> bool:

@@ -8,13 +8,10 @@ at a final path, ever.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import random
 import shutil
 import subprocess
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,24 +19,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from medssl.errors import ConfigError
 from medssl.store import atomic
 from medssl.store.atomic import TMP_MARK, atomic_write_bytes
-from medssl.store.ingest import IngestOptions, IngestSummary, ingest
-from medssl.types import IrregularPolicy
+from medssl.store.ingest import IngestSummary
 from tests.store import dicom_factory as f
 from tests.store import store_view as sv
+from tests.store.ingest_run import OTHER_KEY, only, run, single_volume
 
-KEY = bytes(range(32))
-OTHER_KEY = bytes(range(100, 132))
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-def run(sources, store: Path, key: bytes = KEY, **options) -> IngestSummary:
-    sources = sources if isinstance(sources, (list, tuple)) else [sources]
-    return ingest([str(s) for s in sources], store, key, IngestOptions(progress=False, **options))
 
 
 @dataclass
@@ -58,7 +47,9 @@ def mixed(tmp_path: Path) -> Mixed:
     f.write(series, root / "ct")
     (root / "mr").mkdir()
     shutil.copy(f.testdata(f.MR), root / "mr" / "MR_small.dcm")
-    affine = np.array([[-2.0, 0, 0, 10], [0, 2.0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]])  # LAS on disk
+    affine = np.array(
+        [[-2.0, 0, 0, 10], [0, 2.0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]]
+    )  # LAS on disk
     img = nib.Nifti1Image(np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7), affine)
     (root / "nifti").mkdir()
     nib.save(img, root / "nifti" / "volume.nii.gz")
@@ -69,12 +60,6 @@ def mixed(tmp_path: Path) -> Mixed:
 def ingested(mixed: Mixed, tmp_path: Path) -> tuple[Path, IngestSummary]:
     store = tmp_path / "store"
     return store, run(mixed.root, store)
-
-
-def only(rows: list[dict], **where) -> dict:
-    found = [r for r in rows if all(r[k] == v for k, v in where.items())]
-    assert len(found) == 1, f"expected one row with {where}, found {len(found)}"
-    return found[0]
 
 
 def world_to_voxel(affine: np.ndarray, world_ras: np.ndarray) -> np.ndarray:
@@ -97,7 +82,11 @@ def test_one_volume_per_series_and_per_file(ingested):
     rows = sv.volumes(store)
     assert (summary.written, summary.skipped, sum(summary.rejected.values())) == (3, 0, 0)
     assert summary.files == 8
-    assert sorted((r["modality"] or "", r["source_kind"]) for r in rows) == [("", "nifti"), ("CT", "dicom_files"), ("MR", "dicom_files")]
+    assert sorted((r["modality"] or "", r["source_kind"]) for r in rows) == [
+        ("", "nifti"),
+        ("CT", "dicom_files"),
+        ("MR", "dicom_files"),
+    ]
     ct = only(rows, modality="CT")
     assert (json.loads(ct["shape"]), ct["n_images"]) == ([128, 128, 6], 6)
     assert sv.rejected(store) == []
@@ -121,7 +110,9 @@ def test_affine_column_is_the_files_ras_affine(ingested):
         assert nib.aff2axcodes(affine) == ("R", "A", "S")
         assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
         np.testing.assert_allclose(affine, img.affine, atol=1e-4)
-        np.testing.assert_allclose(json.loads(row["spacing"]), np.linalg.norm(affine[:3, :3], axis=0), atol=1e-5)
+        np.testing.assert_allclose(
+            json.loads(row["spacing"]), np.linalg.norm(affine[:3, :3], axis=0), atol=1e-5
+        )
 
 
 def test_dicom_rows_say_how_they_were_deidentified(ingested):
@@ -143,7 +134,9 @@ def test_ct_voxels_are_hounsfield_units_at_their_world_positions(ingested, mixed
         ijk = world_to_voxel(img.affine, f.world_lps(ds) @ LPS_TO_RAS)
         index = np.round(ijk).astype(int)
         np.testing.assert_allclose(ijk, index, atol=1e-2)  # every pixel centre is a voxel centre
-        np.testing.assert_array_equal(data[index[..., 0], index[..., 1], index[..., 2]], f.hounsfield(ds))
+        np.testing.assert_array_equal(
+            data[index[..., 0], index[..., 1], index[..., 2]], f.hounsfield(ds)
+        )
 
 
 def test_nifti_input_keeps_its_voxels_at_their_world_positions(ingested, mixed):
@@ -160,7 +153,11 @@ def test_world_geometry_is_the_one_dcm2niix_gives(ingested, mixed, tmp_path):
     store, _ = ingested
     out = tmp_path / "dcm2niix"
     out.mkdir()
-    subprocess.run(["dcm2niix", "-z", "y", "-b", "n", "-f", "ref", "-o", str(out), str(mixed.root / "ct")], check=True, capture_output=True)
+    subprocess.run(
+        ["dcm2niix", "-z", "y", "-b", "n", "-f", "ref", "-o", str(out), str(mixed.root / "ct")],
+        check=True,
+        capture_output=True,
+    )
     reference = nib.as_closest_canonical(nib.load(out / "ref.nii.gz"))
     ours = nib.load(store / only(sv.volumes(store), modality="CT")["path"])
     assert ours.shape == reference.shape
@@ -180,11 +177,36 @@ def test_rerun_on_the_same_input_writes_nothing(ingested, mixed):
     assert sv.volumes(store) == rows_before
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "medssl/store/ingest.py _batch()/_done(): a DICOM volume id is the series identity alone "
+        "(dicom_stack.Stack.identity: series UID, split key, orientation, size), and _done() skips any id "
+        "already in the manifest; slices that arrive after the series was ingested are never read and the "
+        "store keeps the partial volume while the summary says 'already in store'. Record a fingerprint of "
+        "the stack's SOP instances (or file digests) with the row and reconvert when it differs"
+    ),
+)
+def test_slices_added_to_an_ingested_series_are_not_ignored(tmp_path):
+    series = f.make_series(6)
+    f.write(
+        series[:3], tmp_path / "src", names=["a0.dcm", "a1.dcm", "a2.dcm"]
+    )  # a transfer still running
+    run(tmp_path / "src", tmp_path / "store")
+    f.write(series[3:], tmp_path / "src", names=["b0.dcm", "b1.dcm", "b2.dcm"])  # the rest arrives
+    summary = run(tmp_path / "src", tmp_path / "store")
+    assert summary.written == 1
+    row = single_volume(tmp_path / "store")
+    assert (row["n_images"], json.loads(row["shape"])) == (6, [128, 128, 6])
+
+
 def test_same_key_gives_the_same_ids_in_a_fresh_store(ingested, mixed, tmp_path):
     store, _ = ingested
     run(mixed.root, tmp_path / "fresh")
     assert sv.volume_by_id(tmp_path / "fresh").keys() == sv.volume_by_id(store).keys()
-    assert {r["sha256"] for r in sv.volumes(tmp_path / "fresh")} == {r["sha256"] for r in sv.volumes(store)}
+    assert {r["sha256"] for r in sv.volumes(tmp_path / "fresh")} == {
+        r["sha256"] for r in sv.volumes(store)
+    }
 
 
 def test_another_key_gives_other_ids(ingested, mixed, tmp_path):
@@ -193,7 +215,9 @@ def test_another_key_gives_other_ids(ingested, mixed, tmp_path):
     theirs, ours = sv.volumes(tmp_path / "other"), sv.volumes(store)
     assert len(theirs) == len(ours)
     for column in ("volume_id", "patient", "study", "series", "source_ref"):
-        assert not {r[column] for r in theirs if r[column]} & {r[column] for r in ours if r[column]}, column
+        assert not {r[column] for r in theirs if r[column]} & {
+            r[column] for r in ours if r[column]
+        }, column
 
 
 def test_a_store_refuses_a_second_key(ingested, mixed):
@@ -203,153 +227,6 @@ def test_a_store_refuses_a_second_key(ingested, mixed):
         run(mixed.root, store, key=OTHER_KEY)
     assert sv.mtimes(store) == files_before
     assert sv.volumes(store) == rows_before
-
-
-# -- slice order ----------------------------------------------------------------------------
-
-
-def _single_volume(store: Path) -> dict:
-    rows = sv.volumes(store)
-    assert len(rows) == 1, [r["n_images"] for r in rows]
-    return rows[0]
-
-
-def test_shuffled_slices_with_misleading_names_give_the_same_volume(tmp_path):
-    series = f.make_series(6)
-    f.write(series, tmp_path / "sorted")
-    order = list(range(6))
-    random.Random(5).shuffle(order)
-    # names that sort the wrong way round, in nested folders, some without a .dcm suffix
-    for rank, k in enumerate(order):
-        folder = tmp_path / "shuffled" / ("b" if rank % 2 else "a")
-        f.write([series[k]], folder, names=[f"IMG{5 - k:04d}" + (".dcm" if k % 3 else ".txt")])
-    run(tmp_path / "sorted", tmp_path / "s1")
-    run(tmp_path / "shuffled", tmp_path / "s2")
-    a, b = _single_volume(tmp_path / "s1"), _single_volume(tmp_path / "s2")
-    assert (a["volume_id"], a["sha256"], a["n_images"]) == (b["volume_id"], b["sha256"], 6)
-
-
-def test_slices_are_sorted_by_position_not_instance_number(tmp_path):
-    series = f.make_series(6)
-    f.write(series, tmp_path / "forward")
-    reversed_numbers = [copy.deepcopy(ds) for ds in series]
-    for k, ds in enumerate(reversed_numbers):
-        ds.InstanceNumber = 6 - k
-    f.write(reversed_numbers, tmp_path / "reversed")
-    run(tmp_path / "forward", tmp_path / "s1")
-    run(tmp_path / "reversed", tmp_path / "s2")
-    assert _single_volume(tmp_path / "s1")["sha256"] == _single_volume(tmp_path / "s2")["sha256"]
-    data = np.asarray(nib.load(tmp_path / "s2" / _single_volume(tmp_path / "s2")["path"]).dataobj)
-    # slices step +5 mm along +z (superior); the stored pixel offset grows by 10 per slice
-    assert np.all(np.diff(data.astype(int).mean(axis=(0, 1))) == pytest.approx(10))
-
-
-# -- irregular stacks -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def gap(tmp_path: Path) -> tuple[Path, list[Dataset]]:
-    """A 6-slice series with slice 3 missing."""
-    series = f.make_series(6)
-    f.write([ds for k, ds in enumerate(series) if k != 3], tmp_path / "gap")
-    return tmp_path / "gap", series
-
-
-def test_a_missing_slice_is_rejected_by_default(gap, tmp_path):
-    source, _ = gap
-    store = tmp_path / "store"
-    summary = run(source, store)
-    assert (summary.written, dict(summary.rejected)) == (0, {"missing_slices": 1})
-    row = only(sv.rejected(store), code="missing_slices")
-    assert "missing" in row["message"] and "resample" in row["message"]
-    assert sv.files(store, "volumes") == []
-
-
-def test_a_missing_slice_is_resampled_onto_the_full_grid_when_allowed(gap, tmp_path):
-    source, series = gap
-    store = tmp_path / "store"
-    run(source, store)  # refused first: the rerun with resampling replaces the refusal
-    summary = run(source, store, irregular=IrregularPolicy.RESAMPLE)
-    assert summary.written == 1
-    row = _single_volume(store)
-    corrections = json.loads(row["corrections"])
-    assert corrections and any("resampl" in c for c in corrections)
-    assert sv.rejected(store) == []
-
-    f.write(series, tmp_path / "full")
-    run(tmp_path / "full", tmp_path / "reference")
-    full = _single_volume(tmp_path / "reference")
-    assert json.loads(row["shape"]) == json.loads(full["shape"]) == [128, 128, 6]
-    np.testing.assert_allclose(json.loads(row["affine"]), json.loads(full["affine"]), atol=1e-5)
-    data = np.asarray(nib.load(store / row["path"]).dataobj).astype(float)
-    expected = np.asarray(nib.load(tmp_path / "reference" / full["path"]).dataobj).astype(float)
-    np.testing.assert_allclose(data[..., 3], (expected[..., 2] + expected[..., 4]) / 2, atol=1e-3)  # linear along the normal
-    np.testing.assert_allclose(np.delete(data, 3, axis=2), np.delete(expected, 3, axis=2), atol=1e-3)  # acquired slices kept
-
-
-def test_two_images_at_one_position_are_rejected_as_duplicates(tmp_path):
-    series = f.make_series(6)
-    clash = copy.deepcopy(series[2])
-    clash.SOPInstanceUID = generate_uid()
-    clash.file_meta.MediaStorageSOPInstanceUID = clash.SOPInstanceUID
-    clash.PixelData = (clash.pixel_array + 500).astype(clash.pixel_array.dtype).tobytes()
-    f.write([*series, clash], tmp_path / "dup")
-    store = tmp_path / "store"
-    summary = run(tmp_path / "dup", store)
-    assert (summary.written, dict(summary.rejected)) == (0, {"duplicate_slices": 1})
-    row = only(sv.rejected(store), code="duplicate_slices")
-    reason = json.loads((store / row["quarantine_path"] / "reason.json").read_text())
-    assert reason["code"] == "duplicate_slices"
-
-
-def test_the_same_file_twice_is_one_volume(tmp_path):
-    series = f.make_series(6)
-    paths = f.write(series, tmp_path / "twice")
-    shutil.copy(paths[2], tmp_path / "twice" / "copy-of-one-slice.dcm")
-    f.write(series, tmp_path / "once")
-    summary = run(tmp_path / "twice", tmp_path / "s1")
-    run(tmp_path / "once", tmp_path / "s2")
-    assert (summary.written, sum(summary.rejected.values())) == (1, 0)
-    twice, once = _single_volume(tmp_path / "s1"), _single_volume(tmp_path / "s2")
-    assert (twice["volume_id"], twice["sha256"], twice["n_images"]) == (once["volume_id"], once["sha256"], 6)
-
-
-# -- grouping and archives ------------------------------------------------------------------
-
-
-def test_two_series_in_one_folder_are_two_volumes(tmp_path):
-    ct, mr = f.make_series(4), f.make_series(3, template=f.MR)
-    names = [f"x{k:02d}.dcm" for k in range(7)]
-    random.Random(1).shuffle(names)  # interleaved in one folder
-    f.write([*ct, *mr], tmp_path / "both", names=names)
-    summary = run(tmp_path / "both", tmp_path / "store")
-    assert summary.written == 2
-    assert sorted((r["modality"], r["n_images"]) for r in sv.volumes(tmp_path / "store")) == [("CT", 4), ("MR", 3)]
-
-
-def _zip_folder(folder: Path, archive: Path) -> Path:
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*.dcm")):
-            zf.write(path, f"export/{path.name}")
-    return archive
-
-
-def test_a_zipped_series_is_the_same_volume_as_the_folder(tmp_path):
-    f.write(f.make_series(5), tmp_path / "series")
-    _zip_folder(tmp_path / "series", tmp_path / "series.zip")
-    run(tmp_path / "series", tmp_path / "from-folder")
-    run(tmp_path / "series.zip", tmp_path / "from-zip")
-    folder, archive = _single_volume(tmp_path / "from-folder"), _single_volume(tmp_path / "from-zip")
-    assert (archive["volume_id"], archive["sha256"]) == (folder["volume_id"], folder["sha256"])
-    assert (folder["source_kind"], archive["source_kind"]) == ("dicom_files", "dicom_zip")
-
-
-def test_a_series_present_as_folder_and_zip_is_written_once(tmp_path):
-    f.write(f.make_series(5), tmp_path / "in" / "series")
-    _zip_folder(tmp_path / "in" / "series", tmp_path / "in" / "series.zip")
-    summary = run(tmp_path / "in", tmp_path / "store")
-    assert (summary.written, sum(summary.rejected.values())) == (1, 0)
-    assert _single_volume(tmp_path / "store")["n_images"] == 5
 
 
 # -- atomic writes --------------------------------------------------------------------------

@@ -53,11 +53,18 @@ def read_series(paths: list[Path]) -> list[pydicom.Dataset]:
     datasets = [pydicom.dcmread(p) for p in paths]
     iop = np.array(datasets[0].ImageOrientationPatient, dtype=np.float64)
     normal = np.cross(iop[:3], iop[3:])
-    return sorted(datasets, key=lambda ds: float(np.dot(np.array(ds.ImagePositionPatient, float), normal)))
+    return sorted(
+        datasets, key=lambda ds: float(np.dot(np.array(ds.ImagePositionPatient, float), normal))
+    )
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Relative path → sha256 of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def dcm2niix(in_dir: Path, out_dir: Path) -> list[Path]:
@@ -67,9 +74,14 @@ def dcm2niix(in_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         ["dcm2niix", "-z", "n", "-o", str(out_dir), "-f", "out", str(in_dir)],
-        capture_output=True, text=True, timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.returncode == 0, f"dcm2niix failed ({result.returncode}): {result.stdout[-2000:]} {result.stderr[-2000:]}"
+    assert result.returncode == 0, (
+        f"dcm2niix failed ({result.returncode}): {result.stdout[-2000:]} {result.stderr[-2000:]}"
+    )
     return sorted(out_dir.glob("*.nii"))
 
 

@@ -57,9 +57,13 @@ def test_affine_is_ras_plus_centred_on_center_mm(small_ct):
     assert small_ct.spacing == (5.0, 5.0, 8.0)
     np.testing.assert_allclose(small_ct.center_world, (10.0, -20.0, 30.0))
     ijk = np.array([[0, 0, 0], [63, 10, 31]])
-    np.testing.assert_allclose(small_ct.world_to_voxel(small_ct.voxel_to_world(ijk)), ijk, atol=1e-9)
+    np.testing.assert_allclose(
+        small_ct.world_to_voxel(small_ct.voxel_to_world(ijk)), ijk, atol=1e-9
+    )
     ph = make_ct_phantom((32, 32, 16), (8.0, 8.0, 16.0), center_mm=(0.0, 0.0, 0.0), n_lesions=0)
-    np.testing.assert_allclose(ph.affine[:3, 3], -np.array([8.0, 8.0, 16.0]) * (np.array([32, 32, 16]) - 1) / 2)
+    np.testing.assert_allclose(
+        ph.affine[:3, 3], -np.array([8.0, 8.0, 16.0]) * (np.array([32, 32, 16]) - 1) / 2
+    )
 
 
 def test_anatomy_lies_on_the_right_sides(small_ct):
@@ -71,14 +75,24 @@ def test_anatomy_lies_on_the_right_sides(small_ct):
     assert _centroid_world(small_ct, "vertebrae")[1] < body[1] - 20  # spine: posterior
     assert _centroid_world(small_ct, "heart")[1] > body[1]  # heart: anterior
     assert _centroid_world(small_ct, "lung_right")[0] > _centroid_world(small_ct, "lung_left")[0]
-    assert _centroid_world(small_ct, "lung_right")[2] > _centroid_world(small_ct, "liver")[2] + 40  # lungs superior
+    assert (
+        _centroid_world(small_ct, "lung_right")[2] > _centroid_world(small_ct, "liver")[2] + 40
+    )  # lungs superior
     assert _centroid_world(small_ct, "kidney_left")[2] < _centroid_world(small_ct, "liver")[2]
 
 
 @pytest.mark.parametrize(
     ("name", "low", "high"),
-    [("background", -1100, -900), ("body", -150, -50), ("muscle", 20, 70), ("lung_right", -900, -750),
-     ("lung_left", -900, -750), ("liver", 40, 80), ("aorta", 120, 260), ("vertebrae", 200, 900)],
+    [
+        ("background", -1100, -900),
+        ("body", -150, -50),
+        ("muscle", 20, 70),
+        ("lung_right", -900, -750),
+        ("lung_left", -900, -750),
+        ("liver", 40, 80),
+        ("aorta", 120, 260),
+        ("vertebrae", 200, 900),
+    ],
 )
 def test_labels_align_with_ct_intensities(small_ct, name, low, high):
     assert low < np.median(small_ct.image[small_ct.labels == _label(small_ct, name)]) < high
@@ -108,7 +122,9 @@ def test_lesion_intensities_follow_their_kind():
     median = {les.kind: float(np.median(ph.image[ph.labels == les.label])) for les in ph.lesions}
     liver = float(np.median(ph.image[ph.labels == _label(ph, "liver")]))
     calcified = next(les for les in ph.lesions if les.kind == "calcified")
-    assert ph.image[ph.labels == calcified.label].max() > 400  # small: partial volume lowers the median
+    assert (
+        ph.image[ph.labels == calcified.label].max() > 400
+    )  # small: partial volume lowers the median
     assert -800 < median["ground_glass"] < -300
     assert median["hypodense"] < liver - 20
     assert median["solid_nodule"] > -300  # far denser than lung
@@ -130,10 +146,15 @@ def test_mr_phantom_shares_anatomy_with_t1_contrast():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(n_lesions=-1), dict(lesion_kinds=["tumour"]), dict(shape=(4, 64, 64)), dict(spacing=(0.0, 1.0, 1.0))],
+    [
+        {"n_lesions": -1},
+        {"lesion_kinds": ["tumour"]},
+        {"shape": (4, 64, 64)},
+        {"spacing": (0.0, 1.0, 1.0)},
+    ],
 )
 def test_bad_arguments_raise(kwargs):
-    args = dict(shape=(48, 48, 24), spacing=(6.0, 6.0, 10.0)) | kwargs
+    args = {"shape": (48, 48, 24), "spacing": (6.0, 6.0, 10.0)} | kwargs
     with pytest.raises(ValueError):
         make_ct_phantom(**args)
 
@@ -149,6 +170,8 @@ def test_nifti_round_trip_keeps_the_affine(tmp_path, small_ct):
 
 def test_nrrd_round_trip_in_lps(tmp_path, small_ct):
     write_nrrd(small_ct, tmp_path / "ct.nrrd", labels_path=tmp_path / "labels.nrrd")
+    write_nrrd(small_ct, tmp_path / "again.nrrd")
+    assert (tmp_path / "ct.nrrd").read_bytes() == (tmp_path / "again.nrrd").read_bytes()
     data, header = nrrd.read(str(tmp_path / "ct.nrrd"), index_order="F")
     labels, _ = nrrd.read(str(tmp_path / "labels.nrrd"), index_order="F")
     assert header["space"] == "left-posterior-superior"
@@ -179,8 +202,26 @@ def test_radiograph_is_a_frontal_projection(tmp_path, small_ct):
 
 
 def test_cli_writes_a_mixed_folder(tmp_path, capsys):
-    code = phantom_cli(["--out", str(tmp_path), "--kind", "ct", "--n-series", "4", "--seed", "2",
-                        "--shape", "48", "48", "24", "--spacing", "6", "6", "10"])
+    code = phantom_cli(
+        [
+            "--out",
+            str(tmp_path),
+            "--kind",
+            "ct",
+            "--n-series",
+            "4",
+            "--seed",
+            "2",
+            "--shape",
+            "48",
+            "48",
+            "24",
+            "--spacing",
+            "6",
+            "6",
+            "10",
+        ]
+    )
     assert code == 0
     manifest = json.loads((tmp_path / "phantom_manifest.json").read_text())
     series = manifest["series"]

@@ -18,8 +18,13 @@ from tools.phantom.demo_folder import oblique_orientation
 
 # dcm2niix cannot read deflated files ("Unsupported transfer syntax"); pydicom tests cover them.
 DCM2NIIX_SYNTAXES = [
-    "ExplicitVRLittleEndian", "ImplicitVRLittleEndian", "ExplicitVRBigEndian",
-    "RLELossless", "JPEG2000Lossless", "JPEGLSLossless", "JPEGLosslessSV1",
+    "ExplicitVRLittleEndian",
+    "ImplicitVRLittleEndian",
+    "ExplicitVRBigEndian",
+    "RLELossless",
+    "JPEG2000Lossless",
+    "JPEGLSLossless",
+    "JPEGLosslessSV1",
 ]
 
 
@@ -38,19 +43,25 @@ def _assert_matches_phantom_exactly(img, phantom):
 def test_default_axial_ct_geometry_and_hu(tmp_path):
     phantom = make_ct_phantom(seed=21)  # 128 x 128 x 64, 3 x 3 x 4 mm
     write_ct_series(phantom, tmp_path / "in")
-    _assert_matches_phantom_exactly(_only_volume(dcm2niix(tmp_path / "in", tmp_path / "out")), phantom)
+    _assert_matches_phantom_exactly(
+        _only_volume(dcm2niix(tmp_path / "in", tmp_path / "out")), phantom
+    )
 
 
 @pytest.mark.parametrize("syntax", DCM2NIIX_SYNTAXES)
 def test_axial_series_in_each_syntax(small_ct, tmp_path, syntax):
     write_ct_series(small_ct, tmp_path / "in", transfer_syntax=syntax)
-    _assert_matches_phantom_exactly(_only_volume(dcm2niix(tmp_path / "in", tmp_path / "out")), small_ct)
+    _assert_matches_phantom_exactly(
+        _only_volume(dcm2niix(tmp_path / "in", tmp_path / "out")), small_ct
+    )
 
 
 @pytest.mark.parametrize("orientation", ["coronal", "sagittal"])
 def test_orthogonal_reformats_land_on_the_same_grid(small_ct, tmp_path, orientation):
     write_ct_series(small_ct, tmp_path / "in", orientation=orientation)
-    _assert_matches_phantom_exactly(_only_volume(dcm2niix(tmp_path / "in", tmp_path / "out")), small_ct)
+    _assert_matches_phantom_exactly(
+        _only_volume(dcm2niix(tmp_path / "in", tmp_path / "out")), small_ct
+    )
 
 
 @pytest.mark.parametrize("iop", [oblique_orientation(15.0, 20.0), oblique_orientation(-30.0, 0.0)])
@@ -68,14 +79,20 @@ def test_oblique_series_centre_and_content(small_ct, tmp_path, iop):
 
 def test_mr_series_and_enhanced_multiframe(small_mr, small_ct, tmp_path):
     write_mr_series(small_mr, tmp_path / "mr", transfer_syntax="JPEGLSLossless")
-    _assert_matches_phantom_exactly(_only_volume(dcm2niix(tmp_path / "mr", tmp_path / "mr_out")), small_mr)
+    _assert_matches_phantom_exactly(
+        _only_volume(dcm2niix(tmp_path / "mr", tmp_path / "mr_out")), small_mr
+    )
     for phantom, name in ((small_mr, "emr"), (small_ct, "ect")):
-        write_enhanced_multiframe(phantom, tmp_path / name / "mf.dcm", transfer_syntax="JPEGLosslessSV1")
+        write_enhanced_multiframe(
+            phantom, tmp_path / name / "mf.dcm", transfer_syntax="JPEGLosslessSV1"
+        )
         img = _only_volume(dcm2niix(tmp_path / name, tmp_path / f"{name}_out"))
         _assert_matches_phantom_exactly(img, phantom)
 
 
-@pytest.mark.parametrize("orientation", ["axial", oblique_orientation(0.0, 20.0)], ids=["axial", "oblique"])
+@pytest.mark.parametrize(
+    "orientation", ["axial", oblique_orientation(0.0, 20.0)], ids=["axial", "oblique"]
+)
 def test_siemens_mosaic(small_mr, tmp_path, orientation):
     write_mosaic(small_mr, tmp_path / "in" / "mosaic.dcm", orientation=orientation)
     img = _only_volume(dcm2niix(tmp_path / "in", tmp_path / "out"))

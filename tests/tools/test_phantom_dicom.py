@@ -14,7 +14,6 @@ from pydicom.uid import UID
 
 from tests.tools.phantom_helpers import (
     folder_digest,
-    inside_phantom,
     phantom_at,
     pixel_world_ras,
     read_series,
@@ -50,7 +49,9 @@ def explicit_series(small_ct, tmp_path_factory):
 
 
 @pytest.mark.parametrize("syntax", [uid.keyword for uid in SUPPORTED_SYNTAXES])
-def test_every_transfer_syntax_reads_back_to_the_phantom_hu(small_ct, tmp_path, explicit_series, syntax):
+def test_every_transfer_syntax_reads_back_to_the_phantom_hu(
+    small_ct, tmp_path, explicit_series, syntax
+):
     paths = write_ct_series(small_ct, tmp_path, transfer_syntax=syntax, seed=1)
     datasets = read_series(paths)
     assert {ds.file_meta.TransferSyntaxUID.keyword for ds in datasets} == {syntax}
@@ -74,7 +75,11 @@ def test_axial_series_geometry_tags(small_ct, explicit_series):
     corner_ras = small_ct.voxel_to_world([small_ct.shape[0] - 1, small_ct.shape[1] - 1, 0])
     np.testing.assert_allclose(pixel_world_ras(first)[0, 0], corner_ras)
     assert first.Rows == small_ct.shape[1] and first.Columns == small_ct.shape[0]
-    assert first.RescaleIntercept == -1024 and first.BitsStored == 12 and first.PixelRepresentation == 0
+    assert (
+        first.RescaleIntercept == -1024
+        and first.BitsStored == 12
+        and first.PixelRepresentation == 0
+    )
 
 
 def test_files_are_traps_for_naive_readers(explicit_series):
@@ -87,7 +92,9 @@ def test_files_are_traps_for_naive_readers(explicit_series):
 def test_instance_file_names_and_unshuffled_numbers(small_ct, tmp_path):
     paths = write_ct_series(small_ct, tmp_path, file_names="instance", shuffle=False)
     assert [p.name for p in paths] == [f"IM{n:05d}.dcm" for n in range(1, small_ct.shape[2] + 1)]
-    assert [int(ds.InstanceNumber) for ds in read_series(paths)] == list(range(1, small_ct.shape[2] + 1))
+    assert [int(ds.InstanceNumber) for ds in read_series(paths)] == list(
+        range(1, small_ct.shape[2] + 1)
+    )
 
 
 def test_same_seed_writes_identical_bytes(small_ct, tmp_path):
@@ -101,9 +108,16 @@ def test_same_seed_writes_identical_bytes(small_ct, tmp_path):
 
 def test_uids_are_valid_and_shared_where_they_should_be(small_ct, tmp_path):
     one = read_series(write_ct_series(small_ct, tmp_path / "1", series_number=1))
-    two = read_series(write_ct_series(small_ct, tmp_path / "2", series_number=2, orientation="coronal"))
+    two = read_series(
+        write_ct_series(small_ct, tmp_path / "2", series_number=2, orientation="coronal")
+    )
     for ds in (one[0], two[0]):
-        for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID):
+        for uid in (
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
+            ds.FrameOfReferenceUID,
+        ):
             assert UID(uid).is_valid
     assert one[0].StudyInstanceUID == two[0].StudyInstanceUID
     assert one[0].FrameOfReferenceUID == two[0].FrameOfReferenceUID
@@ -112,14 +126,18 @@ def test_uids_are_valid_and_shared_where_they_should_be(small_ct, tmp_path):
 
 
 def test_missing_and_duplicate_slices(small_ct, tmp_path):
-    paths = write_ct_series(small_ct, tmp_path, missing_slices=(3, 4), duplicate_slices=(10, 10, 20))
+    paths = write_ct_series(
+        small_ct, tmp_path, missing_slices=(3, 4), duplicate_slices=(10, 10, 20)
+    )
     datasets = [pydicom.dcmread(p) for p in paths]
     assert len(datasets) == small_ct.shape[2] - 2 + 3
     z = [round(float(ds.ImagePositionPatient[2]), 3) for ds in datasets]
     step = small_ct.spacing[2]
     first_z = small_ct.voxel_to_world([0, 0, 0])[2]
     assert round(first_z + 3 * step, 3) not in z and round(first_z + 4 * step, 3) not in z
-    assert z.count(round(first_z + 10 * step, 3)) == 3 and z.count(round(first_z + 20 * step, 3)) == 2
+    assert (
+        z.count(round(first_z + 10 * step, 3)) == 3 and z.count(round(first_z + 20 * step, 3)) == 2
+    )
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
     with pytest.raises(ValueError, match="missing_slices"):
         write_ct_series(small_ct, tmp_path / "bad", missing_slices=(999,))
@@ -127,11 +145,18 @@ def test_missing_and_duplicate_slices(small_ct, tmp_path):
 
 def test_extra_attributes_signed_storage_and_errors(small_ct, small_mr, tmp_path):
     paths = write_ct_series(
-        small_ct, tmp_path, signed=True, rescale_intercept=0.0, rescale_slope=0.5,
+        small_ct,
+        tmp_path,
+        signed=True,
+        rescale_intercept=0.0,
+        rescale_slope=0.5,
         extra={"InstitutionName": "Phantom Hospital", "ConvolutionKernel": "B30f"},
     )
     datasets = read_series(paths)
-    assert datasets[0].InstitutionName == "Phantom Hospital" and datasets[0].ConvolutionKernel == "B30f"
+    assert (
+        datasets[0].InstitutionName == "Phantom Hospital"
+        and datasets[0].ConvolutionKernel == "B30f"
+    )
     assert datasets[0].PixelRepresentation == 1 and datasets[0].pixel_array.dtype == np.int16
     hu = np.stack([real_values(ds) for ds in datasets])
     assert np.abs(hu - _axial_reference(small_ct)).max() <= 0.25 + 1e-3
@@ -145,8 +170,13 @@ def test_extra_attributes_signed_storage_and_errors(small_ct, small_mr, tmp_path
 
 @pytest.mark.parametrize(
     "geometry",
-    [dict(orientation=OBLIQUE_IOP), dict(gantry_tilt_deg=15.0), dict(gantry_tilt_deg=-15.0),
-     dict(orientation="coronal"), dict(orientation="sagittal")],
+    [
+        {"orientation": OBLIQUE_IOP},
+        {"gantry_tilt_deg": 15.0},
+        {"gantry_tilt_deg": -15.0},
+        {"orientation": "coronal"},
+        {"orientation": "sagittal"},
+    ],
     ids=["oblique", "tilt+15", "tilt-15", "coronal", "sagittal"],
 )
 def test_every_pixel_shows_the_phantom_at_its_tagged_world_position(small_ct, tmp_path, geometry):
@@ -169,19 +199,30 @@ def test_oblique_grid_is_centred_on_the_phantom(small_ct, tmp_path):
 
 
 def test_mr_series_tags_and_values(small_mr, tmp_path):
-    datasets = read_series(write_mr_series(small_mr, tmp_path, echo_time_ms=12.0, magnetic_field_strength_t=3.0))
+    datasets = read_series(
+        write_mr_series(small_mr, tmp_path, echo_time_ms=12.0, magnetic_field_strength_t=3.0)
+    )
     ds = datasets[0]
     assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
-    assert float(ds.EchoTime) == 12.0 and float(ds.MagneticFieldStrength) == 3.0 and float(ds.RepetitionTime) > 0
+    assert (
+        float(ds.EchoTime) == 12.0
+        and float(ds.MagneticFieldStrength) == 3.0
+        and float(ds.RepetitionTime) > 0
+    )
     assert "RescaleIntercept" not in ds
     values = np.stack([d.pixel_array.astype(float) for d in datasets])
     assert np.abs(values - _axial_reference(small_mr)).max() <= 0.5 + 1e-3
 
 
-@pytest.mark.parametrize(("fixture", "sop"), [("small_ct", "EnhancedCTImageStorage"), ("small_mr", "EnhancedMRImageStorage")])
+@pytest.mark.parametrize(
+    ("fixture", "sop"),
+    [("small_ct", "EnhancedCTImageStorage"), ("small_mr", "EnhancedMRImageStorage")],
+)
 def test_enhanced_multiframe_positions_and_values(request, tmp_path, fixture, sop):
     phantom = request.getfixturevalue(fixture)
-    path = write_enhanced_multiframe(phantom, tmp_path / "mf.dcm", shuffle_frames=True, transfer_syntax="RLELossless")
+    path = write_enhanced_multiframe(
+        phantom, tmp_path / "mf.dcm", shuffle_frames=True, transfer_syntax="RLELossless"
+    )
     ds = pydicom.dcmread(path)
     assert ds.SOPClassUID.keyword == sop and int(ds.NumberOfFrames) == phantom.shape[2]
     shared = ds.SharedFunctionalGroupsSequence[0]
@@ -210,7 +251,11 @@ def test_mosaic_round_trips_through_nibabel(small_mr, tmp_path):
     ds = pydicom.dcmread(path)
     n = small_mr.shape[2]
     k = int(np.ceil(np.sqrt(n)))
-    assert "MOSAIC" in ds.ImageType and ds.Rows == k * small_mr.shape[1] and ds.Columns == k * small_mr.shape[0]
+    assert (
+        "MOSAIC" in ds.ImageType
+        and ds.Rows == k * small_mr.shape[1]
+        and ds.Columns == k * small_mr.shape[0]
+    )
     csa = csareader.get_csa_header(ds)
     assert csareader.get_n_mosaic(csa) == n and csareader.is_mosaic(csa)
     np.testing.assert_allclose(csareader.get_slice_normal(csa), [0, 0, 1])
@@ -226,8 +271,12 @@ def test_mosaic_round_trips_through_nibabel(small_mr, tmp_path):
 
 @pytest.mark.parametrize(
     ("dtype", "precision", "values"),
-    [(np.uint16, 16, [0, 65535, 0, 32768, 1, 65534]), (np.int16, 16, [-32768, 32767, 0, -1, 1, -1024]),
-     (np.uint16, 12, [0, 4095, 2048, 0, 4095, 7]), (np.uint16, 10, [0, 1023, 1, 512, 1022, 3])],
+    [
+        (np.uint16, 16, [0, 65535, 0, 32768, 1, 65534]),
+        (np.int16, 16, [-32768, 32767, 0, -1, 1, -1024]),
+        (np.uint16, 12, [0, 4095, 2048, 0, 4095, 7]),
+        (np.uint16, 10, [0, 1023, 1, 512, 1022, 3]),
+    ],
 )
 def test_jpeg_lossless_encoder_round_trips_extremes(tmp_path, dtype, precision, values):
     rng = np.random.default_rng(0)
@@ -236,7 +285,11 @@ def test_jpeg_lossless_encoder_round_trips_extremes(tmp_path, dtype, precision, 
     frame = rng.integers(info.min, high + 1, size=(37, 29)).astype(dtype)
     frame[0, : len(values)] = values
     frame[1:, 0] = frame[:-1, 0][::-1]  # large jumps down the first column too
-    ds = new_dataset(pydicom.uid.SecondaryCaptureImageStorage, pydicom.uid.generate_uid(), pydicom.uid.JPEGLosslessSV1)
+    ds = new_dataset(
+        pydicom.uid.SecondaryCaptureImageStorage,
+        pydicom.uid.generate_uid(),
+        pydicom.uid.JPEGLosslessSV1,
+    )
     set_pixels(ds, frame, bits_stored=precision)
     back = pydicom.dcmread(save(ds, tmp_path / "j.dcm")).pixel_array
     np.testing.assert_array_equal(back, frame)

@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from tools.phantom.canvas import LABEL_ID, ORGAN_LABELS, TISSUE_ID, Canvas, tissue_lut
 from tools.phantom.lesions import LESION_KINDS, place_lesions
-from tools.phantom.volume import Phantom
+from tools.phantom.volume import Lesion, Phantom
 
 BODY_CENTER = (0.0, -0.02)
 BODY_RADII = (0.86, 0.62)
@@ -60,8 +60,12 @@ def _draw_organs(c: Canvas, rho: np.ndarray) -> None:
     inside = rho < INTERIOR_RHO
     c.paint(c.ellipsoid((0.33, 0.05, -0.25), (0.40, 0.42, 0.30)) & inside, "liver", "liver")
     c.paint(c.ellipsoid((-0.50, -0.20, -0.20), (0.14, 0.18, 0.18)) & inside, "spleen", "spleen")
-    c.paint(c.ellipsoid((0.30, -0.30, -0.64), (0.11, 0.12, 0.20)) & inside, "kidney", "kidney_right")
-    c.paint(c.ellipsoid((-0.30, -0.30, -0.60), (0.11, 0.12, 0.20)) & inside, "kidney", "kidney_left")
+    c.paint(
+        c.ellipsoid((0.30, -0.30, -0.64), (0.11, 0.12, 0.20)) & inside, "kidney", "kidney_right"
+    )
+    c.paint(
+        c.ellipsoid((-0.30, -0.30, -0.60), (0.11, 0.12, 0.20)) & inside, "kidney", "kidney_left"
+    )
     c.paint(c.ellipsoid((0.36, 0.02, 0.50), (0.27, 0.42, 0.48)) & inside, "lung", "lung_right")
     c.paint(c.ellipsoid((-0.37, 0.02, 0.52), (0.26, 0.42, 0.46)) & inside, "lung", "lung_left")
     c.paint(c.ellipsoid((-0.08, 0.18, 0.28), (0.25, 0.22, 0.20)), "heart", "heart")
@@ -74,11 +78,15 @@ def _draw_vessels(c: Canvas, rng: np.random.Generator) -> None:
         ((0.12, -0.06, 0.15), 10.0, "vein", "vessels"),
     ):
         a = c.to_mm((cx, cy, -1.0))
-        tube = ((c.xmm - a[0]) ** 2 + (c.ymm - a[1]) ** 2 <= radius_mm**2) & (c.zmm <= top * c.half_extent[2])
+        tube = ((c.xmm - a[0]) ** 2 + (c.ymm - a[1]) ** 2 <= radius_mm**2) & (
+            c.zmm <= top * c.half_extent[2]
+        )
         c.paint(tube, tissue, label)
     # Renal arteries, from the aorta to each kidney's hilum.
     for kx, kz in ((0.30, -0.64), (-0.30, -0.60)):
-        block, tube = c.segment(c.to_mm((-0.08, -0.08, kz + 0.05)), c.to_mm((kx * 0.7, -0.27, kz)), 3.0)
+        block, tube = c.segment(
+            c.to_mm((-0.08, -0.08, kz + 0.05)), c.to_mm((kx * 0.7, -0.27, kz)), 3.0
+        )
         _paint_block(c, block, tube, allowed=("fat", "kidney"), tissue="aorta", label="vessels")
     # Pulmonary vessels: seeded branches from each hilum into its lung.
     for side, (lx, lz) in ((1.0, (0.36, 0.50)), (-1.0, (-0.37, 0.52))):
@@ -92,9 +100,15 @@ def _draw_vessels(c: Canvas, rng: np.random.Generator) -> None:
 
 
 def _paint_block(
-    c: Canvas, block: tuple[slice, ...], mask: np.ndarray, *, allowed: Sequence[str], tissue: str, label: str
+    c: Canvas,
+    block: tuple[slice, ...],
+    mask: np.ndarray,
+    *,
+    allowed: Sequence[str],
+    tissue: str,
+    label: str,
 ) -> None:
-    """Paint ``mask`` inside ``block`` only over the ``allowed`` tissues (vessels stay in organs)."""
+    """Paint ``mask`` in ``block`` only over ``allowed`` tissues (vessels stay in organs)."""
     sub_tissue = c.tissue[block]
     ok = mask & np.isin(sub_tissue, [TISSUE_ID[t] for t in allowed])
     sub_tissue[ok] = TISSUE_ID[tissue]
@@ -126,7 +140,7 @@ def build_anatomy(
     rng: np.random.Generator,
     n_lesions: int,
     lesion_kinds: Sequence[str] | None,
-) -> tuple[Canvas, list]:
+) -> tuple[Canvas, list[Lesion]]:
     """Paint the torso and its lesions; returns the canvas and the lesion list."""
     if min(shape) < 8:
         raise ValueError(f"shape {shape}: every axis needs at least 8 voxels for the anatomy")
@@ -141,7 +155,7 @@ def build_anatomy(
     return c, lesions
 
 
-def _label_names(c: Canvas, lesions: list) -> dict[int, str]:
+def _label_names(c: Canvas, lesions: list[Lesion]) -> dict[int, str]:
     present = set(np.unique(c.labels).tolist())
     names = {v: n for v, n in ORGAN_LABELS.items() if v in present or v == 0}
     names.update({les.label: f"lesion_{les.label - 100}_{les.kind}" for les in lesions})
@@ -222,7 +236,12 @@ def make_mr_phantom(
     coeffs = rng.uniform(-1.0, 1.0, size=4).astype(np.float32)
     bias = np.exp(
         np.float32(bias_strength)
-        * (coeffs[0] * canvas.xn + coeffs[1] * canvas.yn + coeffs[2] * canvas.zn + coeffs[3] * canvas.xn * canvas.zn)
+        * (
+            coeffs[0] * canvas.xn
+            + coeffs[1] * canvas.yn
+            + coeffs[2] * canvas.zn
+            + coeffs[3] * canvas.xn * canvas.zn
+        )
     )
     image *= bias
     real = image + rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_sd)

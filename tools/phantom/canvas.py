@@ -131,7 +131,9 @@ class Canvas:
             value = LABEL_ID[label] if isinstance(label, str) else int(label)
             np.copyto(self.labels, np.uint8(value), where=mask)
 
-    def ellipsoid(self, center: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
+    def ellipsoid(
+        self, center: tuple[float, float, float], radii: tuple[float, float, float]
+    ) -> np.ndarray:
         """Boolean ``[I, J, K]``: inside an axis-aligned ellipsoid in normalised units."""
         (cx, cy, cz), (rx, ry, rz) = center, radii
         return (
@@ -147,7 +149,9 @@ class Canvas:
         """Normalised (x, y, z) → mm from the volume centre."""
         return np.asarray(point_normalised, dtype=np.float64) * self.half_extent
 
-    def segment(self, a_mm: np.ndarray, b_mm: np.ndarray, radius_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    def segment(
+        self, a_mm: np.ndarray, b_mm: np.ndarray, radius_mm: float
+    ) -> tuple[tuple[slice, ...], np.ndarray]:
         """A tube of ``radius_mm`` around segment a→b (mm from centre), as (block, mask in block).
 
         Computed only inside the segment's bounding block so thin vessels stay cheap.
@@ -158,7 +162,7 @@ class Canvas:
         centre_index = (np.asarray(self.shape) - 1) / 2.0
         lo = np.clip(np.floor(lo_mm / self.spacing + centre_index).astype(int), 0, self.shape)
         hi = np.clip(np.ceil(hi_mm / self.spacing + centre_index).astype(int) + 1, 0, self.shape)
-        block = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+        block = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         px = self.xmm[block[0], :, :] - a[0]
         py = self.ymm[:, block[1], :] - a[1]
         pz = self.zmm[:, :, block[2]] - a[2]

@@ -17,7 +17,19 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-_SYNGO_DT = {"IS": 6, "US": 3, "UL": 5, "SL": 4, "FD": 4, "DS": 3, "FL": 2, "LO": 19, "SH": 22, "ST": 21, "CS": 16}
+_SYNGO_DT = {
+    "IS": 6,
+    "US": 3,
+    "UL": 5,
+    "SL": 4,
+    "FD": 4,
+    "DS": 3,
+    "FL": 2,
+    "LO": 19,
+    "SH": 22,
+    "ST": 21,
+    "CS": 16,
+}
 _MAGIC = 77
 _MIN_ITEMS = 6  # Siemens pads every tag with empty items; dcm2niix reads up to 3 items blindly
 

@@ -58,6 +58,7 @@ Recipe = tuple[str, str, Callable[..., list[Path]]]
 def _series(writer: Callable[..., list[Path]], **fixed: object) -> Callable[..., list[Path]]:
     def write(ph: Phantom, folder: Path, **ids: object) -> list[Path]:
         return writer(ph, folder, **fixed, **ids)
+
     return write
 
 
@@ -65,12 +66,17 @@ def _single(writer: Callable[..., Path], name: str, **fixed: object) -> Callable
     def write(ph: Phantom, folder: Path, **ids: object) -> list[Path]:
         ids.pop("seed", None)
         return [writer(ph, folder / name, **fixed, **ids)]
+
     return write
 
 
 def _radiograph(ph: Phantom, folder: Path, **ids: object) -> list[Path]:
     ids.pop("seed", None)
-    return [write_radiograph(folder / "chest_pa.dcm", phantom=ph, transfer_syntax="JPEG2000Lossless", **ids)]  # type: ignore[arg-type]
+    return [
+        write_radiograph(
+            folder / "chest_pa.dcm", phantom=ph, transfer_syntax="JPEG2000Lossless", **ids
+        )
+    ]  # type: ignore[arg-type]
 
 
 OBLIQUE = oblique_orientation(15.0, 20.0)
@@ -79,21 +85,53 @@ CT_RECIPES: list[Recipe] = [
     ("oblique", "ExplicitVRLittleEndian", _series(write_ct_series, orientation=OBLIQUE)),
     ("compressed", "JPEGLosslessSV1", _series(write_ct_series, transfer_syntax="JPEGLosslessSV1")),
     ("gantry_tilt", "ExplicitVRLittleEndian", _series(write_ct_series, gantry_tilt_deg=12.0)),
-    ("gaps", "RLELossless", _series(
-        write_ct_series, transfer_syntax="RLELossless", missing_slices=(5,), duplicate_slices=(9,))),
-    ("enhanced", "JPEGLSLossless", _single(write_enhanced_multiframe, "ct_multiframe.dcm", transfer_syntax="JPEGLSLossless")),
-    ("coronal", "ImplicitVRLittleEndian", _series(
-        write_ct_series, orientation="coronal", transfer_syntax="ImplicitVRLittleEndian", file_names="instance")),
+    (
+        "gaps",
+        "RLELossless",
+        _series(
+            write_ct_series,
+            transfer_syntax="RLELossless",
+            missing_slices=(5,),
+            duplicate_slices=(9,),
+        ),
+    ),
+    (
+        "enhanced",
+        "JPEGLSLossless",
+        _single(write_enhanced_multiframe, "ct_multiframe.dcm", transfer_syntax="JPEGLSLossless"),
+    ),
+    (
+        "coronal",
+        "ImplicitVRLittleEndian",
+        _series(
+            write_ct_series,
+            orientation="coronal",
+            transfer_syntax="ImplicitVRLittleEndian",
+            file_names="instance",
+        ),
+    ),
     ("radiograph", "JPEG2000Lossless", _radiograph),
 ]
 MR_RECIPES: list[Recipe] = [
     ("axial", "ExplicitVRLittleEndian", _series(write_mr_series)),
     ("oblique", "ExplicitVRLittleEndian", _series(write_mr_series, orientation=OBLIQUE)),
-    ("compressed", "JPEG2000Lossless", _series(write_mr_series, transfer_syntax="JPEG2000Lossless")),
+    (
+        "compressed",
+        "JPEG2000Lossless",
+        _series(write_mr_series, transfer_syntax="JPEG2000Lossless"),
+    ),
     ("enhanced", "ExplicitVRLittleEndian", _single(write_enhanced_multiframe, "mr_multiframe.dcm")),
     ("mosaic", "ExplicitVRLittleEndian", _single(write_mosaic, "mosaic.dcm")),
-    ("sagittal_gaps", "JPEGLSLossless", _series(
-        write_mr_series, orientation="sagittal", transfer_syntax="JPEGLSLossless", missing_slices=(3,))),
+    (
+        "sagittal_gaps",
+        "JPEGLSLossless",
+        _series(
+            write_mr_series,
+            orientation="sagittal",
+            transfer_syntax="JPEGLSLossless",
+            missing_slices=(3,),
+        ),
+    ),
 ]
 
 
@@ -125,10 +163,17 @@ def write_demo_folder(
         ph = make(shape, spacing, seed=seed * 100 + s, n_lesions=4)
         patient_id = f"PHANTOM{seed:03d}{s:02d}"
         phantoms.append(ph)
-        studies.append({"patient_id": patient_id, "patient_name": f"PHANTOM^CASE{seed:03d}{s:02d}",
-                        "study_uid": str(default_study_uid(patient_id, ph.seed))})
+        studies.append(
+            {
+                "patient_id": patient_id,
+                "patient_name": f"PHANTOM^CASE{seed:03d}{s:02d}",
+                "study_uid": str(default_study_uid(patient_id, ph.seed)),
+            }
+        )
         gt = out / "ground_truth"
-        write_nifti(ph, gt / f"{patient_id}_image.nii.gz", labels_path=gt / f"{patient_id}_labels.nii.gz")
+        write_nifti(
+            ph, gt / f"{patient_id}_image.nii.gz", labels_path=gt / f"{patient_id}_labels.nii.gz"
+        )
     records = []
     for n in range(n_series):
         s = n % n_studies
@@ -137,24 +182,44 @@ def write_demo_folder(
         if progress:
             progress(f"series {n + 1}/{n_series}: {recipe} ({ts})")
         paths = write(
-            phantoms[s], folder, patient_name=studies[s]["patient_name"], patient_id=studies[s]["patient_id"],
-            study_uid=studies[s]["study_uid"], series_number=n // n_studies + 1, seed=seed * 1000 + n,
+            phantoms[s],
+            folder,
+            patient_name=studies[s]["patient_name"],
+            patient_id=studies[s]["patient_id"],
+            study_uid=studies[s]["study_uid"],
+            series_number=n // n_studies + 1,
+            seed=seed * 1000 + n,
             series_description=f"{phantoms[s].modality} {recipe}",
         )
         header = pydicom.dcmread(paths[0], stop_before_pixels=True)
-        records.append(SeriesRecord(
-            path=str(folder.relative_to(out)), recipe=recipe, modality=str(header.Modality),
-            transfer_syntax=ts, patient_id=studies[s]["patient_id"], study_uid=studies[s]["study_uid"],
-            series_number=n // n_studies + 1, n_files=len(paths),
-        ))
+        records.append(
+            SeriesRecord(
+                path=str(folder.relative_to(out)),
+                recipe=recipe,
+                modality=str(header.Modality),
+                transfer_syntax=ts,
+                patient_id=studies[s]["patient_id"],
+                study_uid=studies[s]["study_uid"],
+                series_number=n // n_studies + 1,
+                n_files=len(paths),
+            )
+        )
     manifest = {
-        "kind": kind, "seed": seed, "shape": list(shape), "spacing": list(spacing),
+        "kind": kind,
+        "seed": seed,
+        "shape": list(shape),
+        "spacing": list(spacing),
         "series": [asdict(r) for r in records],
         "patients": [
-            {**st, "label_names": {str(k): v for k, v in ph.label_names.items()},
-             "lesions": [asdict(les) for les in ph.lesions]}
+            {
+                **st,
+                "label_names": {str(k): v for k, v in ph.label_names.items()},
+                "lesions": [asdict(les) for les in ph.lesions],
+            }
             for st, ph in zip(studies, phantoms)
         ],
     }
-    (out / "phantom_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (out / "phantom_manifest.json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    )
     return records

@@ -36,7 +36,12 @@ UNCOMPRESSED_SYNTAXES: tuple[UID, ...] = (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 )
-COMPRESSED_SYNTAXES: tuple[UID, ...] = (RLELossless, JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1)
+COMPRESSED_SYNTAXES: tuple[UID, ...] = (
+    RLELossless,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLosslessSV1,
+)
 SUPPORTED_SYNTAXES: tuple[UID, ...] = UNCOMPRESSED_SYNTAXES + COMPRESSED_SYNTAXES
 _BY_KEYWORD = {uid.keyword: uid for uid in SUPPORTED_SYNTAXES}
 
@@ -133,14 +138,20 @@ def ds_number(value: float) -> str:
     return text
 
 
-def quantize(values: np.ndarray, *, slope: float, intercept: float, signed: bool, bits_stored: int) -> np.ndarray:
+def quantize(
+    values: np.ndarray, *, slope: float, intercept: float, signed: bool, bits_stored: int
+) -> np.ndarray:
     """Stored integers for real ``values``: ``round((values - intercept) / slope)``.
 
     Returns int16 when ``signed`` else uint16. Values outside what ``bits_stored`` holds
     raise ValueError rather than wrap.
     """
     stored = np.rint((values.astype(np.float64) - intercept) / slope)
-    lo, hi = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    lo, hi = (
+        (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1)
+        if signed
+        else (0, (1 << bits_stored) - 1)
+    )
     if stored.size and (stored.min() < lo or stored.max() > hi):
         raise ValueError(
             f"stored values {stored.min():.0f}..{stored.max():.0f} do not fit {bits_stored} "
@@ -155,7 +166,10 @@ def set_pixels(ds: Dataset, frames: np.ndarray, *, bits_stored: int) -> None:
     frames: ``[rows, cols]`` or ``[n_frames, rows, cols]`` uint16/int16.
     """
     if frames.dtype not in (np.uint16, np.int16) or frames.ndim not in (2, 3):
-        raise ValueError(f"frames must be [rows, cols] or [n, rows, cols] uint16/int16, got {frames.dtype} {frames.shape}")
+        raise ValueError(
+            "frames must be [rows, cols] or [n, rows, cols] uint16/int16, "
+            f"got {frames.dtype} {frames.shape}"
+        )
     signed = frames.dtype == np.int16
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -177,7 +191,9 @@ def set_pixels(ds: Dataset, frames: np.ndarray, *, bits_stored: int) -> None:
         ds.PixelData = encapsulate([encode_jpeg_lossless_sv1(f, precision) for f in stack])
         ds["PixelData"].VR = "OB"
     else:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # compress() starts from native data
+        ds.file_meta.TransferSyntaxUID = (
+            ExplicitVRLittleEndian  # compress() starts from native data
+        )
         ds.compress(ts, frames, generate_instance_uid=False)
     if ts in COMPRESSED_SYNTAXES:
         ds.LossyImageCompression = "00"

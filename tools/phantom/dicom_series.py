@@ -48,7 +48,9 @@ def set_plane(ds: Dataset, grid: SliceGrid, s: int) -> None:
     ds.SliceLocation = ds_number(float(np.dot(grid.positions[s], grid.normal)))
 
 
-def _slice_plan(n_slices: int, missing: Iterable[int], duplicates: Iterable[int]) -> list[tuple[int, int]]:
+def _slice_plan(
+    n_slices: int, missing: Iterable[int], duplicates: Iterable[int]
+) -> list[tuple[int, int]]:
     """(slice index, copy number) of every file to write, in stacking order."""
     missing, duplicates = set(missing), list(duplicates)
     for name, indices in (("missing_slices", missing), ("duplicate_slices", duplicates)):
@@ -105,8 +107,8 @@ def write_stack(
         ds.InstanceNumber = number
         ds.AcquisitionNumber = 1
         set_plane(ds, grid, s)
-        apply_extra(ds, extra)
         set_pixels(ds, np.ascontiguousarray(frames[s]), bits_stored=bits_stored)
+        apply_extra(ds, extra)  # last, so a test can deliberately override anything
         paths.append(save(ds, Path(out_dir) / name))
     return paths
 
@@ -160,16 +162,27 @@ def write_ct_series(
     _require(phantom, "CT", "write_ct_series")
     grid = make_slice_grid(phantom, orientation, gantry_tilt_deg=gantry_tilt_deg)
     hu = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=-1000.0)
-    stored = quantize(hu, slope=rescale_slope, intercept=rescale_intercept, signed=signed, bits_stored=16)
+    stored = quantize(
+        hu, slope=rescale_slope, intercept=rescale_intercept, signed=signed, bits_stored=16
+    )
     bits_stored = 16 if signed or int(stored.max()) > 4095 else 12
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
-    series_uid = UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
-    description = series_description or f"CT {orientation if isinstance(orientation, str) else 'oblique'}"
+    series_uid = (
+        UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    )
+    description = (
+        series_description or f"CT {orientation if isinstance(orientation, str) else 'oblique'}"
+    )
 
     def fill(ds: Dataset) -> None:
         set_identity(
-            ds, patient_name=patient_name, patient_id=patient_id, study_uid=study_uid,
-            series_uid=series_uid, series_number=series_number, modality=modality,
+            ds,
+            patient_name=patient_name,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            series_number=series_number,
+            modality=modality,
             series_description=description,
         )
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -185,9 +198,20 @@ def write_ct_series(
         ds.WindowWidth = "400"
 
     return write_stack(
-        out_dir, grid, stored, fill, sop_class=CTImageStorage, series_uid=series_uid,
-        transfer_syntax=transfer_syntax, bits_stored=bits_stored, missing_slices=missing_slices,
-        duplicate_slices=duplicate_slices, file_names=file_names, shuffle=shuffle, extra=extra, seed=seed,
+        out_dir,
+        grid,
+        stored,
+        fill,
+        sop_class=CTImageStorage,
+        series_uid=series_uid,
+        transfer_syntax=transfer_syntax,
+        bits_stored=bits_stored,
+        missing_slices=missing_slices,
+        duplicate_slices=duplicate_slices,
+        file_names=file_names,
+        shuffle=shuffle,
+        extra=extra,
+        seed=seed,
     )
 
 
@@ -223,13 +247,20 @@ def write_mr_series(
     values = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=0.0)
     stored = quantize(values, slope=1.0, intercept=0.0, signed=False, bits_stored=12)
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
-    series_uid = UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    series_uid = (
+        UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    )
     description = series_description or "T1 SE"
 
     def fill(ds: Dataset) -> None:
         set_identity(
-            ds, patient_name=patient_name, patient_id=patient_id, study_uid=study_uid,
-            series_uid=series_uid, series_number=series_number, modality="MR",
+            ds,
+            patient_name=patient_name,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            series_number=series_number,
+            modality="MR",
             series_description=description,
         )
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
@@ -248,7 +279,18 @@ def write_mr_series(
         ds.ImagedNucleus = "1H"
 
     return write_stack(
-        out_dir, grid, stored, fill, sop_class=MRImageStorage, series_uid=series_uid,
-        transfer_syntax=transfer_syntax, bits_stored=12, missing_slices=missing_slices,
-        duplicate_slices=duplicate_slices, file_names=file_names, shuffle=shuffle, extra=extra, seed=seed,
+        out_dir,
+        grid,
+        stored,
+        fill,
+        sop_class=MRImageStorage,
+        series_uid=series_uid,
+        transfer_syntax=transfer_syntax,
+        bits_stored=12,
+        missing_slices=missing_slices,
+        duplicate_slices=duplicate_slices,
+        file_names=file_names,
+        shuffle=shuffle,
+        extra=extra,
+        seed=seed,
     )

@@ -42,55 +42,95 @@ def _item(**attributes: object) -> Dataset:
 
 def _shared_groups(grid: SliceGrid, modality: str) -> Dataset:
     shared = _item(
-        PixelMeasuresSequence=DicomSequence([_item(
-            PixelSpacing=[ds_number(v) for v in grid.pixel_spacing],
-            SliceThickness=ds_number(grid.slice_thickness),
-            SpacingBetweenSlices=ds_number(abs(grid.slice_spacing)),
-        )]),
-        PlaneOrientationSequence=DicomSequence([_item(
-            ImageOrientationPatient=[ds_number(v) for v in grid.image_orientation],
-        )]),
+        PixelMeasuresSequence=DicomSequence(
+            [
+                _item(
+                    PixelSpacing=[ds_number(v) for v in grid.pixel_spacing],
+                    SliceThickness=ds_number(grid.slice_thickness),
+                    SpacingBetweenSlices=ds_number(abs(grid.slice_spacing)),
+                )
+            ]
+        ),
+        PlaneOrientationSequence=DicomSequence(
+            [
+                _item(
+                    ImageOrientationPatient=[ds_number(v) for v in grid.image_orientation],
+                )
+            ]
+        ),
     )
     if modality == "CT":
-        shared.PixelValueTransformationSequence = DicomSequence([_item(
-            RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU",
-        )])
+        shared.PixelValueTransformationSequence = DicomSequence(
+            [
+                _item(
+                    RescaleIntercept="-1024",
+                    RescaleSlope="1",
+                    RescaleType="HU",
+                )
+            ]
+        )
         shared.FrameVOILUTSequence = DicomSequence([_item(WindowCenter="40", WindowWidth="400")])
-        shared.CTImageFrameTypeSequence = DicomSequence([_item(FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"])])
+        shared.CTImageFrameTypeSequence = DicomSequence(
+            [_item(FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"])]
+        )
     else:
-        shared.MRImageFrameTypeSequence = DicomSequence([_item(
-            FrameType=["ORIGINAL", "PRIMARY", "M", "NONE"], PixelPresentation="MONOCHROME",
-            VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
-            ComplexImageComponent="MAGNITUDE", AcquisitionContrast="T1",
-        )])
+        shared.MRImageFrameTypeSequence = DicomSequence(
+            [
+                _item(
+                    FrameType=["ORIGINAL", "PRIMARY", "M", "NONE"],
+                    PixelPresentation="MONOCHROME",
+                    VolumetricProperties="VOLUME",
+                    VolumeBasedCalculationTechnique="NONE",
+                    ComplexImageComponent="MAGNITUDE",
+                    AcquisitionContrast="T1",
+                )
+            ]
+        )
     return shared
 
 
 def _frame_group(grid: SliceGrid, position: int) -> Dataset:
     return _item(
-        FrameContentSequence=DicomSequence([_item(
-            StackID="1", InStackPositionNumber=position + 1, DimensionIndexValues=[1, position + 1],
-        )]),
-        PlanePositionSequence=DicomSequence([_item(
-            ImagePositionPatient=[ds_number(v) for v in grid.positions[position]],
-        )]),
+        FrameContentSequence=DicomSequence(
+            [
+                _item(
+                    StackID="1",
+                    InStackPositionNumber=position + 1,
+                    DimensionIndexValues=[1, position + 1],
+                )
+            ]
+        ),
+        PlanePositionSequence=DicomSequence(
+            [
+                _item(
+                    ImagePositionPatient=[ds_number(v) for v in grid.positions[position]],
+                )
+            ]
+        ),
     )
 
 
 def _dimensions(ds: Dataset, organization_uid: UID) -> None:
-    ds.DimensionOrganizationSequence = DicomSequence([_item(DimensionOrganizationUID=organization_uid)])
+    ds.DimensionOrganizationSequence = DicomSequence(
+        [_item(DimensionOrganizationUID=organization_uid)]
+    )
     ds.DimensionOrganizationType = "3D"
-    ds.DimensionIndexSequence = DicomSequence([
-        _item(
-            DimensionOrganizationUID=organization_uid, DimensionIndexPointer=Tag("StackID"),
-            FunctionalGroupPointer=Tag("FrameContentSequence"), DimensionDescriptionLabel="Stack ID",
-        ),
-        _item(
-            DimensionOrganizationUID=organization_uid, DimensionIndexPointer=Tag("InStackPositionNumber"),
-            FunctionalGroupPointer=Tag("FrameContentSequence"),
-            DimensionDescriptionLabel="In-Stack Position Number",
-        ),
-    ])
+    ds.DimensionIndexSequence = DicomSequence(
+        [
+            _item(
+                DimensionOrganizationUID=organization_uid,
+                DimensionIndexPointer=Tag("StackID"),
+                FunctionalGroupPointer=Tag("FrameContentSequence"),
+                DimensionDescriptionLabel="Stack ID",
+            ),
+            _item(
+                DimensionOrganizationUID=organization_uid,
+                DimensionIndexPointer=Tag("InStackPositionNumber"),
+                FunctionalGroupPointer=Tag("FrameContentSequence"),
+                DimensionDescriptionLabel="In-Stack Position Number",
+            ),
+        ]
+    )
 
 
 def write_enhanced_multiframe(
@@ -119,10 +159,14 @@ def write_enhanced_multiframe(
     """
     modality = modality or phantom.modality
     if modality not in ("CT", "MR") or modality != phantom.modality:
-        raise ValueError(f"modality {modality!r} must be 'CT' or 'MR' and match the {phantom.modality} phantom")
+        raise ValueError(
+            f"modality {modality!r} must be 'CT' or 'MR' and match the {phantom.modality} phantom"
+        )
     ts = resolve_transfer_syntax(transfer_syntax)
     grid = make_slice_grid(phantom, orientation)
-    values = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=phantom.background_value)
+    values = sample_on_grid(
+        phantom.image, phantom.affine, grid, order=1, cval=phantom.background_value
+    )
     intercept = -1024.0 if modality == "CT" else 0.0
     stored = quantize(values, slope=1.0, intercept=intercept, signed=False, bits_stored=12)
     order = np.arange(grid.n_slices)
@@ -130,12 +174,19 @@ def write_enhanced_multiframe(
         order = np.random.default_rng([int(seed), 0xF4A3E]).permutation(grid.n_slices)
 
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
-    series_uid = UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    series_uid = (
+        UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    )
     sop_class = EnhancedCTImageStorage if modality == "CT" else EnhancedMRImageStorage
     ds = new_dataset(sop_class, derived_uid(series_uid, "multiframe"), ts)
     set_identity(
-        ds, patient_name=patient_name, patient_id=patient_id, study_uid=study_uid,
-        series_uid=series_uid, series_number=series_number, modality=modality,
+        ds,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        series_number=series_number,
+        modality=modality,
         series_description=series_description or f"{modality} enhanced multi-frame",
     )
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "M", "NONE"]

@@ -69,7 +69,9 @@ class SliceGrid:
         """Distance between consecutive slice planes along the normal (mm)."""
         if self.n_slices < 2:
             return self.slice_thickness
-        return float(np.round(np.dot(self.positions[1] - self.positions[0], self.normal), _DECIMALS))
+        return float(
+            np.round(np.dot(self.positions[1] - self.positions[0], self.normal), _DECIMALS)
+        )
 
     def pixel_world_lps(self) -> np.ndarray:
         """``(n_slices, rows, cols, 3)`` LPS mm of every pixel centre."""
@@ -93,7 +95,8 @@ def _orientation_vectors(orientation: str | Sequence[float]) -> tuple[np.ndarray
     if isinstance(orientation, str):
         if orientation not in NAMED_ORIENTATIONS:
             raise ValueError(
-                f"orientation {orientation!r}: use one of {sorted(NAMED_ORIENTATIONS)} or a 6-vector"
+                f"orientation {orientation!r}: use one of "
+                f"{sorted(NAMED_ORIENTATIONS)} or a 6-vector"
             )
         iop = np.asarray(NAMED_ORIENTATIONS[orientation], dtype=np.float64)
     else:
@@ -110,7 +113,7 @@ def _orientation_vectors(orientation: str | Sequence[float]) -> tuple[np.ndarray
 
 
 def _matching_axes(directions: Sequence[np.ndarray]) -> tuple[int, int, int]:
-    """For (row, col, normal) directions in LPS, the phantom axes (0=i, 1=j, 2=k) closest to each."""
+    """Phantom axes (0=i, 1=j, 2=k) closest to the (row, col, normal) LPS directions."""
     # Phantom voxel axes point to R, A, S, i.e. -x, -y, +z in LPS; only |cos| matters here.
     cos = np.abs(np.array([[d[a] for a in range(3)] for d in directions]))
     best = max(itertools.permutations(range(3)), key=lambda p: sum(cos[n, p[n]] for n in range(3)))
@@ -165,7 +168,9 @@ def make_slice_grid(
     )
 
 
-def sample_on_grid(volume: np.ndarray, affine: np.ndarray, grid: SliceGrid, *, order: int, cval: float) -> np.ndarray:
+def sample_on_grid(
+    volume: np.ndarray, affine: np.ndarray, grid: SliceGrid, *, order: int, cval: float
+) -> np.ndarray:
     """Resample ``volume [I, J, K]`` (RAS+ voxels, ``affine`` voxel → RAS) onto ``grid``.
 
     Returns ``[n_slices, rows, cols]`` in ``volume``'s dtype for ``order=0`` (labels) and
@@ -184,7 +189,11 @@ def sample_on_grid(volume: np.ndarray, affine: np.ndarray, grid: SliceGrid, *, o
     if on_centres and inside:
         idx = nearest.astype(np.intp)
         values = volume[idx[:, 0], idx[:, 1], idx[:, 2]]
-        return values.reshape(out_shape) if order == 0 else values.astype(np.float32).reshape(out_shape)
+        return (
+            values.reshape(out_shape)
+            if order == 0
+            else values.astype(np.float32).reshape(out_shape)
+        )
     values = ndimage.map_coordinates(
         volume if order == 0 else volume.astype(np.float32, copy=False),
         ijk.T,

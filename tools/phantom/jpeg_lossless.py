@@ -113,7 +113,9 @@ def encode_jpeg_lossless_sv1(frame: np.ndarray, precision: int) -> bytes:
     ssss = np.frexp(np.abs(diff).astype(np.float64))[1].astype(np.int64)  # bit length, 0 for 0
     extra_len = np.where(ssss == 16, 0, ssss)  # SSSS=16 (-32768) carries no extra bits
     extra = np.where(diff >= 0, diff, diff + (1 << extra_len) - 1) & ((1 << extra_len) - 1)
-    bits, huffval = huffman_table({int(s): int(n) for s, n in zip(*np.unique(ssss, return_counts=True))})
+    bits, huffval = huffman_table(
+        {int(s): int(n) for s, n in zip(*np.unique(ssss, return_counts=True))}
+    )
     codes = _canonical_codes(bits, huffval)
     code_of = np.zeros(17, dtype=np.int64)
     len_of = np.zeros(17, dtype=np.int64)

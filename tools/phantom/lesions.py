@@ -17,7 +17,11 @@ from tools.phantom.volume import Lesion
 
 @dataclass(frozen=True)
 class LesionKind:
-    """hosts: organ labels it may sit in; radius_mm: (low, high) drawn uniformly; tissue: what it is made of."""
+    """A lesion type.
+
+    hosts: organ labels it may sit in; radius_mm: (low, high), drawn uniformly;
+    tissue: what it is made of (sets its intensity).
+    """
 
     hosts: tuple[str, ...]
     radius_mm: tuple[float, float]
@@ -27,7 +31,9 @@ class LesionKind:
 LESION_KINDS: dict[str, LesionKind] = {
     "solid_nodule": LesionKind(("lung_right", "lung_left"), (4.0, 10.0), "nodule"),
     "hypodense": LesionKind(("liver",), (8.0, 18.0), "hypodense"),
-    "calcified": LesionKind(("lung_right", "lung_left", "liver", "spleen"), (2.5, 5.0), "calcification"),
+    "calcified": LesionKind(
+        ("lung_right", "lung_left", "liver", "spleen"), (2.5, 5.0), "calcification"
+    ),
     "ground_glass": LesionKind(("lung_right", "lung_left"), (6.0, 12.0), "ground_glass"),
     "cyst": LesionKind(("kidney_right", "kidney_left"), (6.0, 12.0), "cyst"),
 }
@@ -44,9 +50,13 @@ def _sphere_block(
     lo, hi = center - half, center + half + 1
     if np.any(lo < 0) or np.any(hi > np.asarray(shape)):
         return None
-    offsets = [(np.arange(l, h) - c) * s for l, h, c, s in zip(lo, hi, center, spacing)]
-    dist2 = offsets[0][:, None, None] ** 2 + offsets[1][None, :, None] ** 2 + offsets[2][None, None, :] ** 2
-    return tuple(slice(int(l), int(h)) for l, h in zip(lo, hi)), dist2 <= radius_mm**2
+    offsets = [(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, center, spacing)]
+    dist2 = (
+        offsets[0][:, None, None] ** 2
+        + offsets[1][None, :, None] ** 2
+        + offsets[2][None, None, :] ** 2
+    )
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), dist2 <= radius_mm**2
 
 
 def _find_site(

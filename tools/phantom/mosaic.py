@@ -40,7 +40,7 @@ from tools.phantom.volume import Phantom
 
 
 def tile_mosaic(slices: np.ndarray) -> np.ndarray:
-    """``[n, rows, cols]`` → ``[k * rows, k * cols]`` with ``k = ceil(sqrt(n))``, row-major tiles."""
+    """``[n, rows, cols]`` → ``[k * rows, k * cols]``, ``k = ceil(sqrt(n))``, row-major tiles."""
     n, rows, cols = slices.shape
     k = math.ceil(math.sqrt(n))
     mosaic = np.zeros((k * rows, k * cols), dtype=slices.dtype)
@@ -87,12 +87,20 @@ def write_mosaic(
     )
 
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
-    series_uid = UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    series_uid = (
+        UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    )
     ds = new_dataset(MRImageStorage, derived_uid(series_uid, "mosaic", 1), ts)
     set_identity(
-        ds, patient_name=patient_name, patient_id=patient_id, study_uid=study_uid,
-        series_uid=series_uid, series_number=series_number, modality="MR",
-        series_description=series_description, manufacturer="SIEMENS",
+        ds,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        series_number=series_number,
+        modality="MR",
+        series_description=series_description,
+        manufacturer="SIEMENS",
     )
     ds.ManufacturerModelName = "Phantom"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
@@ -121,14 +129,16 @@ def write_mosaic(
     mr_header = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
     mr_header.add_new(0x0A, "US", n)
     slice_times = [round(t * repetition_time_ms / n, 3) for t in range(n)]
-    csa = encode_csa2([
-        ("NumberOfImagesInMosaic", "US", [n]),
-        ("SliceNormalVector", "FD", [float(v) for v in grid.normal]),
-        ("AcquisitionMatrixText", "SH", [f"{rows}p*{cols}"]),
-        ("PhaseEncodingDirectionPositive", "IS", [1]),
-        ("MosaicRefAcqTimes", "FD", slice_times),
-        ("SliceMeasurementDuration", "DS", [round(repetition_time_ms / n, 3)]),
-    ])
+    csa = encode_csa2(
+        [
+            ("NumberOfImagesInMosaic", "US", [n]),
+            ("SliceNormalVector", "FD", [float(v) for v in grid.normal]),
+            ("AcquisitionMatrixText", "SH", [f"{rows}p*{cols}"]),
+            ("PhaseEncodingDirectionPositive", "IS", [1]),
+            ("MosaicRefAcqTimes", "FD", slice_times),
+            ("SliceMeasurementDuration", "DS", [round(repetition_time_ms / n, 3)]),
+        ]
+    )
     csa_block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
     csa_block.add_new(0x10, "OB", csa + b"\x00" * (len(csa) % 2))
     set_pixels(ds, mosaic, bits_stored=12)

@@ -88,12 +88,23 @@ def write_radiograph(
     stored = np.clip(np.rint(project_ap(phantom) * STORED_PER_UNIT), 0, 4095).astype(np.uint16)
 
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
-    series_uid = UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
-    sop_class = DigitalXRayImageStorageForPresentation if modality == "DX" else ComputedRadiographyImageStorage
+    series_uid = (
+        UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
+    )
+    sop_class = (
+        DigitalXRayImageStorageForPresentation
+        if modality == "DX"
+        else ComputedRadiographyImageStorage
+    )
     ds = new_dataset(sop_class, derived_uid(series_uid, "radiograph"), ts)
     set_identity(
-        ds, patient_name=patient_name, patient_id=patient_id, study_uid=study_uid,
-        series_uid=series_uid, series_number=series_number, modality=modality,
+        ds,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        series_number=series_number,
+        modality=modality,
         series_description=series_description or f"CHEST {view_position}",
     )
     ds.ImageType = ["DERIVED", "PRIMARY"]

@@ -35,7 +35,9 @@ def make_affine(
     ``(shape - 1) / 2``.
     """
     if len(shape) != 3 or len(spacing) != 3 or len(center_mm) != 3:
-        raise ValueError(f"shape, spacing and center_mm need 3 values, got {shape}, {spacing}, {center_mm}")
+        raise ValueError(
+            f"shape, spacing and center_mm need 3 values, got {shape}, {spacing}, {center_mm}"
+        )
     if min(shape) < 1:
         raise ValueError(f"shape must be positive, got {shape}")
     if min(spacing) <= 0:
@@ -68,11 +70,6 @@ class Lesion:
     center_world: tuple[float, float, float]
     radius_mm: float
     bbox: tuple[int, int, int, int, int, int]
-
-    @property
-    def n_voxels_bbox(self) -> int:
-        i0, j0, k0, i1, j1, k1 = self.bbox
-        return (i1 - i0) * (j1 - j0) * (k1 - k0)
 
 
 @dataclass

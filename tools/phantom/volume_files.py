@@ -9,6 +9,7 @@ first NRRD axis is ``i``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -28,8 +29,10 @@ def _nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     return path
 
 
-def write_nifti(phantom: Phantom, path: str | Path, *, labels_path: str | Path | None = None) -> Path:
-    """Write ``phantom.image`` (float32) to ``path`` (``.nii`` or ``.nii.gz``); labels (uint8) too if asked.
+def write_nifti(
+    phantom: Phantom, path: str | Path, *, labels_path: str | Path | None = None
+) -> Path:
+    """Write ``phantom.image`` (float32) to ``path`` (.nii / .nii.gz), labels (uint8) if asked.
 
     Returns ``path``.
     """
@@ -51,13 +54,24 @@ def nrrd_header(phantom: Phantom) -> dict:
     }
 
 
-def write_nrrd(phantom: Phantom, path: str | Path, *, labels_path: str | Path | None = None) -> Path:
-    """Write ``phantom.image`` to ``path`` (``.nrrd``, gzip); labels too if asked. Returns ``path``."""
-    header = nrrd_header(phantom)
-    path = Path(path)
+def _write_reproducible_nrrd(path: Path, data: np.ndarray, header: dict) -> None:
+    """pynrrd writes the current time into a header comment; drop it so bytes are reproducible."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    nrrd.write(str(path), phantom.image.astype(np.float32, copy=False), header, index_order="F")
+    nrrd.write(str(path), data, dict(header), index_order="F")
+    raw = path.read_bytes()
+    head, sep, body = raw.partition(b"\n\n")  # attached data starts after the blank line
+    head = re.sub(rb"\n# on [^\n]*\(GMT\)\.", b"", head, count=1)
+    path.write_bytes(head + sep + body)
+
+
+def write_nrrd(
+    phantom: Phantom, path: str | Path, *, labels_path: str | Path | None = None
+) -> Path:
+    """Write ``phantom.image`` to ``path`` (``.nrrd``, gzip), labels if asked. Returns ``path``."""
+    header = nrrd_header(phantom)
+    _write_reproducible_nrrd(Path(path), phantom.image.astype(np.float32, copy=False), header)
     if labels_path is not None:
-        Path(labels_path).parent.mkdir(parents=True, exist_ok=True)
-        nrrd.write(str(labels_path), phantom.labels.astype(np.uint8, copy=False), dict(header), index_order="F")
-    return path
+        _write_reproducible_nrrd(
+            Path(labels_path), phantom.labels.astype(np.uint8, copy=False), header
+        )
+    return Path(path)
