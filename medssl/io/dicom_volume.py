@@ -42,13 +42,11 @@ def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
         raise IngestError(RejectReason.TOO_LARGE, f"stack of {n_voxels} voxels exceeds the bound of {MAX_VOXELS}")
     if first.samples_per_pixel != 1:
         raise IngestError(RejectReason.UNSUPPORTED, f"colour images (SamplesPerPixel={first.samples_per_pixel}) are not converted")
-    slices, header = _decode(stack.records, read_bytes)
+    data, header = _decode(stack.records, read_bytes)  # [cols, rows, slices], Fortran order
     if stack.kind == "image2d":
-        return _image2d(stack, slices[0]), header
+        return _image2d(stack, data[:, :, 0]), header
     if stack.kind == "mosaic":
-        return _mosaic(stack, slices[0], header), header
-    data = np.stack(slices, axis=-1)  # [rows, cols, slices]
-    data = np.ascontiguousarray(data.transpose(1, 0, 2))  # [cols, rows, slices]
+        return _mosaic(stack, data[:, :, 0].T, header), header
     corrections: list[str] = []
     row_cos, col_cos = np.array(first.iop[:3]), np.array(first.iop[3:])
     dy, dx = first.pixel_spacing
@@ -71,12 +69,17 @@ def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
     return Volume(array, affine, corrections=corrections), header
 
 
-def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[list[np.ndarray], Dataset]:
-    """Pixel values with the rescale applied, one 2D array per record, in record order."""
+def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[np.ndarray, Dataset]:
+    """Pixel values with the rescale applied, as one array ``[cols, rows, records]``.
+
+    The array is Fortran-ordered: a slice's (row, column) pixels are then one contiguous
+    block, so filling it is a copy per slice and NIfTI (x fastest on disk) writes it
+    without a transpose. Each file is read once, however many frames it holds.
+    """
     by_item: dict = defaultdict(list)
     for index, rec in enumerate(records):
         by_item[rec.item].append((index, rec))
-    out: list[np.ndarray | None] = [None] * len(records)
+    data: np.ndarray | None = None
     header = None
     for item, members in by_item.items():
         ds = read_dataset(read_bytes(item), stop_before_pixels=False)
@@ -86,25 +89,39 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[list[np.ndarr
             raw = frames[rec.frame] if rec.frame is not None else frames
             if raw.ndim != 2 or raw.shape != (rec.rows, rec.cols):
                 raise IngestError(RejectReason.MALFORMED, f"decoded image of shape {raw.shape} for a header of {rec.rows}x{rec.cols}")
-            values = _rescale(raw, rec.slope, rec.intercept)
+            dtype = _output_dtype(ds, rec)
+            if data is None:
+                data = np.empty((rec.cols, rec.rows, len(records)), dtype=dtype, order="F")
+            elif not np.can_cast(dtype, data.dtype, casting="safe"):
+                data = data.astype(np.result_type(data.dtype, dtype), order="F")
+            out = data[:, :, index]  # a contiguous block: the slice's pixels in storage order
+            if rec.slope == 1:
+                np.add(raw.T, rec.intercept, out=out, casting="unsafe")  # exact: the range was checked
+            else:
+                np.multiply(raw.T, np.float32(rec.slope), out=out, casting="unsafe")
+                out += np.float32(rec.intercept)
             if rec.photometric == "MONOCHROME1":  # display-inverted: make high values bright
-                values = values.max() + values.min() - values
-            out[index] = values
-        del ds
-    dtypes = {a.dtype for a in out}
-    if len(dtypes) > 1:
-        common = np.result_type(*dtypes)
-        out = [a.astype(common) for a in out]
-    return out, header
+                out[...] = out.max() + out.min() - out
+        del ds, frames
+    return data, header
 
 
-def _rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """Modality LUT (HU for CT): integers stay exact integers when the rescale allows."""
-    if slope == 1 and intercept == 0:
-        return raw
-    if slope == 1 and float(intercept).is_integer():
-        return raw.astype(np.int32) + int(intercept)
-    return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+def _output_dtype(ds: Dataset, rec: SliceRecord) -> np.dtype:
+    """Smallest type holding every value the modality LUT can produce (HU for CT), exactly.
+
+    Integers stay integers when the rescale is an integer shift: the stored range (from
+    BitsStored and PixelRepresentation) plus the intercept decides the width.
+    """
+    if rec.slope != 1 or not float(rec.intercept).is_integer():
+        return np.dtype(np.float32)
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    lo, hi = lo + int(rec.intercept), hi + int(rec.intercept)
+    for dtype in (np.uint8, np.int16, np.uint16, np.int32):
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.float64)
 
 
 def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
@@ -160,9 +177,10 @@ def _regrid(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
 
 
 def _image2d(stack: Stack, pixels: np.ndarray) -> Volume:
+    """A projection image, ``pixels`` [cols, rows]: display order, no patient frame."""
     spacing = stack.first.pixel_spacing or (1.0, 1.0)
     affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
-    return Volume(compact_dtype(np.ascontiguousarray(pixels.T)), affine)
+    return Volume(compact_dtype(np.asfortranarray(pixels)), affine)
 
 
 def _mosaic(stack: Stack, pixels: np.ndarray, header: Dataset) -> Volume:

@@ -70,7 +70,7 @@ def to_ras_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray,
         return array, affine
     out = ornt.apply_orientation(array, transform)
     new_affine = affine @ ornt.inv_ornt_aff(transform, array.shape[:3])
-    return np.ascontiguousarray(out), new_affine
+    return np.asfortranarray(out), new_affine  # NIfTI stores x fastest: no transpose on write
 
 
 def compact_dtype(array: np.ndarray) -> np.ndarray:
