@@ -146,7 +146,12 @@ def _remote(source: str, manifest: Manifest, pool: WorkerPool, pseudo: Pseudonym
 
     query = dicomweb.parse_dicomweb_source(source)
     summary = IngestSummary()
-    series_list = dicomweb.list_series(query)
+    try:
+        series_list = dicomweb.list_series(query)
+    except IngestError as err:  # server down: record it, the other sources still run
+        ref = pseudo.token(f"{query.base_url}", "remote-source")
+        _record(manifest, work.Outcome("rejected", ref, "remote-source", code=str(err.code), message=err.message), summary)
+        return summary
     for index, series in enumerate(series_list):
         ref = pseudo.token(f"{series.study_uid}/{series.series_uid}", "remote-series")
         if manifest.source_done(ref):
