@@ -56,6 +56,7 @@ class SliceRecord:
     samples_per_pixel: int = 1
     photometric: str = "MONOCHROME2"
     burned_in: str = ""  # BurnedInAnnotation as written ("YES", "NO" or "" when absent)
+    nbytes: int = 0  # size of the file: of two copies of one instance, the larger is whole
     gantry_tilt: float = 0.0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -91,7 +92,17 @@ def read_dataset(data: bytes, *, stop_before_pixels: bool) -> Dataset:
         raise IngestError(RejectReason.MALFORMED, f"DICOM header unreadable ({type(exc).__name__})") from None
     if len(ds) == 0:
         raise IngestError(RejectReason.MALFORMED, "DICOM file holds no data elements")
+    _check_complete(ds)
     return ds
+
+
+def _check_complete(ds: Dataset) -> None:
+    """pydicom hands back a short value when a file ends inside an element; refuse that."""
+    for elem in ds.elements():  # raw elements: nothing is converted here
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if isinstance(value, (bytes, bytearray)) and length is not None and length != 0xFFFFFFFF and len(value) < length:
+            raise IngestError(RejectReason.TRUNCATED, f"file ends inside element {elem.tag} ({len(value)} of {length} bytes)")
 
 
 def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
@@ -99,14 +110,14 @@ def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
     ds = read_dataset(data, stop_before_pixels=True)
     try:
         with strict_reading():
-            return _records(item, ds)
+            return _records(item, ds, len(data))
     except IngestError:
         raise
     except Exception as exc:  # noqa: BLE001 - invalid values surface on access
         raise IngestError(RejectReason.MALFORMED, f"invalid DICOM attribute value ({type(exc).__name__})") from None
 
 
-def _records(item: SourceItem, ds: Dataset) -> list[SliceRecord]:
+def _records(item: SourceItem, ds: Dataset, nbytes: int) -> list[SliceRecord]:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return []
@@ -133,6 +144,7 @@ def _records(item: SourceItem, ds: Dataset) -> list[SliceRecord]:
         acquisition=str(ds.get("AcquisitionNumber", "")),
         instance=_int(ds.get("InstanceNumber")),
         gantry_tilt=_float(ds.get("GantryDetectorTilt"), 0.0),
+        nbytes=nbytes,
     )
     n_frames = _int(ds.get("NumberOfFrames"), 1)
     if "PerFrameFunctionalGroupsSequence" in ds:

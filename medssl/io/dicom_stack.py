@@ -83,10 +83,11 @@ def build_stacks(records: list[SliceRecord]) -> tuple[list[Stack], list[tuple[li
 
 def _split_duplicates(recs: list[SliceRecord]) -> list[list[SliceRecord]]:
     """Drop repeated copies of one SOP instance; split repeated acquisitions apart."""
-    first_copy: dict[str, SliceRecord] = {}
-    for r in sorted(recs, key=lambda r: (r.sop_uid, r.item)):
-        first_copy.setdefault(r.sop_uid, r)  # identical instances: keep one, chosen stably
-    unique = list(first_copy.values())
+    best_copy: dict[str, SliceRecord] = {}
+    # copies of one instance: keep the largest file (a partial copy is shorter), then by location
+    for r in sorted(recs, key=lambda r: (r.sop_uid, -r.nbytes, r.item)):
+        best_copy.setdefault(r.sop_uid, r)
+    unique = list(best_copy.values())
     if not _has_duplicate_positions(unique):
         return [unique]
     by_acq: dict[str, list[SliceRecord]] = defaultdict(list)

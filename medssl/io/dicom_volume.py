@@ -141,9 +141,9 @@ def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
     try:
         with strict_reading():
             return ds.pixel_array
-    except IngestError:
+    except (IngestError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything; texts may quote values
+    except BaseException as exc:  # noqa: BLE001 - decoders raise anything (a Rust panic is a BaseException); texts may quote values
         code = RejectReason.DECODE if tsyntax is not None and tsyntax.is_compressed else RejectReason.MALFORMED
         raise IngestError(code, f"pixel data does not decode ({type(exc).__name__})") from None
 

@@ -68,6 +68,12 @@ class IngestSummary:
 def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: IngestOptions = IngestOptions()) -> IngestSummary:
     """Ingest every source into ``store``; never raises for bad input, only for bad setup."""
     start = time.perf_counter()
+    sources = [str(s) for s in sources]
+    local = [s for s in sources if not s.startswith("dicomweb+")]
+    remote = [s for s in sources if s.startswith("dicomweb+")]
+    for index, source in enumerate(local):
+        if not Path(source).exists():  # the path is not echoed: folder names may name patients
+            raise ConfigError(f"local source {index + 1} of {len(local)} does not exist")
     store = Path(store)
     for sub, mode in (("", 0o755), ("volumes", 0o755), ("quarantine", 0o700)):
         (store / sub).mkdir(mode=mode, parents=True, exist_ok=True)
@@ -76,12 +82,6 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
     ctx = work.WorkContext(str(store), key, options.deid, options.irregular, options.allow_burned_in, options.max_bytes)
     work.init_worker(ctx)  # the main process also quarantines and names things
     summary = IngestSummary()
-    sources = [str(s) for s in sources]
-    local = [s for s in sources if not s.startswith("dicomweb+")]
-    for index, source in enumerate(local):
-        if not Path(source).exists():  # the path is not echoed: folder names may name patients
-            raise ConfigError(f"local source {index + 1} of {len(local)} does not exist")
-    remote = [s for s in sources if s.startswith("dicomweb+")]
     with Manifest(store / "manifest.sqlite") as manifest, Progress(enabled=options.progress) as progress:
         _check_key(manifest, pseudo)
         with WorkerPool(options.workers, work.init_worker, (ctx,)) as pool:
@@ -128,11 +128,12 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
         jobs.append((work.reject_records, (group, err, pseudo.token(repr(sorted(r.sop_uid for r in group)), "volume"))))
     for stack in stacks:
         vid = pseudo.token(stack.identity(), "volume")
-        if not _done(manifest, vid, summary):
-            jobs.append((work.convert_stack, (stack, vid, kind_of(stack.first.item))))
+        digest = pseudo.token(repr(sorted(r.sop_uid for r in stack.records)), "instances")
+        if not _done(manifest, vid, digest, summary):
+            jobs.append((work.convert_stack, (stack, vid, kind_of(stack.first.item), digest)))
     for scan in files:
         vid = pseudo.token(f"file:{scan.sha256}", "volume")
-        if not _done(manifest, vid, summary):
+        if not _done(manifest, vid, vid, summary):
             jobs.append((work.convert_file, (scan.item, scan.fmt, vid)))
     task = progress.task("converting", total=len(jobs))
     for outcome in pool.run(jobs, max(2, options.workers * 2), _crashed):
@@ -177,14 +178,19 @@ def _crashed(job: Job):
     err = IngestError(RejectReason.INTERNAL, "worker process died on this input (decoder crash or out of memory)")
     if fn is work.scan_item:
         return work.Scan(args[0], FileFormat.UNKNOWN, error=err)
-    first = args[0]
-    item = first.first.item if hasattr(first, "first") else first[0].item if isinstance(first, list) else first
-    return work.Outcome("rejected", work.source_ref(work._PSEUDO, item), args[-1] if isinstance(args[-1], str) else "file", code=str(err.code), message=err.message)
+    if fn is work.convert_stack:
+        item, unit = args[0].first.item, args[1]
+    elif fn is work.convert_file:
+        item, unit = args[0], args[2]
+    else:  # reject_records
+        item, unit = args[0][0].item, args[2]
+    return work.Outcome("rejected", work.source_ref(work._PSEUDO, item), unit, code=str(err.code), message=err.message)
 
 
-def _done(manifest: Manifest, volume_id: str, summary: IngestSummary) -> bool:
+def _done(manifest: Manifest, volume_id: str, digest: str, summary: IngestSummary) -> bool:
+    """Already converted from the same instances, and its file is there."""
     row = manifest.volume(volume_id)
-    if row is not None and (Path(manifest.path).parent / row["path"]).is_file():
+    if row is not None and row["source_digest"] == digest and (Path(manifest.path).parent / row["path"]).is_file():
         summary.skipped += 1
         return True
     return False

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from medssl.deid import PROFILE_EDITION, DeidOptions, Pseudonymizer, burned_in_risk, deidentify
 from medssl.errors import IngestError
-from medssl.io.dicom_scan import SliceRecord, read_dataset, scan_file
+from medssl.io.dicom_scan import SliceRecord, scan_file, strict_reading
 from medssl.io.dicom_stack import Stack
 from medssl.io.dicom_volume import read_stack
 from medssl.io.nifti import read_nifti, read_nrrd
@@ -88,7 +88,9 @@ def scan_item(item: SourceItem) -> Scan:
         return Scan(item, FileFormat.UNKNOWN, error=err)
     except MemoryError:
         return Scan(item, FileFormat.UNKNOWN, error=IngestError(RejectReason.TOO_LARGE, "file does not fit in memory"))
-    except Exception as exc:  # noqa: BLE001 - a bug must not stop the run
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bug or a panicking parser must not stop the run
         return Scan(item, FileFormat.UNKNOWN, error=IngestError(RejectReason.INTERNAL, f"unexpected {type(exc).__name__} while scanning"))
 
 
@@ -98,43 +100,53 @@ def reject_file(item: SourceItem, err: IngestError) -> Outcome:
     return Outcome("rejected", ref, "file", code=str(err.code), message=err.message, quarantine_path=qpath)
 
 
-def convert_stack(stack: Stack, volume_id: str, source_kind: SourceKind) -> Outcome:
+def convert_stack(stack: Stack, volume_id: str, source_kind: SourceKind, digest: str) -> Outcome:
+    """One DICOM stack -> volume + de-identified header, or a quarantined refusal."""
     ref = source_ref(_PSEUDO, stack.first.item)
-    items = sorted({r.item for r in stack.records})
-    try:
+
+    def work() -> dict:
         _check_policy(stack)
         volume, header = read_stack(stack, _read)
-        deid_header = _deid_header(header)
-        meta = _dicom_meta(deid_header, header, stack)
-        row = _write(volume_id, volume, source_kind, ref, meta, deid_header)
-        return Outcome("volume", ref, volume_id, row=row)
-    except IngestError as err:
-        qpath = quarantine(Path(_CTX.store), volume_id, err, items=items, read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
-        return Outcome("rejected", ref, volume_id, code=str(err.code), message=err.message, quarantine_path=qpath)
-    except MemoryError:
-        return Outcome("rejected", ref, volume_id, code=RejectReason.TOO_LARGE, message="stack does not fit in memory")
-    except Exception as exc:  # noqa: BLE001
-        return Outcome("rejected", ref, volume_id, code=RejectReason.INTERNAL, message=f"unexpected {type(exc).__name__} while converting")
+        try:  # header values are parsed lazily: bad ones surface here, not while reading
+            with strict_reading():
+                deid_header = _deid_header(header)
+                meta = _dicom_meta(deid_header, header, stack)
+                header_json = json.dumps(deid_header.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk), sort_keys=True).encode()
+        except IngestError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(RejectReason.MALFORMED, f"header element unreadable ({type(exc).__name__})") from None
+        return _write(volume_id, volume, source_kind, ref, {**meta, "source_digest": digest}, header_json)
+
+    return _guarded(ref, volume_id, sorted({r.item for r in stack.records}), work)
 
 
 def convert_file(item: SourceItem, fmt: FileFormat, volume_id: str) -> Outcome:
     """A NIfTI or NRRD file: one volume, header rebuilt from scratch (nothing carried over)."""
     ref = source_ref(_PSEUDO, item)
-    try:
-        data = item.read_bytes(_CTX.max_bytes)
-        reader = read_nifti if fmt == FileFormat.NIFTI else read_nrrd
-        volume = reader(data, max_bytes=_CTX.max_bytes)
+
+    def work() -> dict:
+        volume = (read_nifti if fmt == FileFormat.NIFTI else read_nrrd)(_read(item), max_bytes=_CTX.max_bytes)
         kind = SourceKind.NIFTI if fmt == FileFormat.NIFTI else SourceKind.NRRD
         deid = {"method": "header rebuilt from array and affine; descrip, aux_file, intent_name and extensions dropped"}
-        row = _write(volume_id, volume, kind, ref, {"deid": deid, "n_images": 1}, None)
-        return Outcome("volume", ref, volume_id, row=row)
+        return _write(volume_id, volume, kind, ref, {"deid": deid, "n_images": 1, "source_digest": volume_id}, None)
+
+    return _guarded(ref, volume_id, [], work)
+
+
+def _guarded(ref: str, unit: str, items: list[SourceItem], work) -> Outcome:
+    """Run ``work`` (which returns a manifest row); every failure becomes a refusal."""
+    try:
+        return Outcome("volume", ref, unit, row=work())
     except IngestError as err:
-        qpath = quarantine(Path(_CTX.store), volume_id, err, items=[], read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
-        return Outcome("rejected", ref, volume_id, code=str(err.code), message=err.message, quarantine_path=qpath)
+        qpath = quarantine(Path(_CTX.store), unit, err, items=items, read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
+        return Outcome("rejected", ref, unit, code=str(err.code), message=err.message, quarantine_path=qpath)
     except MemoryError:
-        return Outcome("rejected", ref, volume_id, code=RejectReason.TOO_LARGE, message="volume does not fit in memory")
-    except Exception as exc:  # noqa: BLE001
-        return Outcome("rejected", ref, volume_id, code=RejectReason.INTERNAL, message=f"unexpected {type(exc).__name__} while converting")
+        return Outcome("rejected", ref, unit, code=RejectReason.TOO_LARGE, message="volume does not fit in memory")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bug or a panicking decoder must not stop the run
+        return Outcome("rejected", ref, unit, code=RejectReason.INTERNAL, message=f"unexpected {type(exc).__name__} while converting")
 
 
 def _read(item: SourceItem) -> bytes:
@@ -175,7 +187,7 @@ def _dicom_meta(deid: Dataset, original: Dataset, stack: Stack) -> dict:
     first = stack.first
     return {
         "modality": first.modality,
-        "body_part": str(deid.get("BodyPartExamined", "") or "") or None,
+        "body_part": _text(deid.get("BodyPartExamined")),
         "patient": _PSEUDO.token(first.patient_id, "patient"),
         "study": _PSEUDO.token(first.study_uid, "study"),
         "series": _PSEUDO.token(first.series_uid, "series"),
@@ -185,22 +197,31 @@ def _dicom_meta(deid: Dataset, original: Dataset, stack: Stack) -> dict:
         "field_strength": num("MagneticFieldStrength"),
         "echo_time": num("EchoTime"),
         "repetition_time": num("RepetitionTime"),
-        "manufacturer": str(deid.get("Manufacturer", "") or "") or None,
-        "model": str(deid.get("ManufacturerModelName", "") or "") or None,
-        "kernel": "\\".join(str(v) for v in deid.get("ConvolutionKernel") or []) if isinstance(deid.get("ConvolutionKernel"), list) else (str(deid.get("ConvolutionKernel") or "") or None),
+        "manufacturer": _text(deid.get("Manufacturer")),
+        "model": _text(deid.get("ManufacturerModelName")),
+        "kernel": _text(deid.get("ConvolutionKernel")),
         "contrast": int(bool(original.get("ContrastBolusAgent"))),
         "deid": {"method": str(deid.get("DeidentificationMethod", "")), "profile": "DICOM PS3.15 E.1-1 basic", "edition": PROFILE_EDITION},
     }
 
 
-def _write(volume_id: str, volume: Volume, kind: SourceKind, ref: str, meta: dict, header: Dataset | None) -> dict:
+def _text(value) -> str | None:
+    """A kept technical text value (possibly multi-valued) as one string, or None."""
+    if value is None:
+        return None
+    parts = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [str(value)]
+    joined = "\\".join(p for p in parts if p)
+    return joined or None
+
+
+def _write(volume_id: str, volume: Volume, kind: SourceKind, ref: str, meta: dict, header_json: bytes | None) -> dict:
     store = Path(_CTX.store)
     rel = f"volumes/{volume_id}.nii.gz"
     data = nifti_gz_bytes(volume)
     header_rel = None
-    if header is not None:
+    if header_json is not None:
         header_rel = f"volumes/{volume_id}.dicom.json"
-        atomic_write_bytes(store / header_rel, json.dumps(header.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk), sort_keys=True).encode())
+        atomic_write_bytes(store / header_rel, header_json)
     atomic_write_bytes(store / rel, data)
     return {
         "volume_id": volume_id,

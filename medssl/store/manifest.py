@@ -30,6 +30,7 @@ VOLUME_COLUMNS: dict[str, str] = {
     "nbytes": "INTEGER",
     "source_kind": "TEXT",
     "source_ref": "TEXT",  # opaque reference of the first source file
+    "source_digest": "TEXT",  # keyed digest of the instances converted: a changed series is reconverted
     "patient": "TEXT",  # pseudonyms: group volumes without identifying anyone
     "study": "TEXT",
     "series": "TEXT",
@@ -77,6 +78,10 @@ class Manifest:
             self.db.execute("CREATE TABLE IF NOT EXISTS sources_done (source_ref TEXT PRIMARY KEY, created_at TEXT)")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(volumes)")}
+            for name, kind in VOLUME_COLUMNS.items():  # a store from an older medssl gains new columns
+                if name not in present:
+                    self.db.execute(f"ALTER TABLE volumes ADD COLUMN {name} {kind.replace('PRIMARY KEY', '').replace('NOT NULL', '')}")
 
     def close(self) -> None:
         self.db.close()

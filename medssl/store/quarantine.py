@@ -53,7 +53,9 @@ def quarantine(
             deidentify(ds, pseudo, options)
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=False)
-        except Exception:  # noqa: BLE001 - a copy we cannot make is simply not kept
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # noqa: BLE001 - a copy we cannot make (even a decoder panic) is simply not kept
             unreadable += 1
             continue
         (staging / "files").mkdir(mode=0o700, exist_ok=True)
