@@ -73,13 +73,6 @@ def test_ingest_of_a_missing_source_fails_in_one_line_without_the_path(tmp_path)
     assert "does not exist" in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "medssl/store/ingest.py ingest() creates STORE/, volumes/ and quarantine/ (first loop of the function) "
-        "before it checks that the local sources exist; check the sources first"
-    ),
-)
 def test_ingest_of_a_missing_source_creates_no_store(tmp_path):
     proc = medssl(
         "ingest",

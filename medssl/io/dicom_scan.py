@@ -92,17 +92,35 @@ def read_dataset(data: bytes, *, stop_before_pixels: bool) -> Dataset:
         raise IngestError(RejectReason.MALFORMED, f"DICOM header unreadable ({type(exc).__name__})") from None
     if len(ds) == 0:
         raise IngestError(RejectReason.MALFORMED, "DICOM file holds no data elements")
-    _check_complete(ds)
+    _check_complete(ds, len(data), stop_before_pixels)
     return ds
 
 
-def _check_complete(ds: Dataset) -> None:
-    """pydicom hands back a short value when a file ends inside an element; refuse that."""
+def _check_complete(ds: Dataset, size: int, stop_before_pixels: bool) -> None:
+    """Refuse a file that ends inside an element.
+
+    pydicom hands back a short value when the file ends inside an element's value, and
+    stops silently when it ends inside the next element's 8-12 byte header; both are
+    caught here from the raw elements' offsets, without converting any value.
+    """
+    end = 0
     for elem in ds.elements():  # raw elements: nothing is converted here
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
-        if isinstance(value, (bytes, bytearray)) and length is not None and length != 0xFFFFFFFF and len(value) < length:
+        if length is None or length == 0xFFFFFFFF:
+            end = -1  # undefined length (sequence, encapsulated pixels): its end is not known here
+            continue
+        if isinstance(value, (bytes, bytearray)) and len(value) < length:
             raise IngestError(RejectReason.TRUNCATED, f"file ends inside element {elem.tag} ({len(value)} of {length} bytes)")
+        tell = getattr(elem, "value_tell", None)
+        if tell is not None:
+            end = tell + length
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if end <= 0 or syntax == "1.2.840.10008.1.2.1.99":  # offsets of a deflated stream are not file offsets
+        return
+    leftover = size - end
+    if (not stop_before_pixels and leftover > 0) or 0 < leftover < 8:
+        raise IngestError(RejectReason.TRUNCATED, f"file ends inside an element header ({leftover} bytes after the last whole element)")
 
 
 def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:

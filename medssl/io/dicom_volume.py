@@ -161,7 +161,7 @@ def _unshear(data: np.ndarray, stack: Stack, row_cos, col_cos, dx: float, dy: fl
         perp = delta - np.dot(delta, normal) * normal
         shift = (np.dot(perp, row_cos) / dx, np.dot(perp, col_cos) / dy)  # voxels along (cols, rows)
         out[:, :, k] = ndimage.shift(data[:, :, k].astype(np.float32), shift, order=1, mode="constant", cval=fill)
-    return out
+    return _like(out, data.dtype)
 
 
 def _regrid(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
@@ -172,8 +172,14 @@ def _regrid(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
     lower = upper - 1
     span = positions[upper] - positions[lower]
     w = np.clip((target - positions[lower]) / np.where(span > 0, span, 1), 0, 1).astype(np.float32)
+    w[np.abs(w) < 1e-6], w[np.abs(w - 1) < 1e-6] = 0, 1  # acquired slices come back exactly
     src = data.astype(np.float32, copy=False)
-    return src[:, :, lower] * (1 - w) + src[:, :, upper] * w
+    return _like(src[:, :, lower] * (1 - w) + src[:, :, upper] * w, data.dtype)
+
+
+def _like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Interpolated values in the input's type: integers (HU) are rounded, not widened to float."""
+    return np.rint(values).astype(dtype) if np.issubdtype(dtype, np.integer) else values
 
 
 def _image2d(stack: Stack, pixels: np.ndarray) -> Volume:

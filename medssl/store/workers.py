@@ -46,7 +46,8 @@ class WorkerPool:
         return ProcessPoolExecutor(self.workers, mp_context=context, initializer=self._initializer, initargs=self._initargs)
 
     def _restart(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # a broken pool's processes are already gone; waiting reaps them so none is left blocked
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._start()
 
     def __enter__(self) -> WorkerPool:
@@ -69,16 +70,22 @@ class WorkerPool:
         ready: dict[int, object] = {}
         next_index = 0
         while queue or suspects or pending:
-            if suspects:
-                if not pending:
-                    index, (fn, args) = suspects.popleft()
-                    pending[self._pool.submit(fn, *args)] = (index, (fn, args), True)
-            else:
-                while queue and len(pending) < max(1, in_flight):
-                    index, (fn, args) = queue.popleft()
-                    pending[self._pool.submit(fn, *args)] = (index, (fn, args), False)
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             broken = False
+            try:
+                if suspects:
+                    if not pending:
+                        index, job = suspects.popleft()
+                        entry = (index, job, True)
+                        pending[self._pool.submit(job[0], *job[1])] = entry
+                else:
+                    while queue and len(pending) < max(1, in_flight):
+                        index, job = queue.popleft()
+                        entry = (index, job, False)
+                        pending[self._pool.submit(job[0], *job[1])] = entry
+            except BrokenProcessPool:  # the pool broke between two submits
+                suspects.append(entry[:2])
+                broken = True
+            done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending and not broken else (set(), None)
             for future in done:
                 index, job, alone = pending.pop(future)
                 try:

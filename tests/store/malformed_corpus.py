@@ -113,9 +113,8 @@ def _nifti_header_bytes(shape: tuple[int, ...], dtype=np.int16) -> bytes:
     header.set_data_dtype(dtype)
     header.set_data_shape(shape)
     header.set_sform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
-    img = nib.Nifti1Image(
-        np.zeros((1, 1, 1), dtype=dtype), np.eye(4)
-    )  # for a correctly laid-out header
+    # an image of the same dtype tells where a correctly laid-out header puts the data
+    img = nib.Nifti1Image(np.zeros((1, 1, 1), dtype=dtype), np.eye(4))
     raw = header.binaryblock
     offset = int(img.header.get_data_offset()) or 352
     return raw + b"\x00" * (offset - len(raw))
@@ -125,6 +124,23 @@ def _gzip_bomb(header: bytes, expanded_bytes: int) -> bytes:
     """A small .nii.gz that inflates to ``expanded_bytes`` of zeros (concatenated gzip members)."""
     chunk = gzip.compress(b"\x00" * (1 << 20), compresslevel=9, mtime=0)
     return gzip.compress(header, mtime=0) + chunk * (expanded_bytes >> 20)
+
+
+def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
+    return gzip.compress(nib.Nifti1Image(array, affine).to_bytes(), mtime=0)
+
+
+def _flat_nifti_gz() -> bytes:
+    """A NIfTI whose sform squashes the third axis to nothing (written by hand: nibabel refuses)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((4, 4, 4))
+    header["qform_code"], header["sform_code"] = 0, 1
+    header["srow_x"], header["srow_y"], header["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]
+    header["vox_offset"] = 352
+    return gzip.compress(
+        header.binaryblock + b"\x00" * 4 + np.ones(64, np.int16).tobytes(), mtime=0
+    )
 
 
 def _raw_dicom_with(ds: Dataset, **values: str) -> bytes:
@@ -212,6 +228,17 @@ def build(root: Path, seed: int = 1234) -> Corpus:
         _gzip_bomb(_nifti_header_bytes((2048, 2048, 2048)), 256 << 20),
         {"too_large"},
     )
+
+    # NIfTI files that parse but cannot be a volume
+    put(
+        "nifti_broken",
+        "nan.nii.gz",
+        _nifti_gz(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)),
+        {"malformed"},
+    )
+    put("nifti_broken", "flat.nii.gz", _flat_nifti_gz(), {"geometry"})
+    whole_nifti = _nifti_gz(np.arange(4096, dtype=np.int16).reshape(16, 16, 16), np.eye(4))
+    put("nifti_broken", "cut.nii.gz", whole_nifti[: len(whole_nifti) // 2], {"truncated"})
 
     # archives: unsafe member names next to a safe one; archives that are not archives
     member_bytes = uids.unique_copy(ct)
