@@ -29,4 +29,5 @@ if [ "${1:-}" = "--dev" ]; then
 else
   "$PY" -m pip install -q -e .
 fi
+command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true  # expose the `medssl` command under pyenv
 echo "setup: medssl $("$PY" -c 'import medssl; print(medssl.__version__)') ready"
