@@ -1,0 +1,3 @@
+"""Datasets and LightningDataModules: the preprocessing cache, pretraining crops and slices."""
+
+from __future__ import annotations

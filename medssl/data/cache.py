@@ -1,0 +1,256 @@
+"""The preprocessing cache: each planned volume resampled and normalised once, memory-mapped after.
+
+Layout: ``STORE/cache/<plan_hash>/<volume_id>.npy`` (uncompressed ``[X, Y, Z]`` in the
+plan's ``cache_dtype``, RAS voxel order at the plan's spacing), ``<volume_id>.json`` beside
+it (shape, spacing reached, padding value, modality, patient pseudonym), and
+``index.json``, written last. ``np.load(mmap_mode="r")`` maps a file instead of reading
+it, so every loader worker and every rank on a machine shares one copy in the page cache
+and a crop reads only its own pages.
+
+The build runs in worker processes, skips what exists (a killed build resumes; a second
+build writes nothing), writes every file atomically and holds an exclusive lock while it
+works. :func:`ensure_cache` is safe on every rank: rank 0 builds, others wait for an
+index that covers the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medssl.progress import Progress
+from medssl.store.atomic import (
+    atomic_write_bytes,
+    fsync_dir,
+    remove_stale_temporaries,
+    temporary_sibling,
+)
+from medssl.store.manifest import Manifest
+from medssl.store.plan import Plan, modality_key
+from medssl.store.workers import WorkerPool
+
+log = logging.getLogger("medssl.cache")
+INDEX_FILE = "index.json"
+INDEX_VERSION = 2  # 2: volumes carry the sha256 of their store file
+
+
+@dataclass(frozen=True)
+class CachedVolume:
+    """One cached volume: ``file`` relative to the cache folder, ``shape`` ``[X, Y, Z]`` at ``spacing`` (mm)."""
+
+    volume_id: str
+    file: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    modality: str
+    patient: str | None
+    study: str | None
+    pad_value: float  # the volume's minimum after normalisation: what lies outside it (air, background)
+    sha256: str  # of the store file it was made from: a reconverted volume is cached again
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CachedVolume:
+        return cls(**{**data, "shape": tuple(int(s) for s in data["shape"]), "spacing": tuple(float(s) for s in data["spacing"])})
+
+
+@dataclass(frozen=True)
+class CacheIndex:
+    """``index.json`` read back: the cache folder, its plan hash and volumes, and the volumes that failed."""
+
+    root: Path
+    plan_hash: str
+    dtype: str
+    volumes: tuple[CachedVolume, ...]
+    failed: tuple[str, ...] = ()
+
+    def open(self, volume: CachedVolume) -> np.ndarray:
+        """The volume as a read-only memory map ``[X, Y, Z]`` (no bytes read yet)."""
+        return np.load(self.root / volume.file, mmap_mode="r")
+
+    def covers(self, wanted: dict[str, str]) -> bool:
+        """Whether this index holds exactly ``wanted`` (volume_id → sha256 of its store file)."""
+        have = {v.volume_id: v.sha256 for v in self.volumes}
+        return set(have) | set(self.failed) == set(wanted) and all(wanted[i] == sha for i, sha in have.items())
+
+    @classmethod
+    def read(cls, root: Path) -> CacheIndex | None:
+        path = Path(root) / INDEX_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        if data.get("version") != INDEX_VERSION:  # written by another medssl: rebuilt, never misread
+            return None
+        volumes = tuple(CachedVolume.from_dict(v) for v in data["volumes"])
+        return cls(Path(root), data["plan_hash"], data["dtype"], volumes, tuple(data.get("failed", ())))
+
+
+def cache_dir(store: str | Path, plan: Plan) -> Path:
+    return Path(store) / "cache" / plan.hash
+
+
+def planned_volumes(store: str | Path, plan: Plan) -> list[dict]:
+    """Manifest rows the plan selects (3D volumes thick enough to crop), in volume_id order."""
+    with Manifest(Path(store) / "manifest.sqlite") as manifest:
+        return [row for row in manifest.volumes() if plan.selects(row)]
+
+
+def build_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool = True) -> CacheIndex:
+    """Cache every planned volume not cached yet, then write the index; returns it.
+
+    Nothing is written when the index already covers the store. A volume that cannot be
+    read or crashes its worker twice is logged and listed under ``failed``; the next
+    ``build_cache`` tries it again (``ensure_cache`` accepts an index with failures).
+    """
+    store = Path(store)
+    root = cache_dir(store, plan)
+    rows = planned_volumes(store, plan)
+    wanted = {r["volume_id"]: r["sha256"] for r in rows}
+    existing = CacheIndex.read(root)
+    if existing is not None and not existing.failed and existing.covers(wanted):
+        return existing
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root):
+        existing = CacheIndex.read(root)  # another builder may have finished while we waited
+        if existing is not None and not existing.failed and existing.covers(wanted):
+            return existing
+        remove_stale_temporaries(root)
+        if not (root / "plan.json").is_file():
+            atomic_write_bytes(root / "plan.json", plan.to_json().encode())
+        todo = [r for r in rows if not _done(root, r)]
+        failed: list[str] = []
+        if todo:
+            failed = _run(store, root, plan, todo, workers, progress)
+        index = _write_index(root, plan, rows, failed)
+    return index
+
+
+def ensure_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool = True, timeout_s: float = 24 * 3600.0, poll_s: float = 2.0) -> CacheIndex:
+    """The cache index, from any rank: rank 0 builds (if needed); others wait until an index covers the store."""
+    root = cache_dir(store, plan)
+    expected = {r["volume_id"]: r["sha256"] for r in planned_volumes(store, plan)}
+    index = CacheIndex.read(root)
+    if index is not None and index.covers(expected):
+        return index
+    if distributed_rank() == 0:
+        return build_cache(store, plan, workers, progress)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        index = CacheIndex.read(root)
+        if index is not None and index.covers(expected):
+            return index
+    raise TimeoutError(f"cache {root}: no complete index after {timeout_s:.0f} s; is rank 0 building it?")
+
+
+def distributed_rank() -> int:
+    """The global rank: from torch.distributed when initialised, else the launcher's environment."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+# building -------------------------------------------------------------------------------
+class _exclusive_lock:
+    """``flock`` on ``<cache>/.lock``: one builder per cache folder at a time on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".lock"
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _done(root: Path, row: dict) -> bool:
+    """Cached, and from the store file the manifest names now (the .json is written last)."""
+    meta = root / f"{row['volume_id']}.json"
+    if not (meta.is_file() and (root / f"{row['volume_id']}.npy").is_file()):
+        return False
+    return json.loads(meta.read_text()).get("sha256") == row["sha256"]
+
+
+def _run(store: Path, root: Path, plan: Plan, todo: list[dict], workers: int, progress: bool) -> list[str]:
+    from medssl.data import cache_work
+
+    failed: list[str] = []
+    jobs = [(cache_work.cache_volume, (row,)) for row in todo]
+
+    def crashed(job) -> dict:
+        return {"volume_id": job[1][0]["volume_id"], "error": "worker crashed twice"}
+
+    context = (str(store), str(root), plan.to_json())
+    if workers <= 1:
+        cache_work.init_worker(*context)  # the inline pool runs jobs here, without an initializer
+    with Progress(enabled=progress) as bar, WorkerPool(workers, cache_work.init_worker, context) as pool:
+        task = bar.task("caching", total=len(todo))
+        for outcome in pool.run(jobs, max(2, workers * 2), crashed):
+            if "error" in outcome:
+                log.warning("cache: volume %s skipped: %s", outcome["volume_id"], outcome["error"])
+                failed.append(outcome["volume_id"])
+            bar.advance(task)
+    return sorted(failed)
+
+
+def _write_index(root: Path, plan: Plan, rows: list[dict], failed: list[str]) -> CacheIndex:
+    volumes = []
+    for row in rows:
+        if row["volume_id"] in failed or not _done(root, row):
+            continue
+        meta = json.loads((root / f"{row['volume_id']}.json").read_text())
+        volumes.append(CachedVolume.from_dict(meta))
+    index = CacheIndex(root, plan.hash, plan.cache_dtype, tuple(volumes), tuple(failed))
+    payload = {
+        "version": INDEX_VERSION,
+        "plan_hash": plan.hash,
+        "dtype": plan.cache_dtype,
+        "volumes": [dataclasses.asdict(v) for v in volumes],
+        "failed": list(failed),
+    }
+    atomic_write_bytes(root / INDEX_FILE, json.dumps(payload, indent=1).encode())
+    return index
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary sibling, fsync, rename: no reader ever maps a partial file."""
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def cached_volume_meta(row: dict, shape: tuple[int, ...], spacing: tuple[float, ...], pad_value: float) -> dict:
+    return {
+        "volume_id": row["volume_id"],
+        "file": f"{row['volume_id']}.npy",
+        "shape": [int(s) for s in shape],
+        "spacing": [round(float(s), 6) for s in spacing],
+        "modality": modality_key(row.get("modality")),
+        "patient": row.get("patient"),
+        "study": row.get("study"),
+        "pad_value": float(pad_value),
+        "sha256": row["sha256"],
+    }

@@ -1,0 +1,56 @@
+"""What one cache worker process does: read a store volume, normalise, resample, write ``.npy`` + ``.json``.
+
+Normalisation comes before resampling so clipped outliers (CT padding at -3024 HU, metal)
+never smear into their neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medssl.errors import MedsslError
+from medssl.io.nifti import read_nifti
+from medssl.store.atomic import atomic_write_bytes
+from medssl.store.plan import Plan
+from medssl.transforms.intensity import NormaliseIntensity
+from medssl.transforms.spatial import resample_to_spacing
+
+_CTX: dict = {}
+
+
+def init_worker(store: str, root: str, plan_json: str) -> None:
+    if multiprocessing.current_process().name != "MainProcess":
+        torch.set_num_threads(1)  # parallel across volumes, not within one
+    _CTX.update(store=Path(store), root=Path(root), plan=Plan.from_json(plan_json))
+
+
+def preprocess(array: np.ndarray, spacing: tuple[float, ...], modality: str | None, plan: Plan) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A store volume ``[X, Y, Z]`` → the cached ``[X', Y', Z']`` (plan dtype) and the spacing reached."""
+    norm = NormaliseIntensity(**dataclasses.asdict(plan.norm_for(modality)))
+    x = norm(torch.from_numpy(np.asarray(array, dtype=np.float32))[None])
+    x, reached = resample_to_spacing(x, spacing, plan.target_spacing, "linear")
+    return x[0].numpy().astype(plan.cache_dtype), reached
+
+
+def cache_volume(row: dict) -> dict:
+    """Cache one manifest row; returns its :class:`CachedVolume` fields, or ``{"volume_id", "error"}``."""
+    from medssl.data.cache import cached_volume_meta, write_array
+
+    store, root, plan = _CTX["store"], _CTX["root"], _CTX["plan"]
+    volume_id = row["volume_id"]
+    try:
+        volume = read_nifti((store / row["path"]).read_bytes())
+        array, reached = preprocess(volume.array, volume.spacing, row.get("modality"), plan)
+        del volume
+        write_array(root / f"{volume_id}.npy", array)
+        meta = cached_volume_meta(row, array.shape, reached, float(array.min()))
+        atomic_write_bytes(root / f"{volume_id}.json", json.dumps(meta).encode())  # last: marks the volume done
+        return meta
+    except (MedsslError, OSError, ValueError, RuntimeError) as exc:
+        return {"volume_id": volume_id, "error": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,122 @@
+"""Crops of cached volumes for pretraining: random 3D crops or 2D slice crops, read by memory map.
+
+An item is ``crops_per_volume`` crops of one volume; :class:`CropCollate` concatenates
+items into a batch ``{"image": [N, 1, *crop], "box": [N, 2S], "volume": [N], "seed": int}``
+with N = batch_size × crops_per_volume. ``box`` is in cached-volume voxels (3D, even for
+2D slices: the slice is the box of depth 1); ``volume`` indexes ``CacheIndex.volumes``;
+``seed`` seeds the batch's augmentation, wherever that runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from medssl.data.cache import CacheIndex
+from medssl.transforms.pipeline import BatchAugment
+from medssl.transforms.spatial import box_of, crop_box
+from medssl.transforms.views import sample_crop_starts
+
+
+class CropDataset(Dataset):
+    """``crops_per_volume`` random crops of ``crop_size`` per item, one volume per item.
+
+    ``slice_axis``: make 2D crops — ``crop_size`` is then in-plane (2 sides) and each crop
+    is one slice across that axis (2: axial). ``length``: items per epoch (default: one
+    per volume). ``fixed``: every epoch the same crops (validation).
+    """
+
+    def __init__(
+        self,
+        index: CacheIndex,
+        volumes: Sequence[int],
+        crop_size: Sequence[int],
+        crops_per_volume: int = 2,
+        length: int | None = None,
+        slice_axis: int | None = None,
+        fixed: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not volumes:
+            raise ValueError("a crop dataset needs at least one volume")
+        if crops_per_volume < 1:
+            raise ValueError(f"crops_per_volume {crops_per_volume}: expected at least 1")
+        expected = 2 if slice_axis is not None else 3
+        if len(crop_size) != expected:
+            raise ValueError(f"crop_size {tuple(crop_size)}: expected {expected} sides")
+        self.index, self.volumes = index, list(volumes)
+        self.crop_size = tuple(int(s) for s in crop_size)
+        self.read_size = list(self.crop_size)
+        if slice_axis is not None:
+            self.read_size.insert(slice_axis, 1)
+        self.crops_per_volume, self.slice_axis, self.fixed, self.seed = crops_per_volume, slice_axis, fixed, seed
+        self.length = len(self.volumes) if length is None else int(length)
+        self._maps: dict[int, np.ndarray] = {}
+        self._generator: tuple[int, torch.Generator] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _open(self, i: int) -> np.ndarray:
+        if i not in self._maps:  # per process: a worker maps only what it reads
+            self._maps[i] = self.index.open(self.index.volumes[i])
+        return self._maps[i]
+
+    def generator(self, item: int) -> torch.Generator:
+        """Fixed: seeded by (seed, item). Else one per process, seeded by the loader worker's seed
+        (drawn from the DataLoader's generator) or, without workers, by ``seed``."""
+        if self.fixed:
+            return torch.Generator().manual_seed(self.seed * 1_000_003 + item)
+        if self._generator is None or self._generator[0] != os.getpid():
+            info = get_worker_info()
+            self._generator = (os.getpid(), torch.Generator().manual_seed((info.seed if info else self.seed) % 2**63))
+        return self._generator[1]
+
+    def __getitem__(self, item: int) -> dict:
+        i = self.volumes[item % len(self.volumes)]
+        volume = self.index.volumes[i]
+        array = self._open(i)[None]  # [1, X, Y, Z], still unread
+        g = self.generator(item)
+        starts = sample_crop_starts(array.shape[1:], self.read_size, self.crops_per_volume, g)
+        crops = [crop_box(array, s.tolist(), self.read_size, volume.pad_value) for s in starts]
+        image = torch.stack(crops)
+        if self.slice_axis is not None:
+            image = image.squeeze(2 + self.slice_axis)
+        boxes = torch.tensor([box_of(s.tolist(), self.read_size) for s in starts], dtype=torch.long)
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        return {"image": image, "box": boxes, "volume": torch.full((len(crops),), i, dtype=torch.long), "seed": seed}
+
+
+def make_views(batch: dict, augment: BatchAugment | None, views: int, generator: torch.Generator) -> dict:
+    """Augment a batch where it is (loader worker or device).
+
+    ``views == 0``: ``image`` is replaced by its augmented self. ``views >= 1``: ``views``
+    (a list of ``views`` tensors ``[N, 1, *crop]``) holds independently augmented copies and
+    ``image`` stays as cropped.
+    """
+    image = batch["image"]
+    if views == 0:
+        return {**batch, "image": augment(image, generator) if augment is not None else image}
+    copies = [augment(image, generator) if augment is not None else image.clone() for _ in range(views)]
+    return {**batch, "views": copies}
+
+
+class CropCollate:
+    """Concatenates items along the crop axis; when ``augment`` is given, augments here (in the worker)."""
+
+    def __init__(self, augment: BatchAugment | None = None, views: int = 0) -> None:
+        self.augment, self.views = augment, views
+
+    def __call__(self, items: list[dict]) -> dict:
+        seed = items[0]["seed"]
+        for item in items[1:]:
+            seed = (seed * 31 + item["seed"]) % 2**62
+        batch = {key: torch.cat([item[key] for item in items]) for key in ("image", "box", "volume")}
+        batch["seed"] = seed
+        if self.augment is not None:
+            batch = make_views(batch, self.augment, self.views, torch.Generator().manual_seed(batch.pop("seed")))
+        return batch

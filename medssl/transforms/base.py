@@ -1,0 +1,158 @@
+"""What every transform shares: batch handling, parameter sampling, dict routing.
+
+Layout: a sample is ``[C, *spatial]``, a batch ``[B, C, *spatial]``, with ``spatial_dims``
+(2 or 3) spatial axes; ``[C, D, H, W]`` and a 2D batch ``[B, C, H, W]`` have the same rank,
+so each transform is told ``spatial_dims`` rather than guessing.
+
+A random transform has ``sample(batch_size, generator) -> twin`` (a deterministic
+transform holding per-sample parameters) and ``__call__(x, generator)`` which is exactly
+``sample(B, generator)(x)`` (torchio's random/deterministic split). Parameters are drawn
+on the CPU from a ``torch.Generator`` and moved to the data's device, so the same seed
+gives the same parameters on CPU and GPU, one call per batch (noise fields are drawn on
+the data's device from a drawn seed).
+
+Dict wrappers (``...d``) only route: they sample once and apply the same twin to each key
+(MONAI's array/dictionary split), so an image and its label map move together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import torch
+
+
+class Twin(Protocol):
+    """A deterministic, per-sample parameterised transform of a batch ``[B, C, *spatial]``."""
+
+    def __call__(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor: ...
+
+
+class InPlaceTwin:
+    """A twin that changes only some samples: ``apply_`` writes them into a batch it may own;
+    ``__call__`` returns the input itself when nothing changes, else works on a copy. A
+    pipeline copies once and runs every step in place (one copy per batch, not per step)."""
+
+    def is_identity(self) -> bool:
+        raise NotImplementedError
+
+    def apply_(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        self.check(x)
+        return x if self.is_identity() else self.apply_(x.clone(), mode)
+
+    def check(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` when the parameters do not fit the batch."""
+
+
+def rows_where(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``[B]`` bool → the indices of the true entries, on ``device``."""
+    return mask.nonzero().squeeze(1).to(device)
+
+
+class RandomTransform(Protocol):
+    spatial_dims: int
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Twin: ...
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims {spatial_dims}: expected 2 or 3")
+    return spatial_dims
+
+
+def as_batch(x: torch.Tensor, spatial_dims: int) -> tuple[torch.Tensor, bool]:
+    """``x`` as ``[B, C, *spatial]``; True when a batch axis was added to ``[C, *spatial]``."""
+    if x.ndim == spatial_dims + 2:
+        return x, False
+    if x.ndim == spatial_dims + 1:
+        return x.unsqueeze(0), True
+    raise ValueError(f"tensor of shape {tuple(x.shape)}: expected [C, *spatial] or [B, C, *spatial] with {spatial_dims} spatial axes")
+
+
+def apply_batched(twin: Callable[..., torch.Tensor], x: torch.Tensor, spatial_dims: int, mode: str | None = None) -> torch.Tensor:
+    xb, added = as_batch(x, spatial_dims)
+    out = twin(xb, mode) if mode is not None else twin(xb)
+    return out.squeeze(0) if added else out
+
+
+def batch_size_of(x: torch.Tensor, spatial_dims: int) -> int:
+    return as_batch(x, spatial_dims)[0].shape[0]
+
+
+def uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``[n]`` float64 draws from U(low, high) on the CPU."""
+    if low > high:
+        raise ValueError(f"range ({low}, {high}): low exceeds high")
+    return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def bernoulli(n: int, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``[n]`` bool: which samples a transform applies to."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"probability {prob}: expected a value in [0, 1]")
+    return torch.rand(n, generator=generator, dtype=torch.float64) < prob
+
+
+def per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``[B]`` parameters reshaped to broadcast over ``x`` ``[B, C, *spatial]``, on its device and dtype."""
+    return values.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+
+class RandomBase:
+    """``__call__`` = ``sample`` then apply: the random transform is its twin with drawn parameters."""
+
+    spatial_dims: int = 3
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Twin:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        twin = self.sample(batch_size_of(x, self.spatial_dims), generator)
+        return apply_batched(twin, x, self.spatial_dims)
+
+
+class KeyedRandom:
+    """Dict wrapper: draws parameters once, applies the same twin to every key in ``keys``.
+
+    ``modes`` gives a key its interpolation (e.g. ``{"label": "nearest"}``) for spatial
+    transforms; intensity transforms ignore it.
+    """
+
+    def __init__(self, keys: Sequence[str], transform: RandomTransform, modes: Mapping[str, str] | None = None) -> None:
+        if isinstance(keys, str):
+            keys = [keys]
+        if not keys:
+            raise ValueError("a dict transform needs at least one key")
+        self.keys = list(keys)
+        self.transform = transform
+        self.modes = dict(modes or {})
+
+    def __call__(self, data: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        missing = [k for k in self.keys if k not in data]
+        if missing:
+            raise KeyError(f"keys {missing} not in the sample (it has {sorted(data)})")
+        dims = self.transform.spatial_dims
+        twin = self.transform.sample(batch_size_of(data[self.keys[0]], dims), generator)
+        out = dict(data)
+        for key in self.keys:
+            out[key] = apply_batched(twin, data[key], dims, self.modes.get(key))
+        return out
+
+
+class KeyedArray:
+    """Dict wrapper for a deterministic array transform ``f(x)``: applies it to each key."""
+
+    def __init__(self, keys: Sequence[str], transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.transform = transform
+
+    def __call__(self, data: Mapping[str, torch.Tensor]) -> dict:
+        out = dict(data)
+        for key in self.keys:
+            out[key] = self.transform(data[key])
+        return out
