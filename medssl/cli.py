@@ -29,6 +29,7 @@ def _ingest_parser(sub) -> None:
     p.add_argument("--allow-burned-in", action="store_true", help="ingest images that may carry burned-in text (after a human review)")
     p.add_argument("--date-shift", action="store_true", help="shift dates per patient instead of removing them")
     p.add_argument("--keep-private", action="append", default=[], metavar="CREATOR:ELEMENT", help="keep a private element, e.g. 'SIEMENS CSA HEADER:0x10' (repeatable)")
+    p.add_argument("--volume-modality", metavar="MODALITY", type=str.upper, help="modality to record for NIfTI/NRRD inputs, which carry none (e.g. CT, MR)")
     p.add_argument("--max-gb", type=float, default=4.0, help="refuse any single file or volume larger than this (GiB)")
     p.add_argument("--locate", metavar="REF", help="print the source files whose reference starts with REF (key holders only), then exit")
     p.add_argument("--no-progress", action="store_true")
@@ -53,6 +54,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         deid=DeidOptions(date_shift=args.date_shift, keep_private=keep),
         max_bytes=int(args.max_gb * (1 << 30)),
         progress=not args.no_progress,
+        volume_modality=args.volume_modality,
     )
     summary = ingest(args.sources, args.out, key, options)
     print_summary(summary, args.out)
@@ -80,7 +82,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medssl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medssl", description="medssl: hospital imaging in, de-identified canonical volumes and models out.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _ingest_parser(sub)

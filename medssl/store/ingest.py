@@ -46,6 +46,7 @@ class IngestOptions:
     deid: DeidOptions = field(default_factory=DeidOptions)
     max_bytes: int = MAX_VOLUME_BYTES
     progress: bool = True
+    volume_modality: str | None = None  # NIfTI/NRRD carry no modality: what to record for them
 
 
 @dataclass
@@ -79,7 +80,7 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
         (store / sub).mkdir(mode=mode, parents=True, exist_ok=True)
         remove_stale_temporaries(store / sub)
     pseudo = Pseudonymizer(key)
-    ctx = work.WorkContext(str(store), key, options.deid, options.irregular, options.allow_burned_in, options.max_bytes)
+    ctx = work.WorkContext(str(store), key, options.deid, options.irregular, options.allow_burned_in, options.max_bytes, options.volume_modality)
     work.init_worker(ctx)  # the main process also quarantines and names things
     summary = IngestSummary()
     with Manifest(store / "manifest.sqlite") as manifest, Progress(enabled=options.progress) as progress:

@@ -39,6 +39,7 @@ class WorkContext:
     irregular: IrregularPolicy
     allow_burned_in: bool
     max_bytes: int
+    volume_modality: str | None = None
 
 
 @dataclass
@@ -129,7 +130,8 @@ def convert_file(item: SourceItem, fmt: FileFormat, volume_id: str) -> Outcome:
         volume = (read_nifti if fmt == FileFormat.NIFTI else read_nrrd)(_read(item), max_bytes=_CTX.max_bytes)
         kind = SourceKind.NIFTI if fmt == FileFormat.NIFTI else SourceKind.NRRD
         deid = {"method": "header rebuilt from array and affine; descrip, aux_file, intent_name and extensions dropped"}
-        return _write(volume_id, volume, kind, ref, {"deid": deid, "n_images": 1, "source_digest": volume_id}, None)
+        meta = {"deid": deid, "n_images": 1, "source_digest": volume_id, "modality": _CTX.volume_modality}
+        return _write(volume_id, volume, kind, ref, meta, None)
 
     return _guarded(ref, volume_id, [], work)
 
