@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+from nibabel import orientations as ornt
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
@@ -42,44 +43,98 @@ def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
         raise IngestError(RejectReason.TOO_LARGE, f"stack of {n_voxels} voxels exceeds the bound of {MAX_VOXELS}")
     if first.samples_per_pixel != 1:
         raise IngestError(RejectReason.UNSUPPORTED, f"colour images (SamplesPerPixel={first.samples_per_pixel}) are not converted")
-    data, header = _decode(stack.records, read_bytes)  # [cols, rows, slices], Fortran order
-    if stack.kind == "image2d":
-        return _image2d(stack, data[:, :, 0]), header
-    if stack.kind == "mosaic":
-        return _mosaic(stack, data[:, :, 0].T, header), header
+    if stack.kind != "volume":
+        data, header = _decode(stack.records, read_bytes, _Target.plain)
+        pixels = data[:, :, 0]  # [cols, rows]
+        return (_image2d(stack, pixels) if stack.kind == "image2d" else _mosaic(stack, pixels.T, header)), header
+    affine = _stack_affine(stack)
+    if stack.irregularity is None:  # decode straight into RAS+ order: no reorientation copy
+        data, header = _decode(stack.records, read_bytes, _Target.oriented(affine))
+        ras_affine = affine @ ornt.inv_ornt_aff(_to_ras(affine), (first.cols, first.rows, len(stack.records)))
+        return Volume(compact_dtype(data), ras_affine), header
+    data, header = _decode(stack.records, read_bytes, _Target.plain)  # [cols, rows, slices]
     corrections: list[str] = []
-    row_cos, col_cos = np.array(first.iop[:3]), np.array(first.iop[3:])
+    if stack.tilt_deg > 0:
+        data = _unshear(data, stack, np.array(first.iop[:3]), np.array(first.iop[3:]), first.pixel_spacing[1], first.pixel_spacing[0])
+        corrections.append(f"gantry_tilt_corrected:{stack.tilt_deg:.2f}deg")
+    positions = np.array(stack.positions)
+    steps = np.diff(positions) if len(positions) > 1 else np.array([stack.step])
+    if np.any(np.abs(steps - stack.step) > max(0.02 * stack.step, 0.01)):
+        data = _regrid(data, positions, stack.step)
+        corrections.append(f"resampled_along_normal:{stack.step:.4g}mm")
+    array, ras_affine = to_ras_canonical(compact_dtype(data), affine)
+    return Volume(array, ras_affine, corrections=corrections), header
+
+
+def _stack_affine(stack: Stack) -> np.ndarray:
+    """Voxel (column, row, slice) -> RAS world (mm) of a sorted stack on its regular grid."""
+    first = stack.first
     dy, dx = first.pixel_spacing
-    normal = np.array(stack.normal)
-    if stack.irregularity is not None:
-        if stack.tilt_deg > 0:
-            data = _unshear(data, stack, row_cos, col_cos, dx, dy)
-            corrections.append(f"gantry_tilt_corrected:{stack.tilt_deg:.2f}deg")
-        positions = np.array(stack.positions)
-        steps = np.diff(positions) if len(positions) > 1 else np.array([stack.step])
-        if np.any(np.abs(steps - stack.step) > max(0.02 * stack.step, 0.01)):
-            data = _regrid(data, positions, stack.step)
-            corrections.append(f"resampled_along_normal:{stack.step:.4g}mm")
     affine = np.eye(4)
-    affine[:3, 0] = row_cos * dx
-    affine[:3, 1] = col_cos * dy
-    affine[:3, 2] = normal * stack.step
+    affine[:3, 0] = np.array(first.iop[:3]) * dx
+    affine[:3, 1] = np.array(first.iop[3:]) * dy
+    affine[:3, 2] = np.array(stack.normal) * stack.step
     affine[:3, 3] = first.ipp
-    array, affine = to_ras_canonical(compact_dtype(data), lps_to_ras(affine))
-    return Volume(array, affine, corrections=corrections), header
+    return lps_to_ras(affine)
 
 
-def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[np.ndarray, Dataset]:
-    """Pixel values with the rescale applied, as one array ``[cols, rows, records]``.
+def _to_ras(affine: np.ndarray) -> np.ndarray:
+    return ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(("R", "A", "S")))
 
-    The array is Fortran-ordered: a slice's (row, column) pixels are then one contiguous
-    block, so filling it is a copy per slice and NIfTI (x fastest on disk) writes it
-    without a transpose. Each file is read once, however many frames it holds.
+
+def _inverse(transform: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes ``transform`` (axis i -> j becomes j -> i)."""
+    inverse = np.empty_like(transform)
+    for axis, (target, flip) in enumerate(transform):
+        inverse[int(target)] = (axis, flip)
+    return inverse
+
+
+class _Target:
+    """Where decoded slices go: ``view`` [cols, rows, slices] is a window onto ``array``.
+
+    ``plain``: the array itself. ``oriented``: ``array`` is allocated in RAS+ voxel order
+    (Fortran, as NIfTI stores it) and ``view`` is it seen through the inverse reorientation
+    (flips and transposes are views), so writing slices in acquisition order fills the
+    canonical array directly.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], dtype, transform: np.ndarray | None) -> None:
+        self.transform = transform
+        if transform is None:
+            self.array = self.view = np.empty(shape, dtype=dtype, order="F")
+        else:
+            ras_shape = tuple(shape[int(axis)] for axis in np.argsort(transform[:, 0]))
+            self.array = np.empty(ras_shape, dtype=dtype, order="F")
+            self.view = ornt.apply_orientation(self.array, _inverse(transform))  # flips + transpose: a view
+
+    @staticmethod
+    def plain(shape, dtype) -> _Target:
+        return _Target(shape, dtype, None)
+
+    @staticmethod
+    def oriented(affine: np.ndarray):
+        transform = _to_ras(affine)
+        return lambda shape, dtype: _Target(shape, dtype, transform)
+
+    def widen(self, dtype) -> _Target:
+        """The same contents in a wider type (a later slice needs more range)."""
+        wider = _Target(self.view.shape, dtype, self.transform)
+        wider.array[...] = self.array
+        return wider
+
+
+def _decode(records: tuple[SliceRecord, ...], read_bytes, target) -> tuple[np.ndarray, Dataset]:
+    """Pixel values with the rescale applied, written slice by slice through ``target``.
+
+    ``target(shape, dtype)`` makes a :class:`_Target`; slice k goes to ``view[:, :, k]``
+    ([cols, rows]), and the returned array is the target's (plain or already RAS+).
+    Each file is read once, however many frames it holds.
     """
     by_item: dict = defaultdict(list)
     for index, rec in enumerate(records):
         by_item[rec.item].append((index, rec))
-    data: np.ndarray | None = None
+    dest: _Target | None = None
     header = None
     for item, members in by_item.items():
         ds = read_dataset(read_bytes(item), stop_before_pixels=False)
@@ -90,11 +145,11 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[np.ndarray, D
             if raw.ndim != 2 or raw.shape != (rec.rows, rec.cols):
                 raise IngestError(RejectReason.MALFORMED, f"decoded image of shape {raw.shape} for a header of {rec.rows}x{rec.cols}")
             dtype = _output_dtype(ds, rec)
-            if data is None:
-                data = np.empty((rec.cols, rec.rows, len(records)), dtype=dtype, order="F")
-            elif not np.can_cast(dtype, data.dtype, casting="safe"):
-                data = data.astype(np.result_type(data.dtype, dtype), order="F")
-            out = data[:, :, index]  # a contiguous block: the slice's pixels in storage order
+            if dest is None:
+                dest = target((rec.cols, rec.rows, len(records)), dtype)
+            elif not np.can_cast(dtype, dest.array.dtype, casting="safe"):
+                dest = dest.widen(np.result_type(dest.array.dtype, dtype))
+            out = dest.view[:, :, index]
             if rec.slope == 1:
                 np.add(raw.T, rec.intercept, out=out, casting="unsafe")  # exact: the range was checked
             else:
@@ -103,7 +158,7 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes) -> tuple[np.ndarray, D
             if rec.photometric == "MONOCHROME1":  # display-inverted: make high values bright
                 out[...] = out.max() + out.min() - out
         del ds, frames
-    return data, header
+    return dest.array, header
 
 
 def _output_dtype(ds: Dataset, rec: SliceRecord) -> np.dtype:
