@@ -81,11 +81,27 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     return run_pipeline(args.file, build_parser(), main)
 
 
+def _passthrough_parser(sub, name: str, help: str, target: str) -> None:
+    """A stage whose own parser (LightningCLI, export's) reads everything after its name."""
+    p = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _delegate(target, args.args))
+
+
+def _delegate(target: str, argv: list[str]) -> int:
+    module, _, function = target.partition(":")
+    import importlib
+
+    return int(getattr(importlib.import_module(module), function)(argv) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description="medssl: hospital imaging in, de-identified canonical volumes and models out.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _ingest_parser(sub)
+    _passthrough_parser(sub, "pretrain", "self-supervised pretraining (LightningCLI: -c configs/pretrain/voco.yaml --data.store STORE ...)", "medssl.methods.cli:pretrain_main")
+    _passthrough_parser(sub, "export", "checkpoint -> artifact (model.safetensors + artifact.json): CHECKPOINT --out DIR", "medssl.export.cli:export_main")
     _pipeline_parser(sub)
     return parser
 
@@ -93,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("lightning").propagate = False  # Lightning prints through its own handler
     try:
         return args.func(args)
     except MedsslError as err:

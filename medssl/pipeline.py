@@ -42,7 +42,11 @@ def load_stages(path: Path, parser: argparse.ArgumentParser) -> list[tuple[str, 
         (command, options), = stage.items()
         if command not in commands:
             raise ConfigError(f"pipeline {path}: stage {number}: unknown command '{command}' (known: {', '.join(sorted(commands))})")
-        argv = [command, *_argv(commands[command], options or {}, f"pipeline {path}: stage {number} ({command})")]
+        where = f"pipeline {path}: stage {number} ({command})"
+        if _is_passthrough(commands[command]):  # the stage's own parser validates when it runs
+            out.append((command, [command, *_passthrough_argv(options or {}, where)]))
+            continue
+        argv = [command, *_argv(commands[command], options or {}, where)]
         commands[command].parse_args(argv[1:])  # fail now on a bad value, not halfway through
         out.append((command, argv))
     return out
@@ -68,6 +72,33 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
         if isinstance(action, argparse._SubParsersAction):
             return {name: sub for name, sub in action.choices.items() if name != "pipeline"}
     return {}
+
+
+def _is_passthrough(sub: argparse.ArgumentParser) -> bool:
+    return any(a.nargs == argparse.REMAINDER for a in sub._actions)
+
+
+def _passthrough_argv(options: dict, where: str) -> list[str]:
+    """Options of a stage with its own parser: ``positional`` first, ``config`` as ``-c``
+    files, every other key as ``--key value`` (dotted keys as LightningCLI spells them)."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: options must be a mapping")
+    argv = [str(v) for v in _as_list(options.get("positional", []))]
+    for config in _as_list(options.get("config", [])):
+        argv += ["-c", str(config)]
+    for key, value in options.items():
+        if key in ("positional", "config"):
+            continue
+        flag = "--" + str(key).lstrip("-")
+        if value is True and "." not in str(key):
+            argv.append(flag)  # a plain switch such as --no-plan
+        else:
+            argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _argv(sub: argparse.ArgumentParser, options: dict, where: str) -> list[str]:

@@ -1,0 +1,12 @@
+"""``medssl export``: a pretraining checkpoint -> an artifact (model.safetensors + artifact.json).
+
+Imports backbones, the store's plan and ``medssl.inference.artifact``; never lightning (a
+checkpoint is read with ``torch.load(weights_only=True)``: plain tensors and primitives).
+"""
+
+from __future__ import annotations
+
+from medssl.export.checkpoint import CheckpointContents, read_checkpoint
+from medssl.export.rebuild import build_encoder
+
+__all__ = ["CheckpointContents", "build_encoder", "read_checkpoint"]

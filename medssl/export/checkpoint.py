@@ -1,0 +1,86 @@
+"""Read what an artifact needs from a pretraining checkpoint, without unpickling objects.
+
+A checkpoint written by :class:`medssl.methods.SSLMethod` carries, besides Lightning's
+``state_dict``, a ``"medssl"`` record: method, backbone name and kwargs, the prefix of the
+backbone's weights in the state_dict, the store it trained on. Checkpoints without the record
+fall back to the ``backbone`` / ``backbone_kwargs`` hyperparameters.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medssl.errors import MedsslError
+
+
+class ExportError(MedsslError):
+    """A checkpoint ``medssl export`` cannot turn into an artifact."""
+
+
+@dataclass(frozen=True)
+class CheckpointContents:
+    """The encoder of a checkpoint: name, kwargs, weights; and where it came from."""
+
+    method: str
+    backbone_name: str
+    backbone_kwargs: dict[str, Any]
+    backbone_state: dict[str, torch.Tensor]
+    store: str | None
+    global_step: int
+
+
+def read_checkpoint(path: str | Path) -> CheckpointContents:
+    """Load ``path`` with ``torch.load(weights_only=True)`` and pick out the backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"checkpoint {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ExportError(
+            f"checkpoint {path}: not a readable weights-only checkpoint ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ExportError(f"checkpoint {path}: no state_dict (is it a Lightning checkpoint?)")
+    record = checkpoint.get("medssl")
+    if not isinstance(record, dict):
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if "backbone" not in hparams:
+            raise ExportError(
+                f"checkpoint {path}: neither a 'medssl' record nor backbone hyperparameters; was it written by medssl pretrain?"
+            )
+        record = {
+            "method": str(hparams.get("_class_path", "unknown")).rsplit(".", 1)[-1],
+            "backbone": hparams["backbone"],
+            "backbone_kwargs": hparams.get("backbone_kwargs") or {},
+            "backbone_prefix": "backbone.",
+            "store": None,
+        }
+    prefix = record.get("backbone_prefix", "backbone.")
+    state = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
+    if not state:
+        raise ExportError(f"checkpoint {path}: no tensor under '{prefix}' in its state_dict")
+    return CheckpointContents(
+        method=str(record.get("method", "unknown")),
+        backbone_name=str(record["backbone"]),
+        backbone_kwargs=_plain(dict(record.get("backbone_kwargs") or {})),
+        backbone_state=state,
+        store=record.get("store"),
+        global_step=int(checkpoint.get("global_step", 0)),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively (JSON has no tuples; factories take either)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,230 @@
+"""The model artifact: ``model.safetensors`` + ``artifact.json`` (DESIGN.md section 3).
+
+``artifact.json`` (format :data:`ARTIFACT_FORMAT`) holds what is needed to rebuild and feed
+the model: backbone name and kwargs, head specs, the preprocessing plan, label names,
+metrics, ``weights_sha256`` of ``model.safetensors``, ``created_at`` and the medssl version.
+``model.safetensors`` holds the encoder's tensors under ``backbone.<name>`` and each head's
+under ``heads.<head>.<name>``.
+
+Loading reads the weights file once into memory, checks its sha256 against the JSON before
+parsing anything, and parses it with safetensors only: loading never unpickles. Both files
+are written atomically (temporary sibling, fsync, rename), weights first: a write cut short
+leaves either the old artifact or a digest mismatch that loading refuses.
+
+Imports torch, safetensors, json and hashlib (plus the standard library and medssl's atomic
+writer and error type): the server uses this module without methods or lightning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from medssl import __version__
+from medssl.errors import MedsslError
+from medssl.store.atomic import atomic_write_bytes
+
+ARTIFACT_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "artifact.json"
+BACKBONE_PREFIX = "backbone."
+HEADS_PREFIX = "heads."
+
+
+class ArtifactError(MedsslError):
+    """An artifact that cannot be written or that loading refuses (names the file and the reason)."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded artifact: its JSON record and its tensors (on the CPU)."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def backbone_name(self) -> str:
+        return self.meta["backbone"]["name"]
+
+    @property
+    def backbone_kwargs(self) -> dict[str, Any]:
+        return dict(self.meta["backbone"]["kwargs"])
+
+    @property
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        """The encoder's state_dict (keys as ``backbone.state_dict()`` has them)."""
+        return _strip(self.tensors, BACKBONE_PREFIX)
+
+    def head_state(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self.heads:
+            raise KeyError(f"artifact {self.path}: no head {name!r}; heads: {sorted(self.heads)}")
+        return _strip(self.tensors, f"{HEADS_PREFIX}{name}.")
+
+    @property
+    def heads(self) -> dict[str, Any]:
+        return dict(self.meta.get("heads") or {})
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        return self.meta.get("plan")
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta.get("labels")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.meta.get("metrics") or {})
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _check_json(name: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"artifact {name} must be plain JSON (str, numbers, lists, dicts): {exc}"
+        ) from None
+
+
+def save_artifact(
+    out_dir: str | Path,
+    *,
+    backbone_name: str,
+    backbone_kwargs: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    heads: Mapping[str, Mapping[str, Any]] | None = None,
+    plan: Mapping[str, Any] | None = None,
+    labels: list[str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/artifact.json``; returns ``out_dir``.
+
+    Args:
+        state_dict: the encoder's state_dict.
+        heads: ``{head name: {"spec": JSON dict, "state_dict": tensors}}``; only the specs
+            go into the JSON.
+        plan, labels, metrics, extra: JSON values recorded as given (``extra`` under "extra").
+    """
+    out = Path(out_dir)
+    tensors = {BACKBONE_PREFIX + k: v for k, v in state_dict.items()}
+    specs: dict[str, Any] = {}
+    for name, head in (heads or {}).items():
+        if "." in name or not name:
+            raise ArtifactError(f"head name {name!r}: use a non-empty name without dots")
+        specs[name] = dict(head.get("spec") or {})
+        tensors.update(
+            {f"{HEADS_PREFIX}{name}.{k}": v for k, v in (head.get("state_dict") or {}).items()}
+        )
+    # contiguous CPU copies: safetensors refuses views that share storage
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    bad = [
+        k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise ArtifactError(f"refusing to export non-finite weights ({', '.join(bad[:3])})")
+    data = save_safetensors(tensors, metadata={"format": "pt"})
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "backbone": {"name": backbone_name, "kwargs": dict(backbone_kwargs)},
+        "heads": specs,
+        "plan": None if plan is None else dict(plan),
+        "labels": None if labels is None else list(labels),
+        "metrics": dict(metrics or {}),
+        "extra": dict(extra or {}),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "medssl_version": __version__,
+    }
+    for key in ("backbone", "heads", "plan", "labels", "metrics", "extra"):
+        _check_json(key, meta[key])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / WEIGHTS_FILE, data)
+    atomic_write_bytes(
+        out / META_FILE,
+        (json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
+    )
+    return out
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Read, verify and parse an artifact folder (or its ``artifact.json``); never unpickles.
+
+    Raises:
+        ArtifactError: missing files, unknown format version, a weights file whose sha256 is
+            not the recorded one, or a weights file that is not safetensors.
+    """
+    folder = Path(path)
+    if folder.name == META_FILE:
+        folder = folder.parent
+    meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise ArtifactError(
+            f"artifact {folder}: expected {META_FILE} and {WEIGHTS_FILE} in the folder"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"artifact {folder}: {META_FILE} is not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtifactError(
+            f"artifact {folder}: format {found!r}; this medssl reads format {ARTIFACT_FORMAT} only"
+        )
+    for key in ("backbone", "weights_sha256"):
+        if key not in meta:
+            raise ArtifactError(f"artifact {folder}: {META_FILE} lacks '{key}'")
+    data = weights_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta["weights_sha256"]:
+        raise ArtifactError(
+            f"artifact {folder}: {WEIGHTS_FILE} sha256 {digest[:12]}… differs from the recorded {str(meta['weights_sha256'])[:12]}…; refusing to load"
+        )
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise ArtifactError(
+            f"artifact {folder}: {WEIGHTS_FILE} is not a safetensors file ({exc})"
+        ) from None
+    known = tuple([BACKBONE_PREFIX] + [f"{HEADS_PREFIX}{h}." for h in (meta.get("heads") or {})])
+    stray = [k for k in tensors if not k.startswith(known)]
+    if stray:
+        raise ArtifactError(
+            f"artifact {folder}: unexpected tensors {stray[:3]} (neither backbone nor a listed head)"
+        )
+    return Artifact(folder, meta, tensors)
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of a file, streamed (for recording checkpoints and other large inputs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "Artifact",
+    "ArtifactError",
+    "load_artifact",
+    "save_artifact",
+    "weights_digest",
+]

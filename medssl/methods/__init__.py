@@ -1,0 +1,25 @@
+"""Self-supervised pretraining methods: one LightningModule per file on a small shared base.
+
+``METHODS`` maps a method's short name to its class (a plain dict for tests and tools; the
+CLI selects a method by class path, ``model.class_path: medssl.methods.VoCo``).
+"""
+
+from __future__ import annotations
+
+from medssl.methods.base import NonFiniteLossError, SSLMethod, ema_update, warmup_cosine
+from medssl.methods.simclr import SimCLR
+from medssl.methods.swav import SwAV
+from medssl.methods.voco import VoCo
+
+METHODS: dict[str, type[SSLMethod]] = {"voco": VoCo, "simclr": SimCLR, "swav": SwAV}
+
+__all__ = [
+    "METHODS",
+    "NonFiniteLossError",
+    "SSLMethod",
+    "SimCLR",
+    "SwAV",
+    "VoCo",
+    "ema_update",
+    "warmup_cosine",
+]

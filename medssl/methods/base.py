@@ -1,0 +1,176 @@
+"""The shared base of every SSL method: optimiser and schedule, loss guard and logging, EMA, export.
+
+A method subclasses :class:`SSLMethod` and writes one ``training_step`` that reads top to
+bottom (make views, encode, project, loss) and ends with ``return self.finish_step(terms)``.
+``finish_step`` stops the run with :class:`~medssl.methods.guard.NonFiniteLossError` before
+any backward pass or optimiser step when a loss term is NaN/Inf, and
+``on_before_optimizer_step`` does the same for gradients (:mod:`medssl.methods.guard`), so no
+checkpoint written by the run ever holds non-finite weights.
+
+Hyperparameters are primitives only (str, numbers, bools, lists, dicts of those), so a
+checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from medssl.backbones import create_backbone
+from medssl.methods.guard import NonFiniteLossError, check_gradients, check_loss_terms
+
+__all__ = ["NonFiniteLossError", "SSLMethod", "ema_update", "warmup_cosine"]
+CHECKPOINT_KEY = "medssl"  # what `medssl export` reads from a checkpoint (besides state_dict)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``teacher <- momentum * teacher + (1 - momentum) * student`` for parameters; buffers copied.
+
+    The two modules must have the same parameter and buffer lists (a teacher is a deepcopy).
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"EMA momentum must lie in [0, 1], got {momentum}")
+    t_params, s_params = list(teacher.parameters()), list(student.parameters())
+    if len(t_params) != len(s_params):
+        raise ValueError(f"teacher has {len(t_params)} parameters, student {len(s_params)}")
+    if t_params:
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(
+            t_params,
+            [p.detach().to(t.dtype) for t, p in zip(t_params, s_params)],
+            alpha=1.0 - momentum,
+        )
+    for t_buf, s_buf in zip(teacher.buffers(), student.buffers()):
+        t_buf.copy_(s_buf)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: float, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear 0 -> 1 over ``warmup_steps``, cosine 1 -> ``min_ratio`` to ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not math.isfinite(total_steps) or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SSLMethod(LightningModule):
+    """Backbone + optimiser + guard; subclasses add heads and a ``training_step``.
+
+    Args:
+        backbone: a name of ``medssl.backbones.list_backbones()``.
+        backbone_kwargs: keyword arguments of that backbone's factory.
+        lr: peak AdamW learning rate (after warm-up).
+        weight_decay: AdamW decay of weight matrices (biases and norms are not decayed).
+        warmup_steps: optimiser steps of linear warm-up.
+        min_lr_ratio: final learning rate of the cosine decay, as a fraction of ``lr``; the
+            decay runs over the trainer's ``estimated_stepping_batches`` (``max_steps``).
+        compile: ``torch.compile`` the backbone in place (parameter names unchanged).
+        check_gradients: also stop on a non-finite gradient (skipped under fp16 loss scaling).
+        seed: seeds the method's own sampling (crop positions, in-method views), drawn per step
+            from ``(seed, step, batch index, rank)`` so a resumed run draws what an
+            uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resenc3d",
+        backbone_kwargs: dict | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.01,
+        compile: bool = False,
+        check_gradients: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = create_backbone(backbone, **(backbone_kwargs or {}))
+        self._compiled = False
+
+    # the step ---------------------------------------------------------------------------
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        """A CPU generator for this step, batch and rank (module doc of ``seed``)."""
+        key = (
+            self.hparams.seed * 1_000_003
+            + self.global_step * 7_919
+            + batch_idx * 104_729
+            + self.global_rank * 15_485_863
+        )
+        return torch.Generator().manual_seed(key % (2**63 - 1))
+
+    def full_precision(self) -> torch.autocast:
+        """Autocast off: similarities, softmaxes and Sinkhorn run in float32 under bf16-mixed."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    def finish_step(self, terms: dict[str, Tensor]) -> Tensor:
+        """Check every term is finite (on every rank), log them all, return ``terms["total"]``."""
+        check_loss_terms(terms, self.global_step)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True)
+        self.log("loss", terms["total"].detach(), on_step=True, prog_bar=True, logger=False)
+        return terms["total"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # fp16 loss scaling expects an inf gradient now and then, and skips that step itself
+        if self.hparams.check_gradients and not str(self.trainer.precision).startswith("16"):
+            grads = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+            check_gradients(grads, self.global_step)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Runs after each real optimiser step (not after accumulation micro-batches): EMA, renorms."""
+
+    # setup, optimiser ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and not self._compiled:
+            self.backbone.compile()  # in place: state_dict keys stay "backbone.*"
+            self._compiled = True
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for _, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        total = (
+            float(self.trainer.estimated_stepping_batches)
+            if self._trainer is not None
+            else math.inf
+        )
+        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, floor)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # export -----------------------------------------------------------------------------
+    def export_state(self) -> tuple[str, dict, dict[str, Tensor]]:
+        """``(backbone name, backbone kwargs, backbone state_dict on CPU)``: what an artifact needs."""
+        state = {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
+        return self.hparams.backbone, dict(self.hparams.backbone_kwargs or {}), state
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = (
+            getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        )
+        store = getattr(datamodule, "store", None)
+        checkpoint[CHECKPOINT_KEY] = {
+            "method": type(self).__name__,
+            "backbone": self.hparams.backbone,
+            "backbone_kwargs": dict(self.hparams.backbone_kwargs or {}),
+            "backbone_prefix": "backbone.",
+            "store": None if store is None else str(Path(store).resolve()),
+        }

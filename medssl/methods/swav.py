@@ -1,0 +1,118 @@
+"""SwAV: swapped prediction of Sinkhorn cluster assignments, with multi-crop.
+
+Paper: Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
+Assignments" (SwAV). Loss and Sinkhorn: :mod:`medssl.losses.swav` (codes balanced over the
+global batch, statistics all-reduced across ranks).
+
+From each region ``batch["image"]: [B, 1, *S]`` the method cuts 2 global crops (a fraction
+``global_scale`` of the region's volume, resized to ``global_crop_size``) and
+``num_local_crops`` local crops (``local_scale``, resized to ``local_crop_size``), augments
+each crop set batched on the device, and predicts each global crop's codes from every other
+crop. Prototypes are L2-normalised before every step and frozen (no gradient) for the first
+``freeze_prototypes_steps`` optimiser steps, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medssl.losses import normalize_prototypes_, prototype_scores, swav_loss
+from medssl.methods.base import SSLMethod
+from medssl.methods.projectors import MLPProjector, Norm
+from medssl.methods.region_crops import crop_boxes, random_resized_boxes
+from medssl.methods.simclr import augment_config
+from medssl.transforms.pipeline import BatchAugment
+
+
+class SwAV(SSLMethod):
+    """SwAV with 2 global + ``num_local_crops`` local crops per region.
+
+    Args:
+        num_prototypes: K clusters.
+        global_crop_size, local_crop_size: spatial sizes crops are resized to (default: the
+            region size and half of it).
+        num_local_crops: local crops per region (0: two global crops only).
+        global_scale, local_scale: ranges of the region-volume fraction a crop covers.
+        temperature, epsilon, sinkhorn_iterations: of :func:`medssl.losses.swav_loss`.
+        freeze_prototypes_steps: optimiser steps during which prototypes get no update.
+        projection_dim, hidden_dim, projector_layers, projector_norm: the projector MLP.
+        augment: per-crop augmentation, a dict of ``AugmentConfig`` fields; None: defaults.
+        **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
+    """
+
+    def __init__(
+        self,
+        num_prototypes: int = 3000,
+        global_crop_size: list[int] | None = None,
+        local_crop_size: list[int] | None = None,
+        num_local_crops: int = 4,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        temperature: float = 0.1,
+        epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        freeze_prototypes_steps: int = 300,
+        projection_dim: int = 128,
+        hidden_dim: int = 2048,
+        projector_layers: int = 2,
+        projector_norm: Norm = "layer",
+        augment: dict | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if num_prototypes < 2 or num_local_crops < 0:
+            raise ValueError(
+                f"SwAV needs num_prototypes >= 2 and num_local_crops >= 0, got {num_prototypes}, {num_local_crops}"
+            )
+        self.projector = MLPProjector(
+            self.backbone.num_features, hidden_dim, projection_dim, projector_layers, projector_norm
+        )
+        self.prototypes = nn.Linear(projection_dim, num_prototypes, bias=False)
+        normalize_prototypes_(self.prototypes)
+        self.augment_config = augment_config(augment)
+        self._augment: dict[tuple[int, ...], BatchAugment] = {}
+
+    def multi_crop(self, regions: Tensor, generator: torch.Generator) -> list[Tensor]:
+        """2 global then ``num_local_crops`` local crops, each ``[B, 1, *size]``, augmented."""
+        h, shape, b = self.hparams, tuple(regions.shape[2:]), regions.shape[0]
+        global_size = tuple(h.global_crop_size or shape)
+        local_size = tuple(h.local_crop_size or [max(1, s // 2) for s in shape])
+        plan = [(global_size, tuple(h.global_scale))] * 2 + [
+            (local_size, tuple(h.local_scale))
+        ] * h.num_local_crops
+        crops = []
+        for size, scale in plan:
+            boxes = random_resized_boxes(shape, scale, b, generator)[:, None]  # [B, 1, 2d]
+            crop = crop_boxes(regions, boxes, size)[:, 0]  # [B, 1, *size]
+            if size not in self._augment:
+                self._augment[size] = BatchAugment.from_config(self.augment_config, size)
+            crops.append(self._augment[size](crop, generator))
+        return crops
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        normalize_prototypes_(self.prototypes)
+        crops = self.multi_crop(batch["image"], self.step_generator(batch_idx))
+
+        # encode each resolution in one pass, project, score against the prototypes
+        n_global, b = 2, crops[0].shape[0]
+        features = [self.backbone(torch.cat(crops[:n_global]))]
+        if len(crops) > n_global:
+            features.append(self.backbone(torch.cat(crops[n_global:])))
+        z = self.projector(torch.cat(features))  # [(2 + L) * B, D]
+        with self.full_precision():
+            z = F.normalize(z.float(), dim=1)
+            scores = prototype_scores(z, self.prototypes.weight.float()).split(b)  # per crop [B, K]
+            loss = swav_loss(
+                scores,
+                assign_crops=(0, 1),
+                temperature=self.hparams.temperature,
+                epsilon=self.hparams.epsilon,
+                sinkhorn_iterations=self.hparams.sinkhorn_iterations,
+            )
+        return self.finish_step({"swav": loss, "total": loss})
+
+    def on_after_backward(self) -> None:
+        if self.global_step < self.hparams.freeze_prototypes_steps:
+            self.prototypes.weight.grad = None  # AdamW skips it: no update, no decay

@@ -1,0 +1,70 @@
+"""One SimCLR step on a fixed global batch of 8 crops, on 1 process or 2 DDP (gloo) processes.
+
+    python tests/methods/ddp_run.py OUT DEVICES
+
+Writes ``OUT/rank{r}.pt``: the rank's loss and every parameter's gradient as the optimiser
+sees it (after DDP's all-reduce). Run as a script: Lightning's DDP launcher re-executes it
+for rank 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from medssl.methods import SimCLR
+from tests.methods.synthetic import TINY_BACKBONES, TINY_HEADS, SyntheticCrops
+
+GLOBAL_BATCH = 8
+
+
+class DumpFirstStep(Callback):
+    def __init__(self, out: Path) -> None:
+        self.out, self.loss = out, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.loss = float(outputs["loss"])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = {
+            n: p.grad.detach().clone()
+            for n, p in pl_module.named_parameters()
+            if p.grad is not None
+        }
+        self.grads = grads
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(
+            {"loss": self.loss, "grads": self.grads}, self.out / f"rank{trainer.global_rank}.pt"
+        )
+
+
+def main(out: Path, devices: int) -> None:
+    torch.set_num_threads(1)
+    seed_everything(0)
+    model = SimCLR(
+        backbone="resenc3d",
+        backbone_kwargs=TINY_BACKBONES["resenc3d"],
+        temperature=0.2,
+        **TINY_HEADS,
+    )
+    data = SyntheticCrops(batch_size=GLOBAL_BATCH // devices, num_batches=devices, views=2)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DumpFirstStep(out)],
+    )
+    trainer.fit(model, datamodule=data)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))

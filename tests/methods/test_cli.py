@@ -1,0 +1,124 @@
+"""``medssl pretrain`` (pretrain_main): each shipped config runs on a phantom store, then exports.
+
+    medssl pretrain -c configs/trainer/cpu.yaml -c configs/pretrain/<method>.yaml \\
+        -c configs/pretrain/smoke.yaml --data.store STORE --trainer.max_steps 2 ...
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from medssl.export.cli import export_main
+from medssl.inference.artifact import load_artifact
+from medssl.methods.cli import build_cli, pretrain_main
+from medssl.store.plan import Plan
+from tests.methods.phantom_data import phantom_store
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return phantom_store(tmp_path_factory.mktemp("cli") / "store")
+
+
+def smoke_args(method: str, store: Path, runs: Path, *extra: str) -> list[str]:
+    return [
+        "-c", str(CONFIGS / "trainer" / "cpu.yaml"),
+        "-c", str(CONFIGS / "pretrain" / f"{method}.yaml"),
+        "-c", str(CONFIGS / "pretrain" / "smoke.yaml"),
+        "--data.store", str(store),
+        "--trainer.max_steps", "2",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(runs),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["voco", "simclr", "swav"])
+def test_each_config_pretrains_on_a_store_and_exports_with_its_plan(
+    method, store, tmp_path, capsys
+):
+    assert pretrain_main(smoke_args(method, store, tmp_path / "runs")) == 0
+    run = tmp_path / "runs" / method / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    with open(run / "metrics.csv") as f:
+        steps = [r for r in csv.DictReader(f) if r.get("train/total")]
+    assert len(steps) == 2 and all(
+        float(r["train/total"]) == float(r["train/total"]) for r in steps
+    )
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["class_path"].lower().endswith(method) and config["data"]["init_args"][
+        "store"
+    ] == str(store)
+
+    assert (
+        export_main([str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "artifact")])
+        == 0
+    )
+    artifact = load_artifact(tmp_path / "artifact")
+    assert artifact.plan == yaml.safe_load(
+        Plan.load(store).to_json()
+    )  # found through the recorded store
+    assert (
+        artifact.backbone_name == "resenc3d"
+        and artifact.meta["extra"]["source"]["global_step"] == 2
+    )
+
+
+def test_run_name_fixes_the_run_folder(store, tmp_path):
+    cli = build_cli(smoke_args("voco", store, tmp_path / "runs", "--run_name", "demo"))
+    assert cli.trainer.log_dir == str(tmp_path / "runs" / "voco" / "demo")
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
+@pytest.mark.parametrize("method", ["voco", "simclr", "swav"])
+def test_every_trainer_and_method_config_parses(trainer, method, capsys):
+    args = [
+        "-c",
+        str(CONFIGS / "trainer" / f"{trainer}.yaml"),
+        "-c",
+        str(CONFIGS / "pretrain" / f"{method}.yaml"),
+        "--data.store",
+        "STORE",
+        "--print_config",
+    ]
+    assert pretrain_main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["backbone"] == "swin3d"
+    assert printed["data"]["class_path"] == "medssl.data.pretrain.PretrainDataModule"
+    assert (
+        printed["checkpoint"]["every_n_train_steps"] == 1000
+        and printed["checkpoint"]["save_last"] is True
+    )
+
+
+def test_help_and_bad_options_return_instead_of_exiting(capsys):
+    assert pretrain_main(["--help"]) == 0
+    assert "medssl pretrain" in capsys.readouterr().out
+    assert pretrain_main(["--model.nonsense", "1"]) != 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")
+def test_bf16_on_a_cpu_falls_back_to_fp32_with_a_warning(store, tmp_path):
+    with pytest.warns(UserWarning, match="needs a GPU; training on the CPU in 32-true"):
+        cli = build_cli(
+            smoke_args(
+                "simclr",
+                store,
+                tmp_path,
+                "--trainer.precision",
+                "bf16-mixed",
+                "--trainer.accelerator",
+                "auto",
+            )
+        )
+    assert cli.trainer.precision == "32-true"
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"

@@ -1,0 +1,54 @@
+"""DDP on 2 CPU processes (gloo) equals one process on the same global batch (SimCLR, step 1).
+
+InfoNCE gathers negatives from every rank with gradient; DDP averages parameter gradients.
+The mean of the two ranks' losses and the (synchronised) gradients must equal the
+single-process loss and gradients to 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "methods" / "ddp_run.py"
+
+
+def run(out: Path, devices: int) -> None:
+    out.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(29_500 + os.getpid() % 1000),
+    }
+    result = subprocess.run(
+        check=False,
+        args=[sys.executable, str(SCRIPT), str(out), str(devices)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
+    run(tmp_path / "single", 1)
+    run(tmp_path / "ddp", 2)
+    single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(single["loss"], abs=1e-5)
+    assert ranks[0]["loss"] != pytest.approx(
+        ranks[1]["loss"], abs=1e-6
+    )  # each rank really held half the batch
+    assert single["grads"].keys() == ranks[0]["grads"].keys() and len(single["grads"]) > 10
+    for name, grad in single["grads"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], grad, atol=1e-5, rtol=0, msg=name)

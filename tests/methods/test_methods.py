@@ -1,0 +1,149 @@
+"""Every registered method trains for a real step (Trainer(fast_dev_run=True)) on every tiny backbone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from medssl.methods import METHODS, SSLMethod
+from tests.methods.synthetic import CROPS, TINY_BACKBONES, SyntheticCrops, build
+
+
+def fit(model: SSLMethod, dims: int = 3, views: int = 0, **trainer_args) -> Trainer:
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **{"fast_dev_run": True, **trainer_args},
+    )
+    trainer.fit(model, datamodule=SyntheticCrops(crop_size=CROPS[dims], views=views))
+    return trainer
+
+
+def test_registry_lists_the_three_methods():
+    assert set(METHODS) == {"voco", "simclr", "swav"}
+    assert all(issubclass(cls, SSLMethod) for cls in METHODS.values())
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_one_real_training_step_changes_the_backbone(method, backbone):
+    model = build(method, backbone)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainer = fit(model, dims=model.backbone.spatial_dims)
+    loss = trainer.callback_metrics["train/total"]
+    assert math.isfinite(float(loss))
+    assert any(not torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_hparam_is_a_primitive(method):
+    def primitive(v):
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and primitive(x) for k, x in v.items())
+        if isinstance(v, (list, tuple)):
+            return all(primitive(x) for x in v)
+        return v is None or isinstance(v, (str, int, float, bool))
+
+    model = build(method)
+    assert primitive(dict(model.hparams)), dict(model.hparams)
+
+
+def test_every_loss_term_is_logged():
+    model = build("voco")
+    trainer = fit(model)
+    for term in ("position", "regularization", "inter_volume", "total"):
+        assert f"train/{term}" in trainer.callback_metrics
+
+
+def test_voco_teacher_follows_the_student_by_ema_and_gets_no_gradient():
+    model = build("voco", ema_momentum=0.5)
+    teacher_before = [p.clone() for p in model.teacher["backbone"].parameters()]
+    fit(model)
+    for t0, t1, s in zip(
+        teacher_before, model.teacher["backbone"].parameters(), model.backbone.parameters()
+    ):
+        assert not t1.requires_grad and t1.grad is None
+        torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s.detach())
+
+
+def test_voco_without_teacher_has_no_inter_volume_term():
+    model = build("voco", ema_momentum=None)
+    trainer = fit(model)
+    assert model.teacher is None and float(trainer.callback_metrics["train/inter_volume"]) == 0.0
+
+
+def test_voco_3d_grid_cuts_n_cubed_base_crops():
+    model = build("voco", grid_dims=3, num_random_crops=3)
+    shapes = []
+    model.backbone.register_forward_pre_hook(
+        lambda module, args: shapes.append(tuple(args[0].shape))
+    )
+    fit(model)
+    assert shapes[0] == (2 * (8 + 3), 1, 8, 8, 4)  # 2 regions x (2^3 bases + 3 random) of 8x8x4
+
+
+def test_simclr_uses_the_data_modules_views_or_makes_its_own():
+    fit(build("simclr", num_views=3), views=3)
+    fit(build("simclr", num_views=3), views=0)
+    with pytest.raises(ValueError, match="data.views"):
+        fit(build("simclr", num_views=3), views=2)
+
+
+def test_swav_prototypes_stay_frozen_then_learn_and_stay_normalised():
+    frozen = build("swav", freeze_prototypes_steps=10)
+    before = frozen.prototypes.weight.clone()
+    fit(frozen)
+    torch.testing.assert_close(frozen.prototypes.weight, before)
+    learning = build("swav", freeze_prototypes_steps=0)
+    before = learning.prototypes.weight.clone()
+    fit(learning)
+    assert not torch.equal(learning.prototypes.weight, before)
+    torch.testing.assert_close(
+        learning.prototypes.weight.norm(dim=1), torch.ones(8), atol=1e-2, rtol=0
+    )
+
+
+def test_gradient_accumulation_steps_once_per_two_batches():
+    model = build("simclr")
+    trainer = fit(
+        model,
+        views=2,
+        fast_dev_run=False,
+        max_steps=2,
+        accumulate_grad_batches=2,
+        limit_train_batches=4,
+    )
+    assert trainer.global_step == 2
+
+
+def test_export_state_is_the_backbone():
+    model = build("voco")
+    name, kwargs, state = model.export_state()
+    assert name == "resenc3d" and kwargs == TINY_BACKBONES["resenc3d"]
+    assert state.keys() == model.backbone.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_compile_option_compiles_the_backbone_in_place_and_trains():
+    model = build("simclr", compile=True)
+    trainer = fit(model, views=2, fast_dev_run=False, max_steps=2)
+    assert model._compiled and trainer.global_step == 2
+    assert all(
+        k.startswith("backbone.") and "_orig_mod" not in k
+        for k in model.state_dict()
+        if k.startswith("backbone")
+    )
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_bf16_mixed_step_runs_and_gives_a_finite_float32_loss(method):
+    model = build(method)
+    trainer = fit(model, views=2 if method == "simclr" else 0, precision="bf16-mixed")
+    assert trainer.callback_metrics["train/total"].dtype == torch.float32
+    assert math.isfinite(float(trainer.callback_metrics["train/total"]))
