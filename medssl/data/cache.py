@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medssl.progress import Progress
-from medssl.store.atomic import (
+from medssl.atomic import (
     atomic_write_bytes,
     fsync_dir,
     remove_stale_temporaries,

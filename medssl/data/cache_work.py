@@ -16,7 +16,7 @@ import torch
 
 from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
-from medssl.store.atomic import atomic_write_bytes
+from medssl.atomic import atomic_write_bytes
 from medssl.store.plan import Plan
 from medssl.transforms.intensity import NormaliseIntensity
 from medssl.transforms.spatial import resample_to_spacing

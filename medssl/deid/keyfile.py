@@ -13,6 +13,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from medssl.atomic import fsync_dir
 from medssl.errors import MedsslError
 from medssl.types import PathLike
 
@@ -49,22 +50,9 @@ def _create(path: Path) -> None:
         except OSError:  # filesystems without hard links: still atomic, last writer wins
             if not path.exists():
                 os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the file itself is already synced
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _load(path: Path) -> bytes:

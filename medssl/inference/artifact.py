@@ -32,7 +32,7 @@ from safetensors.torch import save as save_safetensors
 
 from medssl import __version__
 from medssl.errors import MedsslError
-from medssl.store.atomic import atomic_write_bytes
+from medssl.atomic import atomic_write_bytes
 
 ARTIFACT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"

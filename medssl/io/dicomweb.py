@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from medssl.atomic import atomic_writer
 from medssl.errors import ConfigError, IngestError
 from medssl.types import RejectReason
 
@@ -318,26 +318,8 @@ def _paged(
 
 def _write_part10(dataset: Dataset, path: Path) -> None:
     """Write one instance as Part-10 under ``path`` without ever exposing a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            dataset.save_as(stream, enforce_file_format=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # incl. KeyboardInterrupt: never leave a temporary behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX: a directory is fsynced through a descriptor)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_writer(path) as stream:
+        dataset.save_as(stream, enforce_file_format=True)
 
 
 def _remove_stale(dest_dir: Path, keep: int) -> None:

@@ -25,13 +25,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medssl.errors import ConfigError
-from medssl.store.atomic import atomic_write_bytes
+from medssl.atomic import atomic_write_bytes
 
 log = logging.getLogger("medssl.pretrain")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to memory, then temporary file + fsync + ``os.replace`` (medssl.store.atomic)."""
+    """``torch.save`` to memory, then temporary file + fsync + ``os.replace`` (medssl.atomic)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path, storage_options: Any | None = None

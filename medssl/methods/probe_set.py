@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from medssl.store.atomic import temporary_sibling
+from medssl.atomic import temporary_sibling
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from medssl.io.dicom_stack import build_stacks
 from medssl.io.nifti import MAX_VOLUME_BYTES
 from medssl.io.sources import BadItem, FileFormat, SourceItem, iter_source_items
 from medssl.store import ingest_work as work
-from medssl.store.atomic import remove_stale_temporaries
+from medssl.atomic import remove_stale_temporaries
 from medssl.store.manifest import Manifest
 from medssl.progress import Progress
 from medssl.store.workers import Job, WorkerPool

@@ -24,7 +24,7 @@ from medssl.io.dicom_volume import read_stack
 from medssl.io.nifti import read_nifti, read_nrrd
 from medssl.io.sources import FileFormat, SourceItem, sniff_format
 from medssl.io.volume import Volume, nifti_gz_bytes
-from medssl.store.atomic import atomic_write_bytes
+from medssl.atomic import atomic_write_bytes
 from medssl.store.quarantine import quarantine
 from medssl.types import IrregularPolicy, RejectReason, SourceKind
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medssl.io.nifti import read_nifti
-from medssl.store.atomic import atomic_write_bytes
+from medssl.atomic import atomic_write_bytes
 from medssl.store.manifest import Manifest
 
 PLAN_VERSION = 1

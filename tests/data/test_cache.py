@@ -16,7 +16,7 @@ from medssl.data.cache import (
     distributed_rank,
     ensure_cache,
 )
-from medssl.store.atomic import TMP_MARK
+from medssl.atomic import TMP_MARK
 from medssl.store.plan import fingerprint, make_plan
 from medssl.transforms.spatial import resampled_shape
 from tests.data.synthetic_store import Spec, phantom_array, write_store

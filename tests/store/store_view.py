@@ -8,7 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from medssl.store.atomic import TMP_MARK
+from medssl.atomic import TMP_MARK
 
 DOCUMENTED_VOLUME_COLUMNS = {
     "volume_id",

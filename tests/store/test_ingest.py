@@ -21,8 +21,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from medssl.errors import ConfigError
-from medssl.store import atomic
-from medssl.store.atomic import TMP_MARK, atomic_write_bytes
+from medssl import atomic
+from medssl.atomic import TMP_MARK, atomic_write_bytes
 from medssl.store.ingest import IngestSummary
 from tests.store import dicom_factory as f
 from tests.store import store_view as sv
