@@ -14,11 +14,13 @@ Backbones are built only through ``medssl.backbones.create_backbone``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor, nn
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """Base class fixing the encoder contract; subclasses implement ``forward_features``.
 
     Attributes (set by every subclass in ``__init__``):
@@ -35,9 +37,9 @@ class Backbone(nn.Module):
     feature_channels: list[int]
     feature_strides: list[int]
 
+    @abstractmethod
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Multi-scale feature maps ``[B, feature_channels[i], *spatial/feature_strides[i]]``."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled features ``[B, num_features]`` of ``x`` ``[B, C, *spatial]``."""

@@ -17,6 +17,8 @@ Dict wrappers (``...d``) only route: they sample once and apply the same twin to
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -29,16 +31,18 @@ class Twin(Protocol):
     def __call__(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor: ...
 
 
-class InPlaceTwin:
+class InPlaceTwin(ABC):
     """A twin that changes only some samples: ``apply_`` writes them into a batch it may own;
     ``__call__`` returns the input itself when nothing changes, else works on a copy. A
     pipeline copies once and runs every step in place (one copy per batch, not per step)."""
 
+    @abstractmethod
     def is_identity(self) -> bool:
-        raise NotImplementedError
+        """True when no sample of the batch changes."""
 
+    @abstractmethod
     def apply_(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """Apply to ``x`` in place (``x`` is the caller's own copy) and return it."""
 
     def __call__(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         self.check(x)
@@ -103,13 +107,14 @@ def per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
 
-class RandomBase:
+class RandomBase(ABC):
     """``__call__`` = ``sample`` then apply: the random transform is its twin with drawn parameters."""
 
     spatial_dims: int = 3
 
+    @abstractmethod
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Twin:
-        raise NotImplementedError
+        """Draw per-sample parameters for ``batch_size`` samples: the deterministic twin."""
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         twin = self.sample(batch_size_of(x, self.spatial_dims), generator)
