@@ -9,12 +9,11 @@ with N = batch_size × crops_per_volume. ``box`` is in cached-volume voxels (3D,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from medssl.data.cache import CacheIndex
 from medssl.transforms.pipeline import BatchAugment
@@ -56,7 +55,6 @@ class CropDataset(Dataset):
         self.crops_per_volume, self.slice_axis, self.fixed, self.seed = crops_per_volume, slice_axis, fixed, seed
         self.length = len(self.volumes) if length is None else int(length)
         self._maps: dict[int, np.ndarray] = {}
-        self._generator: tuple[int, torch.Generator] | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -67,17 +65,14 @@ class CropDataset(Dataset):
         return self._maps[i]
 
     def generator(self, item: int) -> torch.Generator:
-        """Fixed: seeded by (seed, item). Else one per process, seeded by the loader worker's seed
-        (drawn from the DataLoader's generator) or, without workers, by ``seed``."""
-        if self.fixed:
-            return torch.Generator().manual_seed(self.seed * 1_000_003 + item)
-        if self._generator is None or self._generator[0] != os.getpid():
-            info = get_worker_info()
-            self._generator = (os.getpid(), torch.Generator().manual_seed((info.seed if info else self.seed) % 2**63))
-        return self._generator[1]
+        """Seeded by (seed, item): the same index gives the same crops in any worker, after any
+        resume. Training indices from :class:`~medssl.data.sampler.StepSampler` carry the epoch
+        (``epoch * length + item``), so each epoch draws new crops; validation (``fixed``)
+        indices repeat, so its crops do too."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + item) % 2**63)
 
     def __getitem__(self, item: int) -> dict:
-        i = self.volumes[item % len(self.volumes)]
+        i = self.volumes[(item % self.length) % len(self.volumes)]
         volume = self.index.volumes[i]
         array = self._open(i)[None]  # [1, X, Y, Z], still unread
         g = self.generator(item)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from medssl.data.cache import CacheIndex, build_cache, ensure_cache
 from medssl.data.crops import CropCollate, CropDataset, make_views
+from medssl.data.sampler import StepSampler
 from medssl.data.split import split_by_patient
 from medssl.store.plan import PLAN_FILE, Plan, fingerprint, make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
@@ -89,20 +90,28 @@ class _CropDataModule(LightningDataModule):
         return self.augment is not None and (self.augment_on == "loader" or (self.augment_on == "auto" and not torch.cuda.is_available()))
 
     def _loader(self, dataset: CropDataset, train: bool) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
         workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= self.batch_size,
+            sampler=self._train_sampler(len(dataset)) if train else None,
             num_workers=workers,
             collate_fn=CropCollate(self.augment if self._augment_in_loader() else None, self.views),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
-            generator=torch.Generator().manual_seed(self.seed * 1009 + rank),
         )
+
+    def _train_sampler(self, n: int) -> StepSampler:
+        """Batches keyed by the trainer's step, so a resumed run continues the same stream."""
+        trainer = self.trainer
+        if trainer is None:
+            return StepSampler(n, self.seed)
+
+        def consumed() -> int:  # read when iteration starts: after a checkpoint is restored
+            return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
+
+        return StepSampler(n, self.seed, trainer.global_rank, trainer.world_size, consumed)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

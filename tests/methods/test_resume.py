@@ -218,3 +218,42 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_the_run_resumes(tmp_p
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert max(losses(tmp_path)) == step + 2
+
+
+def test_resume_with_the_real_data_module_continues_the_same_crop_stream(tmp_path):
+    """The store's own PretrainDataModule (cache, crops, augmentation), not a step-keyed stub:
+    a run killed after its step-3 checkpoint and resumed sees the crops of the run that never
+    stopped (Lightning restarts a plain loader's epoch; StepSampler keys batches by step)."""
+    from tests.data.synthetic_store import mixed_specs, write_store
+
+    store = write_store(tmp_path / "store", mixed_specs(n_patients=3, per_patient=2))
+
+    def config_for(folder: Path, pause_at: int | None = None) -> Path:
+        config = write_config(folder, "simclr", pause_at=pause_at)
+        data = yaml.safe_load(config.read_text())
+        data["data"] = {
+            "class_path": "medssl.data.pretrain.PretrainDataModule",
+            "init_args": {"store": str(store), "crop_size": [16, 16, 8], "batch_size": 2, "num_workers": 0, "views": 2, "val_fraction": 0.0, "progress": False},
+        }
+        config.write_text(yaml.safe_dump(data))
+        return config
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    done = subprocess.run(command(config_for(whole)), cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(command(config_for(killed, pause_at=3)), cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (killed / "paused").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 3"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpoint = next((killed / "runs").rglob("step=3.ckpt"))
+    done = subprocess.run(command(config_for(killed), "--ckpt_path", str(checkpoint)), cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected, got = losses(whole), losses(killed)
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6, rel=0), (step, got, expected)
