@@ -7,7 +7,6 @@ Where dcm2niix does not resample (missing slices) the phantom's own truth is the
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
