@@ -34,8 +34,12 @@ geometric context, so the crops of volume b are also scored against the bases of
 volume b' (here ``b' = b + 1 mod B``); the student's prediction must match the EMA teacher's
 (detached) prediction under the same position loss.
 
-With a teacher, the intra-volume prediction compares the student's crops to the teacher's
-(detached) bases, as in the extended version; without one, student to student (CVPR form).
+The intra-volume prediction always compares the student's crops to the student's bases
+(CVPR form), with or without a teacher. The extended version's code scores student crops
+against the teacher's detached bases; from a random start that leaves the student bases
+no position gradient, and with near-identical bases the regulariser's gradient vanishes
+too (cos = 1 is a stationary point), so the bases stayed collapsed in our runs. The
+teacher serves the inter-volume term.
 """
 
 from __future__ import annotations
@@ -247,10 +251,7 @@ def voco_loss(
         if weight < 0:
             raise ValueError(f"{name} must be >= 0, got {weight}")
 
-    targets = (
-        base_embeddings if teacher_base_embeddings is None else teacher_base_embeddings.detach()
-    )
-    position = position_loss(position_logits(crop_embeddings, targets), labels)
+    position = position_loss(position_logits(crop_embeddings, base_embeddings), labels)
     regularization = base_regularization(base_embeddings)
     if teacher_crop_embeddings is not None and teacher_base_embeddings is not None:
         inter = inter_volume_loss(

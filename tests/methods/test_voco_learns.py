@@ -7,6 +7,8 @@ chance 1/6), with kNN and a linear probe fitted on 3 volumes and tested on the o
 
 from __future__ import annotations
 
+import pytest
+
 from lightning.pytorch import Callback, Trainer, seed_everything
 
 from medssl.data.pretrain import PretrainDataModule
@@ -25,7 +27,8 @@ class Losses(Callback):
         self.values.append(float(outputs["loss"]))
 
 
-def test_voco_loss_falls_and_the_probe_rises_on_phantoms(tmp_path):
+@pytest.mark.parametrize("ema_momentum", [None, 0.99], ids=["cvpr", "ema-teacher"])
+def test_voco_loss_falls_and_the_probe_rises_on_phantoms(tmp_path, ema_momentum):
     store = phantom_store(tmp_path / "store", n=6)
     probe_file = phantom_probe_set(store, crop_size=(16, 16, 16), per_class=10).save(
         tmp_path / "probe.safetensors"
@@ -35,7 +38,7 @@ def test_voco_loss_falls_and_the_probe_rises_on_phantoms(tmp_path):
         backbone="resenc3d",
         backbone_kwargs={"channels": [8, 16, 32], "blocks_per_stage": [1, 1, 1], "strides": [1, 2, 2]},
         grid_size=2, num_random_crops=4, hidden_dim=64, projection_dim=32,
-        lr=3e-3, warmup_steps=5, weight_decay=0.01,
+        lr=3e-3, warmup_steps=5, weight_decay=0.01, ema_momentum=ema_momentum,
     )  # fmt: skip
     data = PretrainDataModule(
         str(store),
