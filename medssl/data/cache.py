@@ -26,13 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl.atomic import atomic_write_bytes, atomic_writer, remove_stale_temporaries
 from medssl.progress import Progress
-from medssl.atomic import (
-    atomic_write_bytes,
-    fsync_dir,
-    remove_stale_temporaries,
-    temporary_sibling,
-)
 from medssl.store.manifest import Manifest
 from medssl.store.plan import Plan, modality_key
 from medssl.store.workers import WorkerPool
@@ -228,18 +223,9 @@ def _write_index(root: Path, plan: Plan, rows: list[dict], failed: list[str]) ->
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary sibling, fsync, rename: no reader ever maps a partial file."""
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """``np.save`` through :func:`~medssl.atomic.atomic_writer`: no reader ever maps a partial file."""
+    with atomic_writer(path) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def cached_volume_meta(row: dict, shape: tuple[int, ...], spacing: tuple[float, ...], pad_value: float) -> dict:

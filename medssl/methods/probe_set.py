@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
-from medssl.atomic import temporary_sibling
+from medssl.atomic import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,14 @@ class ProbeSet:
             raise ValueError(f"probe labels must lie in 0..{len(self.class_names) - 1}")
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file atomically (temporary sibling + rename)."""
+        """Write one safetensors file atomically (:func:`~medssl.atomic.atomic_write_bytes`)."""
         path = Path(path)
-        tmp = temporary_sibling(path)
         tensors = {
             "images": self.images.float().contiguous(),
             "labels": self.labels.long(),
             "groups": self.groups.long(),
         }
-        save_file(tensors, str(tmp), metadata={"class_names": json.dumps(list(self.class_names))})
-        tmp.replace(path)
+        atomic_write_bytes(path, save(tensors, metadata={"class_names": json.dumps(list(self.class_names))}))
         return path
 
     @classmethod
