@@ -1,12 +1,10 @@
 """What one cache worker process does: read a store volume, normalise, resample, write ``.npy`` + ``.json``.
 
-Normalisation comes before resampling so clipped outliers (CT padding at -3024 HU, metal)
-never smear into their neighbours.
+The computation itself is :func:`medssl.inference.preprocess.preprocess`, shared with serving.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 from pathlib import Path
@@ -15,11 +13,10 @@ import numpy as np
 import torch
 
 from medssl.errors import MedsslError
+from medssl.inference.preprocess import preprocess
 from medssl.io.nifti import read_nifti
 from medssl.atomic import atomic_write_bytes
 from medssl.store.plan import Plan
-from medssl.transforms.intensity import NormaliseIntensity
-from medssl.transforms.spatial import resample_to_spacing
 
 _CTX: dict = {}
 
@@ -28,14 +25,6 @@ def init_worker(store: str, root: str, plan_json: str) -> None:
     if multiprocessing.current_process().name != "MainProcess":
         torch.set_num_threads(1)  # parallel across volumes, not within one
     _CTX.update(store=Path(store), root=Path(root), plan=Plan.from_json(plan_json))
-
-
-def preprocess(array: np.ndarray, spacing: tuple[float, ...], modality: str | None, plan: Plan) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A store volume ``[X, Y, Z]`` → the cached ``[X', Y', Z']`` (plan dtype) and the spacing reached."""
-    norm = NormaliseIntensity(**dataclasses.asdict(plan.norm_for(modality)))
-    x = norm(torch.from_numpy(np.asarray(array, dtype=np.float32))[None])
-    x, reached = resample_to_spacing(x, spacing, plan.target_spacing, "linear")
-    return x[0].numpy().astype(plan.cache_dtype), reached
 
 
 def cache_volume(row: dict) -> dict:

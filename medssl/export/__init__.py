@@ -7,6 +7,5 @@ checkpoint is read with ``torch.load(weights_only=True)``: plain tensors and pri
 from __future__ import annotations
 
 from medssl.export.checkpoint import CheckpointContents, read_checkpoint
-from medssl.export.rebuild import build_encoder
 
-__all__ = ["CheckpointContents", "build_encoder", "read_checkpoint"]
+__all__ = ["CheckpointContents", "read_checkpoint"]

@@ -1,7 +1,8 @@
-"""Serving side: artifact loading (and, later, sliding-window prediction and the HTTP app).
+"""Serving side: artifacts, the plan's preprocessing, rebuilding models, sliding-window prediction, the HTTP app.
 
-Never imports ``medssl.methods`` or lightning (DESIGN.md section 1): a server rebuilds a model
-from an artifact alone.
+Never imports ``medssl.methods``, ``medssl.tasks``, ``medssl.data``, ``medssl.text`` or lightning
+(DESIGN.md section 1): a server rebuilds a model from an artifact alone. Training code may
+import this package (it sits below ``medssl.data`` in the layers), never the other way round.
 """
 
 from __future__ import annotations

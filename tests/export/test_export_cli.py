@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from medssl.export import build_encoder, read_checkpoint
+from medssl.export import read_checkpoint
+from medssl.inference.encoder import build_encoder
 from medssl.export.checkpoint import ExportError
 from medssl.export.cli import export_main
 from medssl.inference.artifact import load_artifact

@@ -1,0 +1,1 @@
+"""``medssl bench``: experiments across runs (the label-efficiency harness)."""

@@ -1,0 +1,1 @@
+"""Fine-tuning LightningModules: segmentation, detection and diagnosis heads on a pretrained encoder."""

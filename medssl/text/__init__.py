@@ -1,0 +1,1 @@
+"""Clinical guideline text: the knowledge base (configs/guidelines) and local text encoders."""
