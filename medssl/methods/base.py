@@ -2,9 +2,9 @@
 
 A method subclasses :class:`SSLMethod` and writes one ``training_step`` that reads top to
 bottom (make views, encode, project, loss) and ends with ``return self.finish_step(terms)``.
-``finish_step`` stops the run with :class:`~medssl.methods.guard.NonFiniteLossError` before
+``finish_step`` stops the run with :class:`~medssl.training.guard.NonFiniteLossError` before
 any backward pass or optimiser step when a loss term is NaN/Inf, and
-``on_before_optimizer_step`` does the same for gradients (:mod:`medssl.methods.guard`), so no
+``on_before_optimizer_step`` does the same for gradients (:mod:`medssl.training.guard`), so no
 checkpoint written by the run ever holds non-finite weights.
 
 Hyperparameters are primitives only (str, numbers, bools, lists, dicts of those), so a
@@ -13,15 +13,14 @@ checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from medssl.backbones import create_backbone
-from medssl.methods.guard import NonFiniteLossError, check_gradients, check_loss_terms
+from medssl.training import GuardedModule, NonFiniteLossError, warmup_cosine
+from medssl.training.module import decay_groups
 
 __all__ = ["NonFiniteLossError", "SSLMethod", "ema_update", "warmup_cosine"]
 CHECKPOINT_KEY = "medssl"  # what `medssl export` reads from a checkpoint (besides state_dict)
@@ -49,17 +48,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         t_buf.copy_(s_buf)
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: float, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear 0 -> 1 over ``warmup_steps``, cosine 1 -> ``min_ratio`` to ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if not math.isfinite(total_steps) or total_steps <= warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class SSLMethod(LightningModule):
+class SSLMethod(GuardedModule):
     """Backbone + optimiser + guard; subclasses add heads and a ``training_step``.
 
     Args:
@@ -109,26 +98,6 @@ class SSLMethod(LightningModule):
         """Autocast off: similarities, softmaxes and Sinkhorn run in float32 under bf16-mixed."""
         return torch.autocast(device_type=self.device.type, enabled=False)
 
-    def finish_step(self, terms: dict[str, Tensor]) -> Tensor:
-        """Check every term is finite (on every rank), log them all, return ``terms["total"]``."""
-        check_loss_terms(terms, self.global_step)
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True)
-        self.log("loss", terms["total"].detach(), on_step=True, prog_bar=True, logger=False)
-        return terms["total"]
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # fp16 loss scaling expects an inf gradient now and then, and skips that step itself
-        if self.hparams.check_gradients and not str(self.trainer.precision).startswith("16"):
-            grads = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
-            check_gradients(grads, self.global_step)
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.after_optimizer_step()
-
-    def after_optimizer_step(self) -> None:
-        """Runs after each real optimiser step (not after accumulation micro-batches): EMA, renorms."""
-
     # setup, optimiser ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.hparams.compile and not self._compiled:
@@ -136,25 +105,8 @@ class SSLMethod(LightningModule):
             self._compiled = True
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for _, p in self.named_parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
-        total = (
-            float(self.trainer.estimated_stepping_batches)
-            if self._trainer is not None
-            else math.inf
-        )
-        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, floor)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        groups = decay_groups(self.named_parameters(), self.hparams.weight_decay)
+        return self.adamw_with_schedule(groups, self.hparams.lr, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
     # export -----------------------------------------------------------------------------
     def export_state(self) -> tuple[str, dict, dict[str, Tensor]]:

@@ -33,8 +33,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from medssl.methods.base import SSLMethod
-from medssl.methods.checkpointing import AtomicCheckpointIO, SigtermCheckpoint, resolve_ckpt_path
 from medssl.methods.online_probe import OnlineProbe
+from medssl.training.checkpointing import AtomicCheckpointIO, SigtermCheckpoint, resolve_ckpt_path
 
 log = logging.getLogger("medssl.pretrain")
 SIGTERM_EXIT = 143  # 128 + SIGTERM: the run stopped early, on purpose, with a checkpoint

@@ -13,7 +13,7 @@ from torch import nn
 
 from medssl.errors import MedsslError
 from medssl.methods import NonFiniteLossError, ema_update, warmup_cosine
-from medssl.methods.checkpointing import AtomicCheckpointIO
+from medssl.training.checkpointing import AtomicCheckpointIO
 from tests.methods.synthetic import SyntheticCrops, build
 
 

@@ -24,8 +24,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from medssl.errors import ConfigError
 from medssl.atomic import atomic_write_bytes
+from medssl.errors import ConfigError
 
 log = logging.getLogger("medssl.pretrain")
 
