@@ -32,6 +32,9 @@ class CheckpointContents:
     backbone_state: dict[str, torch.Tensor]
     store: str | None
     global_step: int
+    task: str | None = None
+    heads: dict[str, dict[str, Any]] | None = None  # {name: {"kind", "spec", "state_dict"}} (fine-tuned models)
+    labels: list[str] | None = None
 
 
 def read_checkpoint(path: str | Path) -> CheckpointContents:
@@ -67,6 +70,13 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     }
     if not state:
         raise ExportError(f"checkpoint {path}: no tensor under '{prefix}' in its state_dict")
+    heads = {}
+    for name, head in (record.get("heads") or {}).items():
+        head_prefix = head.get("prefix", f"heads.{name}.")
+        head_state = {k[len(head_prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(head_prefix)}
+        if not head_state:
+            raise ExportError(f"checkpoint {path}: head {name!r} has no tensor under '{head_prefix}'")
+        heads[name] = {"kind": head["kind"], "spec": _plain(dict(head.get("spec") or {})), "state_dict": head_state}
     return CheckpointContents(
         method=str(record.get("method", "unknown")),
         backbone_name=str(record["backbone"]),
@@ -74,6 +84,9 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         backbone_state=state,
         store=record.get("store"),
         global_step=int(checkpoint.get("global_step", 0)),
+        task=record.get("task"),
+        heads=heads or None,
+        labels=record.get("labels"),
     )
 
 

@@ -1,9 +1,11 @@
-"""``medssl export CHECKPOINT --out ARTIFACT``: pretraining checkpoint -> artifact.
+"""``medssl export CHECKPOINT --out ARTIFACT``: pretraining or fine-tuning checkpoint -> artifact.
 
 Rebuilds the checkpoint's backbone (``create_backbone`` + strict weight loading, so a
 checkpoint that does not match its own record is refused), attaches the store's plan when
 ``plan.json`` is found (``--store``, else the store the checkpoint recorded), writes
-``model.safetensors`` + ``artifact.json`` and prints one summary line.
+``model.safetensors`` + ``artifact.json`` and prints one summary line. A fine-tuning
+checkpoint's heads go in too: each head's spec (its ``kind`` plus constructor arguments)
+into the JSON, its weights under ``heads.<name>.``; its label names into ``labels``.
 """
 
 from __future__ import annotations
@@ -76,8 +78,13 @@ def export_checkpoint(
             PLAN_FILE,
             plan_store,
         )
+    heads = {
+        name: {"spec": {"kind": h["kind"], **h["spec"]}, "state_dict": h["state_dict"]}
+        for name, h in (contents.heads or {}).items()
+    }
     source = {
         "method": contents.method,
+        "task": contents.task,
         "global_step": contents.global_step,
         "checkpoint_sha256": weights_digest(checkpoint),
     }
@@ -86,6 +93,8 @@ def export_checkpoint(
         backbone_name=contents.backbone_name,
         backbone_kwargs=contents.backbone_kwargs,
         state_dict=encoder.state_dict(),
+        heads=heads or None,
+        labels=contents.labels,
         plan=plan,
         extra={"source": source},
     )

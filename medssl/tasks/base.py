@@ -1,0 +1,142 @@
+"""The shared base of fine-tuning tasks: an encoder (pretrained artifact or from scratch) plus heads.
+
+A task subclasses :class:`FinetuneTask`, builds its heads into ``self.heads`` (an
+``nn.ModuleDict``) and describes each in :meth:`head_specs` (the JSON an artifact needs to
+rebuild it); ``training_step`` reads top to bottom and ends with ``return self.finish_step(terms)``.
+
+The encoder is trained fully (``freeze: none``), not at all (``all``: a linear/decoder probe),
+or in its last ``trainable_layers`` layers only (``partial``); ``layer_decay < 1`` scales
+the encoder's learning rate per layer (:mod:`medssl.tasks.layer_decay`) and
+``encoder_lr_scale`` scales it as a whole. A frozen encoder also stays in eval mode, so its
+norm statistics do not drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from medssl.backbones import Backbone, create_backbone
+from medssl.inference.artifact import load_artifact
+from medssl.inference.encoder import build_encoder
+from medssl.tasks.layer_decay import freeze_below, layer_ids, layer_scales, num_layers
+from medssl.training import GuardedModule
+
+log = logging.getLogger("medssl.finetune")
+CHECKPOINT_KEY = "medssl"  # the record `medssl export` reads (the same key pretraining writes)
+FREEZE_MODES = ("none", "all", "partial")
+
+
+class FinetuneTask(GuardedModule):
+    """Encoder + heads + optimiser with freezing and layer-wise decay.
+
+    Args:
+        encoder: an artifact folder (``medssl export``) whose encoder starts the task; None
+            trains ``backbone`` from a random initialisation.
+        backbone, backbone_kwargs: the encoder to build when ``encoder`` is None (ignored otherwise).
+        freeze: ``none`` | ``all`` | ``partial`` (the last ``trainable_layers`` layers train).
+        trainable_layers: layers trained under ``partial`` (counted from the deepest).
+        layer_decay: per-layer learning-rate decay of the encoder, in (0, 1]; 1 turns it off.
+        encoder_lr_scale: the encoder's learning rate relative to the heads'.
+        lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with warm-up and cosine decay.
+        check_gradients: stop on a non-finite gradient too.
+        seed: seeds the task's own sampling.
+    """
+
+    task = "finetune"
+
+    def __init__(
+        self,
+        encoder: str | None = None,
+        backbone: str = "resenc3d",
+        backbone_kwargs: dict | None = None,
+        freeze: str = "none",
+        trainable_layers: int = 1,
+        layer_decay: float = 1.0,
+        encoder_lr_scale: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.01,
+        check_gradients: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze '{freeze}': expected one of {', '.join(FREEZE_MODES)}")
+        self.encoder_source = None
+        if encoder is not None:
+            artifact = load_artifact(encoder)
+            self.encoder: Backbone = build_encoder(artifact).train()
+            self.backbone_name, self.backbone_kwargs = artifact.backbone_name, artifact.backbone_kwargs
+            self.encoder_source = {"artifact_weights_sha256": artifact.meta["weights_sha256"], "method": (artifact.meta.get("extra") or {}).get("source", {}).get("method")}
+        else:
+            self.encoder = create_backbone(backbone, **(backbone_kwargs or {}))
+            self.backbone_name, self.backbone_kwargs = backbone, dict(backbone_kwargs or {})
+        ids = layer_ids(self.encoder)
+        if freeze == "all":
+            freeze_below(self.encoder, num_layers(ids))
+        elif freeze == "partial":
+            freeze_below(self.encoder, max(0, num_layers(ids) - trainable_layers))
+        self.heads = nn.ModuleDict()
+
+    # what subclasses provide ------------------------------------------------------------------
+    def head_specs(self) -> dict[str, dict]:
+        """``{head name: {"kind": ..., "spec": JSON kwargs}}`` for every head in ``self.heads``."""
+        raise NotImplementedError
+
+    def label_names(self) -> list[str] | None:
+        """Names of the outputs (classes or structures), in output order; recorded in the artifact."""
+        return None
+
+    # training plumbing --------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.freeze == "all":
+            self.encoder.eval()
+        return self
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        ids = layer_ids(self.encoder)
+        scales = layer_scales(ids, ids, hp.layer_decay)
+        groups: dict[tuple[float, bool], list] = {}
+        for name, p in self.encoder.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((hp.encoder_lr_scale * scales[name], p.ndim >= 2), []).append(p)
+        for p in self.heads.parameters():
+            if p.requires_grad:
+                groups.setdefault((1.0, p.ndim >= 2), []).append(p)
+        param_groups = [
+            {"params": params, "lr_scale": scale, "weight_decay": hp.weight_decay if decays else 0.0}
+            for (scale, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+        ]
+        return self.adamw_with_schedule(param_groups, hp.lr, hp.warmup_steps, hp.min_lr_ratio)
+
+    def trainable_fraction(self) -> float:
+        """Share of the encoder's parameters that train (1.0 unless frozen)."""
+        total = sum(p.numel() for p in self.encoder.parameters())
+        return sum(p.numel() for p in self.encoder.parameters() if p.requires_grad) / max(total, 1)
+
+    # export -------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        store = getattr(datamodule, "store", None)
+        heads = {
+            name: {**spec, "prefix": f"heads.{name}."} for name, spec in self.head_specs().items()
+        }
+        checkpoint[CHECKPOINT_KEY] = {
+            "method": type(self).__name__,
+            "task": self.task,
+            "backbone": self.backbone_name,
+            "backbone_kwargs": dict(self.backbone_kwargs),
+            "backbone_prefix": "encoder.",
+            "heads": heads,
+            "labels": self.label_names(),
+            "encoder_source": self.encoder_source,
+            "store": None if store is None else str(Path(store).resolve()),
+        }
+

@@ -1,0 +1,41 @@
+"""``medssl finetune``: the shared LightningCLI (:mod:`medssl.training.cli`) over the fine-tuning tasks.
+
+    medssl finetune -c configs/trainer/cpu.yaml -c configs/finetune/segmentation.yaml \\
+        --model.encoder ARTIFACT --data.store STORE --trainer.max_steps 200
+
+``--model.encoder`` names an artifact written by ``medssl export`` (leave it out to train
+from scratch). The data module reads labels from the store; the number of outputs and their
+names are linked from the data module into the task (``data.num_classes`` ->
+``model.num_classes``, ``data.class_names`` -> ``model.class_names``), so a config never
+repeats them. Then ``medssl export RUNS/<task>/<run>/checkpoints/last.ckpt --out ARTIFACT``
+writes an artifact with the heads, their label names and the plan.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+from medssl.tasks.base import FinetuneTask
+from medssl.training.cli import MedsslCLI, fit_main
+from medssl.training.cli import build_cli as _build
+
+__all__ = ["FinetuneCLI", "build_cli", "finetune_main"]
+
+
+class FinetuneCLI(MedsslCLI):
+    default_data = "medssl.data.finetune.FinetuneDataModule"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+
+def build_cli(argv: list[str]) -> FinetuneCLI:
+    """Parse ``argv`` and instantiate task, data and trainer (nothing runs yet)."""
+    return _build(FinetuneCLI, FinetuneTask, argv, "medssl finetune", "Fine-tune segmentation, detection or diagnosis heads on an encoder (LightningCLI; every option is also a flag).")
+
+
+def finetune_main(argv: list[str]) -> int:
+    """``medssl finetune ARGS``: train; returns 0, or 143 after a SIGTERM checkpoint."""
+    return fit_main(build_cli, argv, "fine-tuning")
