@@ -1,0 +1,67 @@
+"""``medssl bench label-efficiency``: run the harness, then write its table and plot.
+
+    medssl bench label-efficiency --store STORE --out OUT --tasks segmentation classification \\
+        --fractions 0.1 0.5 1 --seeds 0 1 2 --encoder voco=ARTIFACT [--encoder monai=ARTIFACT] \\
+        --max-steps 200 [--trainer-config configs/trainer/cpu.yaml] [-- --data.batch_size 4 ...]
+
+Arguments after ``--`` go to every ``medssl finetune`` run unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medssl.bench.label_efficiency import HEADLINE, HarnessConfig, read_results, run_harness
+from medssl.bench.report import markdown_table, write_report
+from medssl.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medssl bench", description="Experiments across many runs.")
+    sub = p.add_subparsers(dest="bench", required=True)
+    le = sub.add_parser("label-efficiency", help="pretrained vs from-scratch fine-tuning at several label fractions")
+    le.add_argument("--store", required=True, help="a store with labels (medssl ingest --labels)")
+    le.add_argument("--out", required=True, help="folder for runs/, results.csv, table.md, plot.png")
+    le.add_argument("--tasks", nargs="+", default=["segmentation"], choices=sorted(HEADLINE))
+    le.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.5, 1.0])
+    le.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    le.add_argument("--encoder", action="append", default=[], metavar="NAME=ARTIFACT", help="a pretrained encoder to compare (repeatable)")
+    le.add_argument("--no-scratch", action="store_true", help="leave out the from-scratch baseline")
+    le.add_argument("--max-steps", type=int, default=100, help="optimiser steps per run (the same budget for every run)")
+    le.add_argument("--trainer-config", action="append", default=None, help="trainer config(s) (default configs/trainer/cpu.yaml)")
+    le.add_argument("--task-config", action="append", default=[], metavar="TASK=FILE", help="override a task's config file")
+    le.add_argument("extra", nargs="*", help="after --: arguments for every finetune run")
+    return p
+
+
+def bench_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    config = HarnessConfig(
+        store=args.store,
+        out=args.out,
+        tasks=tuple(args.tasks),
+        fractions=tuple(args.fractions),
+        seeds=tuple(args.seeds),
+        encoders=_pairs(args.encoder, "--encoder"),
+        scratch=not args.no_scratch,
+        max_steps=args.max_steps,
+        trainer_configs=tuple(args.trainer_config or ["configs/trainer/cpu.yaml"]),
+        task_configs=_pairs(args.task_config, "--task-config"),
+        extra_args=tuple(args.extra),
+    )
+    results = run_harness(config)
+    rows = read_results(results)
+    table, png = write_report(rows, HEADLINE, results.parent)
+    print(markdown_table(rows, HEADLINE))
+    print(f"results {results}; table {table}; plot {png or 'not written (no matplotlib)'}")
+    return 0
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} {value!r}: expected NAME=PATH")
+        out[name] = path
+    return out

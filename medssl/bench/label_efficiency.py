@@ -1,0 +1,135 @@
+"""The label-efficiency harness: what pretraining buys when few cases are labelled.
+
+For each task, each initialisation (``scratch`` and every named encoder artifact), each
+fraction of the labelled training cases and each seed, one ``medssl finetune`` run with the
+same budget (steps, crops, trainer); then a validation pass over the same held-out cases.
+Fractions are nested per seed (the 5 % subset lies inside the 10 % subset), so a curve
+compares like with like. Every run's metrics go to ``results.csv`` as they arrive; a rerun
+skips the runs already there, so a killed harness resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medssl.atomic import atomic_write_bytes
+from medssl.errors import ConfigError
+from medssl.tasks.cli import build_cli
+
+log = logging.getLogger("medssl.bench")
+FIELDS = ("task", "init", "fraction", "seed", "train_cases", "metric", "value")
+# the metric that summarises each task in the table and the plot (all metrics go to the CSV)
+HEADLINE = {"segmentation": "dice", "detection": "froc_cpm", "classification": "auroc"}
+TASK_CONFIGS = {t: f"configs/finetune/{t}.yaml" for t in HEADLINE}
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """What to run: ``encoders`` maps an initialisation's name to an artifact folder."""
+
+    store: str
+    out: str
+    tasks: Sequence[str] = ("segmentation",)
+    fractions: Sequence[float] = (0.1, 0.5, 1.0)
+    seeds: Sequence[int] = (0, 1, 2)
+    encoders: dict[str, str] = field(default_factory=dict)
+    scratch: bool = True
+    max_steps: int = 100
+    trainer_configs: Sequence[str] = ("configs/trainer/cpu.yaml",)
+    task_configs: dict[str, str] = field(default_factory=dict)
+    extra_args: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in HEADLINE]
+        if unknown:
+            raise ConfigError(f"unknown task(s) {unknown}; expected some of {sorted(HEADLINE)}")
+        bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
+        if bad:
+            raise ConfigError(f"label fractions must lie in (0, 1], got {bad}")
+        if not self.encoders and not self.scratch:
+            raise ConfigError("nothing to compare: give an encoder artifact or keep the from-scratch baseline")
+        for name, path in self.encoders.items():
+            if name == "scratch" or not name.isidentifier():
+                raise ConfigError(f"encoder name {name!r}: use a plain word other than 'scratch'")
+            if not (Path(path) / "artifact.json").is_file():
+                raise ConfigError(f"encoder {name}: {path} is not an artifact folder (no artifact.json)")
+
+    def inits(self) -> list[tuple[str, str | None]]:
+        return ([("scratch", None)] if self.scratch else []) + sorted(self.encoders.items())
+
+
+def run_harness(config: HarnessConfig) -> Path:
+    """Run every missing (task, init, fraction, seed); returns the results CSV path."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.csv"
+    rows = read_results(results)
+    done = {(r["task"], r["init"], float(r["fraction"]), int(r["seed"])) for r in rows}
+    plan = [(t, i, f, s) for t in config.tasks for i in config.inits() for f in config.fractions for s in config.seeds]
+    for number, (task, (init, artifact), fraction, seed) in enumerate(plan, 1):
+        if (task, init, float(fraction), int(seed)) in done:
+            continue
+        log.info("run %d/%d: %s, %s, %.0f%% of labelled cases, seed %d", number, len(plan), task, init, 100 * fraction, seed)
+        metrics, n_train = _one_run(config, task, init, artifact, fraction, seed)
+        for metric, value in sorted(metrics.items()):
+            rows.append({"task": task, "init": init, "fraction": fraction, "seed": seed, "train_cases": n_train, "metric": metric, "value": value})
+        write_results(results, rows)  # after every run: a killed harness resumes from here
+    return results
+
+
+def _one_run(config: HarnessConfig, task: str, init: str, artifact: str | None, fraction: float, seed: int) -> tuple[dict[str, float], int]:
+    argv: list[str] = []
+    for path in (*config.trainer_configs, config.task_configs.get(task, TASK_CONFIGS[task])):
+        argv += ["-c", str(path)]
+    run = f"{task}-{init}-f{fraction:g}-s{seed}"
+    argv += [
+        "--data.store", config.store,
+        "--data.label_fraction", str(fraction),
+        "--data.fraction_seed", str(seed),
+        "--data.progress", "false",
+        "--seed_everything", str(seed),
+        "--trainer.max_steps", str(config.max_steps),
+        "--trainer.default_root_dir", str(Path(config.out) / "runs"),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.num_sanity_val_steps", "0",
+        "--trainer.limit_val_batches", "0",
+        "--checkpoint.every_n_train_steps", str(config.max_steps),
+        "--run_name", run,
+        *config.extra_args,
+    ]
+    if artifact is not None:
+        argv += ["--model.encoder", str(artifact)]
+    cli = build_cli(argv)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.limit_val_batches = 1.0
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in getattr(cli.model, "val_summary", {}).items()}
+    if not metrics:
+        raise RuntimeError(f"run {run}: the task reported no validation metrics")
+    return metrics, int(getattr(cli.datamodule, "num_train_cases", 0))
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    lines = [",".join(FIELDS)]
+    for r in rows:
+        lines.append(",".join(_cell(r[k]) for k in FIELDS))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
