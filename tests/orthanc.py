@@ -13,6 +13,7 @@ auth are exercised as at a hospital. Fixtures:
 - ``orthanc_factory``: start more servers with other settings (stopped at session end)::
 
       server = orthanc_factory(users={"alice": "secret"})  # basic auth required
+      server = orthanc_factory(config={"StableAge": 1})    # any Orthanc option, over the defaults
 
 Skips with a reason where the Debian packages ``orthanc`` / ``orthanc-dicomweb`` are absent.
 Orthanc has no bind-address option; ``RemoteAccessAllowed: false`` keeps it to loopback
@@ -45,9 +46,12 @@ START_TIMEOUT_S = 30.0
 class OrthancServer:
     """One Orthanc process: its URLs, an uploader and a clean stop."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, users: dict[str, str] | None = None, config: dict | None = None
+    ) -> None:
         self.workdir = workdir
         self.users = users
+        self.extra_config = dict(config or {})
         self.auth = next(iter(users.items())) if users else None
         self.port = 0
         self.process: subprocess.Popen | None = None
@@ -140,6 +144,7 @@ class OrthancServer:
             "RegisteredUsers": dict(self.users or {}),
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **self.extra_config,
         }
 
     def _wait_ready(self) -> bool:
@@ -176,12 +181,12 @@ def _skip_if_missing() -> None:
 def orthanc_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., OrthancServer]]:
-    """Start Orthanc servers on demand: ``orthanc_factory(users={"u": "p"})``."""
+    """Start Orthanc servers on demand: ``orthanc_factory(users={"u": "p"}, config={...})``."""
     _skip_if_missing()
     servers: list[OrthancServer] = []
 
-    def start(users: dict[str, str] | None = None) -> OrthancServer:
-        server = OrthancServer(tmp_path_factory.mktemp("orthanc"), users=users)
+    def start(users: dict[str, str] | None = None, config: dict | None = None) -> OrthancServer:
+        server = OrthancServer(tmp_path_factory.mktemp("orthanc"), users=users, config=config)
         servers.append(server)
         server.start()
         return server

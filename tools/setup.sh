@@ -11,6 +11,7 @@ command -v dcm2niix >/dev/null 2>&1 || need_apt+=(dcm2niix)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 if [ "${1:-}" = "--dev" ] && [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${need_apt[*]}"
