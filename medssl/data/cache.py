@@ -112,7 +112,7 @@ def build_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool 
     if existing is not None and not existing.failed and existing.covers(wanted):
         return existing
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root):
+    with exclusive_lock(root):
         existing = CacheIndex.read(root)  # another builder may have finished while we waited
         if existing is not None and not existing.failed and existing.covers(wanted):
             return existing
@@ -158,7 +158,7 @@ def distributed_rank() -> int:
 
 
 # building -------------------------------------------------------------------------------
-class _exclusive_lock:
+class exclusive_lock:
     """``flock`` on ``<cache>/.lock``: one builder per cache folder at a time on this machine."""
 
     def __init__(self, root: Path) -> None:
@@ -184,20 +184,27 @@ def _done(root: Path, row: dict) -> bool:
 def _run(store: Path, root: Path, plan: Plan, todo: list[dict], workers: int, progress: bool) -> list[str]:
     from medssl.data import cache_work
 
+    context = (str(store), str(root), plan.to_json())
+    return run_volume_jobs("caching", cache_work.cache_volume, todo, cache_work.init_worker, context, workers, progress)
+
+
+def run_volume_jobs(description: str, fn, rows: list[dict], initializer, context: tuple, workers: int, progress: bool) -> list[str]:
+    """``fn(row)`` for each row in a :class:`WorkerPool` (``initializer(*context)`` per worker)
+    with a progress bar; ``fn`` returns a dict with ``"error"`` on failure. Returns the sorted
+    volume_ids that failed or crashed their worker twice (logged)."""
     failed: list[str] = []
-    jobs = [(cache_work.cache_volume, (row,)) for row in todo]
+    jobs = [(fn, (row,)) for row in rows]
 
     def crashed(job) -> dict:
         return {"volume_id": job[1][0]["volume_id"], "error": "worker crashed twice"}
 
-    context = (str(store), str(root), plan.to_json())
     if workers <= 1:
-        cache_work.init_worker(*context)  # the inline pool runs jobs here, without an initializer
-    with Progress(enabled=progress) as bar, WorkerPool(workers, cache_work.init_worker, context) as pool:
-        task = bar.task("caching", total=len(todo))
+        initializer(*context)  # the inline pool runs jobs here, without an initializer
+    with Progress(enabled=progress) as bar, WorkerPool(workers, initializer, context) as pool:
+        task = bar.task(description, total=len(rows))
         for outcome in pool.run(jobs, max(2, workers * 2), crashed):
             if "error" in outcome:
-                log.warning("cache: volume %s skipped: %s", outcome["volume_id"], outcome["error"])
+                log.warning("%s: volume %s skipped: %s", description, outcome["volume_id"], outcome["error"])
                 failed.append(outcome["volume_id"])
             bar.advance(task)
     return sorted(failed)

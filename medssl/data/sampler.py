@@ -44,3 +44,18 @@ class StepSampler(Sampler[int]):
                 perm = self._permutation(epoch)
             yield epoch * self.n + int(perm[g % self.n])
             position += 1
+
+
+def resumable_sampler(trainer, n: int, seed: int, batch_size: int) -> StepSampler:
+    """A :class:`StepSampler` that starts where ``trainer`` (a Lightning Trainer or None) has got to.
+
+    The start is read when iteration begins, i.e. after a checkpoint is restored:
+    ``global_step * accumulate_grad_batches * batch_size`` samples per rank.
+    """
+    if trainer is None:
+        return StepSampler(n, seed)
+
+    def consumed() -> int:
+        return trainer.global_step * trainer.accumulate_grad_batches * batch_size
+
+    return StepSampler(n, seed, trainer.global_rank, trainer.world_size, consumed)

@@ -1,0 +1,41 @@
+"""Batched augmentation of labelled crops: one draw moves the image, its label map and its boxes together.
+
+The image gets every step of the pipeline; the label map ``[B, *crop]`` only the spatial
+steps (flips, quarter turns, affine warps), resampled with ``nearest``; boxes only flips
+and quarter turns, which are exact on boxes (detection runs without affine warps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from medssl.data.boxes import transform_boxes
+from medssl.transforms.geometric import AffineWarp, Flip, Rotate90
+from medssl.transforms.pipeline import AugmentConfig, BatchAugment, Composed
+
+SPATIAL_TWINS = (Flip, Rotate90, AffineWarp)
+
+
+def finetune_augment(config: AugmentConfig, crop_size: tuple[int, ...], task: str) -> BatchAugment:
+    """The pipeline for ``task``'s crops: detection drops the affine warp (boxes would stop being exact)."""
+    if task == "detection":
+        config = replace(config, affine_prob=0.0)
+    return BatchAugment.from_config(config, crop_size)
+
+
+def augment_labelled(batch: dict, augment: BatchAugment, generator: torch.Generator) -> dict:
+    """``batch`` with ``image`` ``[B, 1, *crop]`` (and ``label`` ``[B, *crop]`` / ``targets``) augmented alike."""
+    image = batch["image"]
+    twin = augment.sample(image.shape[0], generator)
+    out = {**batch, "image": twin(image)}
+    spatial = Composed(tuple(t for t in twin.twins if isinstance(t, SPATIAL_TWINS)))
+    if "label" in batch:
+        label = batch["label"]
+        out["label"] = spatial(label[:, None].float(), "nearest")[:, 0].round().to(label.dtype)
+    if "targets" in batch:
+        shape = tuple(image.shape[2:])
+        moved = transform_boxes([t["boxes"] for t in batch["targets"]], twin.twins, shape)
+        out["targets"] = [{**t, "boxes": b} for t, b in zip(batch["targets"], moved)]
+    return out
