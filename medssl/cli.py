@@ -21,7 +21,7 @@ DEFAULT_KEY_FILE = "~/.config/medssl/project.key"
 
 def _ingest_parser(sub) -> None:
     p = sub.add_parser("ingest", help="DICOM/NIfTI/NRRD/DICOMweb -> de-identified canonical volumes in a store")
-    p.add_argument("sources", nargs="+", help="folders, zip files, files, or dicomweb+http(s)://host/dicom-web?modality=CT&study_date=A-B")
+    p.add_argument("sources", nargs="*", help="folders, zip files, files, or dicomweb+http(s)://host/dicom-web?modality=CT&study_date=A-B (optional with --labels)")
     p.add_argument("--out", required=True, type=Path, help="the store folder (created if missing)")
     p.add_argument("--workers", type=int, default=1, help="processes for reading and converting (default 1)")
     p.add_argument("--key-file", default=os.environ.get("MEDSSL_KEY_FILE", DEFAULT_KEY_FILE), help="project pseudonymisation key (created 0600 on first use; keep it outside the store)")
@@ -31,6 +31,7 @@ def _ingest_parser(sub) -> None:
     p.add_argument("--keep-private", action="append", default=[], metavar="CREATOR:ELEMENT", help="keep a private element, e.g. 'SIEMENS CSA HEADER:0x10' (repeatable)")
     p.add_argument("--volume-modality", metavar="MODALITY", type=str.upper, help="modality to record for NIfTI/NRRD inputs, which carry none (e.g. CT, MR)")
     p.add_argument("--max-gb", type=float, default=4.0, help="refuse any single file or volume larger than this (GiB)")
+    p.add_argument("--labels", type=Path, metavar="TABLE", help="label table (YAML or CSV, see docs/labels.md): its images are ingested too, its masks, classes and boxes land in STORE/labels")
     p.add_argument("--locate", metavar="REF", help="print the source files whose reference starts with REF (key holders only), then exit")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_ingest)
@@ -41,6 +42,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
     from medssl.store.ingest import IngestOptions, ingest, locate
     from medssl.store.report import print_summary
 
+    if not args.sources and args.labels is None:
+        raise MedsslError("give one or more SOURCES, or a label table with --labels TABLE")
     key = load_or_create_key(Path(args.key_file).expanduser())
     if args.locate:
         for path in locate(args.locate, args.sources, key):
@@ -55,6 +58,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         max_bytes=int(args.max_gb * (1 << 30)),
         progress=not args.no_progress,
         volume_modality=args.volume_modality,
+        labels=args.labels,
     )
     summary = ingest(args.sources, args.out, key, options)
     print_summary(summary, args.out)

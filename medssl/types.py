@@ -41,6 +41,11 @@ class RejectReason(StrEnum):
     BAD_ARCHIVE = "bad_archive"  # unreadable zip, unsafe member names, zip bomb
     FETCH = "fetch_failed"  # DICOMweb / network failure for one item
     INTERNAL = "internal_error"  # a bug: recorded, never fatal for the run
+    # labels given with --labels (unit "label:<volume_id>"): the label is refused, never the image
+    LABEL_AMBIGUOUS = "label_ambiguous"  # the case's image yields no volume or several
+    LABEL_NO_IMAGE = "label_no_image"  # the case's image was refused or is not in the store
+    LABEL_MISMATCH = "label_mismatch"  # mask or box does not overlap the image in world space
+    LABEL_INVALID = "label_invalid"  # unreadable mask, 4D, non-integer/negative/unnamed values, bad names
 
 
 class IrregularPolicy(StrEnum):

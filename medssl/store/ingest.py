@@ -9,6 +9,10 @@ rerun writes nothing and an interrupted run resumes where it stopped.
 
 Local sources form one batch (a series may be spread over folders and archives); each
 remote DICOMweb series is fetched into a private temporary folder and is its own batch.
+
+With a label table (``IngestOptions.labels``, docs/labels.md) the table's images join the
+local sources, its masks and support files are never taken for images, and after the batch
+each case is linked to its volume and its labels written (``label_ingest``).
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssl.atomic import remove_stale_temporaries
 from medssl.deid import DeidOptions, Pseudonymizer
 from medssl.errors import ConfigError, IngestError
 from medssl.io.dicom_stack import build_stacks
 from medssl.io.nifti import MAX_VOLUME_BYTES
 from medssl.io.sources import BadItem, FileFormat, SourceItem, iter_source_items
-from medssl.store import ingest_work as work
-from medssl.atomic import remove_stale_temporaries
-from medssl.store.manifest import Manifest
 from medssl.progress import Progress
+from medssl.store import ingest_work as work
+from medssl.store.label_ingest import ingest_labels
+from medssl.store.label_table import LabelTable, read_label_table
+from medssl.store.manifest import Manifest
 from medssl.store.workers import Job, WorkerPool
 from medssl.types import IrregularPolicy, RejectReason, SourceKind
 
@@ -47,6 +53,7 @@ class IngestOptions:
     max_bytes: int = MAX_VOLUME_BYTES
     progress: bool = True
     volume_modality: str | None = None  # NIfTI/NRRD carry no modality: what to record for them
+    labels: Path | None = None  # a label table (YAML/CSV): its images are ingested, then its labels
 
 
 @dataclass
@@ -57,6 +64,9 @@ class IngestSummary:
     files: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    labels_written: int = 0
+    labels_skipped: int = 0
+    labels_rejected: int = 0  # also counted by code in ``rejected`` (label_* codes)
 
     def add(self, other: IngestSummary) -> None:
         self.written += other.written
@@ -64,11 +74,15 @@ class IngestSummary:
         self.rejected.update(other.rejected)
         self.files += other.files
         self.bytes_written += other.bytes_written
+        self.labels_written += other.labels_written
+        self.labels_skipped += other.labels_skipped
+        self.labels_rejected += other.labels_rejected
 
 
 def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: IngestOptions = IngestOptions()) -> IngestSummary:
     """Ingest every source into ``store``; never raises for bad input, only for bad setup."""
     start = time.perf_counter()
+    table = read_label_table(options.labels) if options.labels is not None else None
     sources = [str(s) for s in sources]
     local = [s for s in sources if not s.startswith("dicomweb+")]
     remote = [s for s in sources if s.startswith("dicomweb+")]
@@ -86,19 +100,38 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
     with Manifest(store / "manifest.sqlite") as manifest, Progress(enabled=options.progress) as progress:
         _check_key(manifest, pseudo)
         with WorkerPool(options.workers, work.init_worker, (ctx,)) as pool:
-            if local:
-                items = []
-                for source in local:
-                    for entry in iter_source_items(source):
-                        if isinstance(entry, BadItem):
-                            _record(manifest, work.reject_file(entry.item, entry.error), summary)
-                        else:
-                            items.append(entry)
-                summary.add(_batch(items, lambda item: SourceKind.DICOM_ZIP if item.in_zip else SourceKind.DICOM_FILES, manifest, pool, pseudo, options, progress))
+            scans: dict = {}
+            if local or table is not None:
+                items = _local_items(local, table, manifest, summary)
+                summary.add(_batch(items, lambda item: SourceKind.DICOM_ZIP if item.in_zip else SourceKind.DICOM_FILES, manifest, pool, pseudo, options, progress, scans))
+            if table is not None:
+                labelled = ingest_labels(table, manifest, pseudo, scans, options.max_bytes)
+                summary.labels_written, summary.labels_skipped = labelled.written, labelled.skipped
+                summary.labels_rejected = sum(labelled.rejected.values())
+                summary.rejected.update(labelled.rejected)
             for source in remote:
                 summary.add(_remote(source, manifest, pool, pseudo, options, progress))
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _local_items(local: list[str], table: LabelTable | None, manifest: Manifest, summary: IngestSummary) -> list[SourceItem]:
+    """Every file of the local sources and the table's images, once each; masks left out."""
+    roots = local + ([str(case.image) for case in table.cases] if table is not None else [])
+    not_images = table.non_images() if table is not None else set()
+    items, seen = [], set()
+    for source in roots:
+        for entry in iter_source_items(source):
+            item = entry.item if isinstance(entry, BadItem) else entry
+            key = work.item_key(item)
+            if key in seen or (not item.member and key[0] in not_images):
+                continue
+            seen.add(key)
+            if isinstance(entry, BadItem):
+                _record(manifest, work.reject_file(entry.item, entry.error), summary)
+            else:
+                items.append(entry)
+    return items
 
 
 def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
@@ -110,13 +143,15 @@ def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
         raise ConfigError("this store was written with a different key file: its pseudonyms would not match; use the original key or a new store")
 
 
-def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress) -> IngestSummary:
+def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress, scans_out: dict | None = None) -> IngestSummary:
     summary = IngestSummary(files=len(items))
     records, files = [], []
     task = progress.task("scanning", total=len(items))
     scans = [(work.scan_item, (item,)) for item in items]
     for scan in pool.run(scans, options.workers * 4, _crashed, ordered=True):
         progress.advance(task)
+        if scans_out is not None:  # label linking reuses the scans instead of reading again
+            scans_out[work.item_key(scan.item)] = scan
         if scan.error is not None:
             _record(manifest, work.reject_file(scan.item, scan.error), summary)
         elif scan.fmt == FileFormat.DICOM:
@@ -128,12 +163,12 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
     for group, err in failed:
         jobs.append((work.reject_records, (group, err, pseudo.token(repr(sorted(r.sop_uid for r in group)), "volume"))))
     for stack in stacks:
-        vid = pseudo.token(stack.identity(), "volume")
+        vid = work.volume_id_of_stack(pseudo, stack)
         digest = pseudo.token(repr(sorted(r.sop_uid for r in stack.records)), "instances")
         if not _done(manifest, vid, digest, summary):
             jobs.append((work.convert_stack, (stack, vid, kind_of(stack.first.item), digest)))
     for scan in files:
-        vid = pseudo.token(f"file:{scan.sha256}", "volume")
+        vid = work.volume_id_of_file(pseudo, scan.sha256)
         if not _done(manifest, vid, vid, summary):
             jobs.append((work.convert_file, (scan.item, scan.fmt, vid)))
     task = progress.task("converting", total=len(jobs))

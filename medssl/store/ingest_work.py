@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from medssl.atomic import atomic_write_bytes
 from medssl.deid import PROFILE_EDITION, DeidOptions, Pseudonymizer, burned_in_risk, deidentify
 from medssl.errors import IngestError
 from medssl.io.dicom_scan import SliceRecord, scan_file, strict_reading
@@ -24,7 +26,6 @@ from medssl.io.dicom_volume import read_stack
 from medssl.io.nifti import read_nifti, read_nrrd
 from medssl.io.sources import FileFormat, SourceItem, sniff_format
 from medssl.io.volume import Volume, nifti_gz_bytes
-from medssl.atomic import atomic_write_bytes
 from medssl.store.quarantine import quarantine
 from medssl.types import IrregularPolicy, RejectReason, SourceKind
 
@@ -74,6 +75,21 @@ def init_worker(ctx: WorkContext) -> None:
 def source_ref(pseudo: Pseudonymizer, item: SourceItem) -> str:
     """Opaque, stable reference of a source file (its location, keyed)."""
     return pseudo.token(f"{item.path}\0{item.member or ''}", "source")
+
+
+def volume_id_of_stack(pseudo: Pseudonymizer, stack: Stack) -> str:
+    """The volume id a DICOM stack is stored under (keyed, stable across runs)."""
+    return pseudo.token(stack.identity(), "volume")
+
+
+def volume_id_of_file(pseudo: Pseudonymizer, sha256: str) -> str:
+    """The volume id of a NIfTI/NRRD file: keyed digest of its bytes, wherever it lies."""
+    return pseudo.token(f"file:{sha256}", "volume")
+
+
+def item_key(item: SourceItem) -> tuple[str, str]:
+    """One file however a source spells its path (for de-duplication and look-ups)."""
+    return os.path.realpath(item.path), item.member or ""
 
 
 def scan_item(item: SourceItem) -> Scan:

@@ -1,4 +1,4 @@
-"""``STORE/manifest.sqlite``: what the store holds (``volumes``) and what it refused (``rejected``).
+"""``STORE/manifest.sqlite``: what the store holds (``volumes``, ``labels``) and what it refused (``rejected``).
 
 Only the ingest main process writes; each row is committed right after its file is in
 place, so a killed run leaves a manifest that matches the files, and the next run
@@ -11,6 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 SCHEMA_VERSION = 1
 
@@ -59,6 +60,19 @@ REJECTED_COLUMNS: dict[str, str] = {
 }
 
 
+LABEL_COLUMNS: dict[str, str] = {
+    "volume_id": "TEXT PRIMARY KEY",  # the labelled volume (volumes.volume_id)
+    "mask_path": "TEXT",  # labels/<volume_id>.nii.gz, relative to STORE; NULL without a map
+    "mask_sha256": "TEXT",  # of the written label map
+    "structures": "TEXT",  # JSON {"1": "liver"}: label value -> name (0 = background, unlisted)
+    "classes": "TEXT",  # JSON list of diagnosis classes
+    "boxes": "TEXT",  # JSON list of {"label", "min", "max"}: RAS mm corners
+    "label_digest": "TEXT",  # keyed digest of mask bytes, table row and image: a change is rewritten
+    "corrections": "TEXT",  # JSON list, e.g. the map was resampled onto the image grid
+    "created_at": "TEXT",
+}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -75,6 +89,7 @@ class Manifest:
         with self.db:
             self.db.execute(_create("volumes", VOLUME_COLUMNS))
             self.db.execute(_create("rejected", REJECTED_COLUMNS, "PRIMARY KEY (source_ref, unit)"))
+            self.db.execute(_create("labels", LABEL_COLUMNS))
             self.db.execute("CREATE TABLE IF NOT EXISTS sources_done (source_ref TEXT PRIMARY KEY, created_at TEXT)")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -86,7 +101,7 @@ class Manifest:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> Manifest:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -121,6 +136,30 @@ class Manifest:
     def volumes(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM volumes ORDER BY volume_id")]
 
+    # labels -------------------------------------------------------------------------------
+    def label(self, volume_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM labels WHERE volume_id = ?", (volume_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def add_label(self, row: dict) -> None:
+        unknown = set(row) - set(LABEL_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown label columns: {sorted(unknown)}")
+        values = {k: _sql(row.get(k)) for k in LABEL_COLUMNS}
+        values["created_at"] = values["created_at"] or _now()
+        with self.db:
+            self.db.execute(
+                f"INSERT OR REPLACE INTO labels ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+
+    def delete_label(self, volume_id: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM labels WHERE volume_id = ?", (volume_id,))
+
+    def labels(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM labels ORDER BY volume_id")]
+
     # rejected -----------------------------------------------------------------------------
     def add_rejected(self, source_ref: str, unit: str, code: str, message: str, quarantine_path: str | None) -> bool:
         """Record a refusal once; returns False if it was already recorded."""
@@ -138,6 +177,11 @@ class Manifest:
         """Forget a refusal once the unit converted (e.g. a rerun with --irregular resample)."""
         with self.db:
             self.db.execute("DELETE FROM rejected WHERE source_ref = ? AND unit = ?", (source_ref, unit))
+
+    def clear_rejected_unit(self, unit: str) -> None:
+        """Forget every refusal of ``unit`` (a label accepted after a fixed table or mask)."""
+        with self.db:
+            self.db.execute("DELETE FROM rejected WHERE unit = ?", (unit,))
 
     # remote sources -----------------------------------------------------------------------
     def source_done(self, source_ref: str) -> bool:

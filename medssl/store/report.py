@@ -18,6 +18,10 @@ def print_summary(summary: IngestSummary, store: Path, console: Console | None =
     table.add_row("files read", str(summary.files))
     table.add_row("volumes written", str(summary.written))
     table.add_row("already in store", str(summary.skipped))
+    if summary.labels_written or summary.labels_skipped or summary.labels_rejected:
+        table.add_row("labels written", str(summary.labels_written))
+        table.add_row("labels already in store", str(summary.labels_skipped))
+        table.add_row("labels refused", str(summary.labels_rejected))
     for code, count in sorted(summary.rejected.items()):
         table.add_row(f"rejected: {code}", str(count))
     rate = summary.bytes_written / max(summary.seconds, 1e-9) / 1e6
