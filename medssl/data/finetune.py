@@ -125,8 +125,9 @@ class FinetuneDataModule(LightningDataModule):
         self.train_set = self.val_set = None
         self.train_cases: list[str] = []
         self.val_cases: list[str] = []
-        self.class_names: list[str] = []
-        self.multi_label = False
+        self._require_labels()
+        self.class_names: list[str] = self._vocabulary()  # known before setup: the CLI links it into the task
+        self.multi_label = task == "classification" and any(len(r.classes) != 1 for r in read_labels(self.store).values())
 
     @property
     def num_classes(self) -> int:
@@ -175,6 +176,14 @@ class FinetuneDataModule(LightningDataModule):
         if self.augment_enabled:
             self.augment = finetune_augment(self.augment_config, crop, self.task)
         log.info("%s: %d training cases (label_fraction %s), %d validation cases", self.task, len(train), self.label_fraction, len(val))
+
+    def _vocabulary(self) -> list[str]:
+        """The task's output names from the store's labels table (no cache needed)."""
+        if self.task == "classification":
+            return list(class_names(self.store))
+        known = structure_names(self.store)
+        names = [known[v] for v in select_structures(known, self.structures, self.task)]
+        return ["background", *names] if self.task == "segmentation" else names
 
     def _cases(self) -> tuple[list[str], object]:
         """The volume_ids the task can use and its per-case data (lut, boxes or targets); sets ``class_names``."""

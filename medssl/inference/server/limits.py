@@ -1,0 +1,155 @@
+"""The service's three limits: request body size, concurrent predictions, time.
+
+- :class:`BodyLimit` (pure ASGI middleware) answers 413 from ``Content-Length`` before a
+  byte of the body is read, and counts streamed bytes of chunked bodies, stopping the
+  request with 413 as soon as the count passes the limit: no framework ever buffers an
+  oversize body.
+- :class:`ConcurrencyGate` admits at most ``running + queued`` prediction requests (one
+  more is 503 with ``Retry-After`` at once, before its body is read) and lets at most
+  ``running`` of them compute. A slot is freed when the worker thread really ends, so a
+  prediction that timed out still counts until it stops: the load stays bounded.
+- :func:`run_with_deadline` runs a job in a worker thread and answers 504 when the
+  deadline passes first; the thread's result is then discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+from medssl.inference.server.responses import ApiError, send_error
+
+log = logging.getLogger("medssl.serve")
+T = TypeVar("T")
+RETRY_AFTER_S = 2
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes", close=True)
+
+
+class BodyLimit:
+    """ASGI middleware: no HTTP request body above ``max_bytes`` reaches the app."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        lengths = {v for k, v in scope["headers"] if k == b"content-length"}
+        if lengths:
+            value = lengths.pop()
+            if lengths or not value.isdigit():
+                await send_error(
+                    send,
+                    ApiError(
+                        400,
+                        "bad_request",
+                        "Content-Length is not one non-negative integer",
+                        close=True,
+                    ),
+                )
+                return
+            if int(value) > self.max_bytes:
+                await send_error(send, too_large(self.max_bytes))
+                return
+        received = 0
+        started = False
+
+        async def counted_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large(self.max_bytes)
+            return message
+
+        async def watched_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except ApiError as err:  # the app let our 413 through unhandled
+            if started:
+                raise
+            await send_error(send, err)
+
+
+class ConcurrencyGate:
+    """Admission then a compute slot; see the module docstring. Use from the event loop only."""
+
+    def __init__(self, max_running: int, max_queued: int) -> None:
+        if max_running < 1 or max_queued < 0:
+            raise ValueError(
+                f"need max_running >= 1 and max_queued >= 0, got {max_running}, {max_queued}"
+            )
+        self.capacity = max_running + max_queued
+        self.admitted = 0
+        self._slots = asyncio.Semaphore(max_running)
+
+    def admit(self) -> None:
+        """Count one more request in, or raise 503 (with ``Retry-After``) when full."""
+        if self.admitted >= self.capacity:
+            raise ApiError(
+                503,
+                "busy",
+                f"{self.admitted} predictions running or waiting; retry later",
+                headers={"retry-after": str(RETRY_AFTER_S)},
+                close=True,
+            )
+        self.admitted += 1
+
+    def leave(self) -> None:
+        self.admitted -= 1
+
+    async def take_slot(self, timeout_s: float) -> None:
+        """Wait for a compute slot; 504 when none frees within ``timeout_s``."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free now: no wait, even at a zero timeout
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), max(timeout_s, 0.0))
+        except TimeoutError:
+            raise ApiError(
+                504, "timeout", "no prediction slot freed before the request deadline"
+            ) from None
+
+    def free_slot(self) -> None:
+        self._slots.release()
+
+
+async def run_with_deadline(
+    executor: Executor, fn: Callable[[], T], timeout_s: float, on_done: Callable[[Future], None]
+) -> T:
+    """``fn()`` in a worker thread; 504 after ``timeout_s``. ``on_done(future)`` runs on the
+    event loop when the thread has really finished, whether or not anyone still waits."""
+    loop = asyncio.get_running_loop()
+    future = executor.submit(fn)
+
+    def finished(f: Future) -> None:
+        try:
+            loop.call_soon_threadsafe(on_done, f)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            on_done(f)
+
+    future.add_done_callback(finished)
+    try:
+        return await asyncio.wait_for(
+            asyncio.shield(asyncio.wrap_future(future)), max(timeout_s, 0.0)
+        )
+    except TimeoutError:
+        log.warning(
+            "prediction passed the %.1f s deadline; its result will be discarded", timeout_s
+        )
+        raise ApiError(
+            504, "timeout", f"prediction did not finish within {timeout_s:.1f} s"
+        ) from None

@@ -1,0 +1,125 @@
+"""The HTTP service's settings: one frozen dataclass, filled from CLI flags and the environment.
+
+Secrets (the API token, STOW-RS credentials) come from the environment or a file, never
+from a command line where ``ps`` would show them, and never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medssl.errors import ConfigError
+
+TOKEN_ENV = "MEDSSL_SERVE_TOKEN"
+TOKEN_FILE_ENV = "MEDSSL_SERVE_TOKEN_FILE"
+STOW_URL_ENV = "MEDSSL_STOW_URL"
+STOW_TOKEN_ENV = "MEDSSL_STOW_TOKEN"
+STOW_USER_ENV = "MEDSSL_STOW_USER"
+STOW_PASSWORD_ENV = "MEDSSL_STOW_PASSWORD"
+MIN_TOKEN_CHARS = 16
+
+log = logging.getLogger("medssl.serve")
+
+
+@dataclass(frozen=True)
+class StowTarget:
+    """Where DICOM outputs are stored (STOW-RS) and how to authenticate there."""
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and secrets of one server.
+
+    Attributes:
+        token: the bearer token every route but ``/live`` and ``/ready`` requires;
+            ``None`` turns authentication off (allowed only on loopback by the CLI).
+        max_upload_bytes: a request body above this is answered 413 before it is read.
+        request_timeout_s: upload + wait + prediction; a prediction still running then is
+            answered 504 (its thread finishes in the background, its result is dropped).
+        max_concurrent: predictions running at once (threads).
+        max_queued: admitted requests beyond those running (uploading or waiting for a
+            slot); one more is answered 503 with ``Retry-After`` at once.
+        max_files: files in one upload; max_header_bytes: one multipart part's headers.
+        workdir: parent of the private per-request folders (the system temp dir if None).
+        stow: optional STOW-RS target for DICOM outputs.
+    """
+
+    token: str | None = field(default=None, repr=False)
+    max_upload_bytes: int = 2 << 30
+    request_timeout_s: float = 300.0
+    max_concurrent: int = 1
+    max_queued: int = 4
+    max_files: int = 4096
+    max_header_bytes: int = 16 << 10
+    workdir: Path | None = None
+    stow: StowTarget | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"API token has {len(self.token)} characters; use at least {MIN_TOKEN_CHARS}"
+            )
+        for name in ("max_upload_bytes", "max_concurrent", "max_files", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queued < 0:
+            raise ConfigError(f"max_queued must be 0 or more, got {self.max_queued}")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+
+
+def read_token(env: Mapping[str, str], token_file: str | Path | None = None) -> str | None:
+    """The API token: ``token_file`` (or ``$MEDSSL_SERVE_TOKEN_FILE``), else ``$MEDSSL_SERVE_TOKEN``."""
+    path = token_file or env.get(TOKEN_FILE_ENV) or None
+    if path is not None:
+        path = Path(path).expanduser()
+        try:
+            mode = path.stat().st_mode
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"token file unreadable ({type(exc).__name__})") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("the token file is readable by other users; chmod 600 it")
+        if not token:
+            raise ConfigError("token file is empty")
+        return token
+    return env.get(TOKEN_ENV) or None
+
+
+def read_stow_target(env: Mapping[str, str], url: str | None = None) -> StowTarget | None:
+    """The STOW-RS target from ``url`` or ``$MEDSSL_STOW_URL``, credentials from the environment."""
+    url = url or env.get(STOW_URL_ENV) or None
+    if url is None:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"STOW-RS URL must start with http:// or https://, got scheme {url.split(':')[0]!r}"
+        )
+    token, user = env.get(STOW_TOKEN_ENV) or None, env.get(STOW_USER_ENV) or None
+    password = env.get(STOW_PASSWORD_ENV)
+    if token and user:
+        raise ConfigError(
+            f"set either {STOW_TOKEN_ENV} or {STOW_USER_ENV}/{STOW_PASSWORD_ENV}, not both"
+        )
+    if user and password is None:
+        raise ConfigError(f"{STOW_USER_ENV} is set but {STOW_PASSWORD_ENV} is not")
+    return StowTarget(url.rstrip("/"), token=token, user=user, password=password)
+
+
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> ServerSettings:
+    """Settings with the token and STOW target read from ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    values = {"token": read_token(env), "stow": read_stow_target(env)}
+    values.update(overrides)
+    return ServerSettings(**values)
