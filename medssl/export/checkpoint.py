@@ -35,6 +35,7 @@ class CheckpointContents:
     task: str | None = None
     heads: dict[str, dict[str, Any]] | None = None  # {name: {"kind", "spec", "state_dict"}} (fine-tuned models)
     labels: list[str] | None = None
+    extra: dict[str, Any] | None = None  # task extras (guideline texts) for the artifact's "extra"
 
 
 def read_checkpoint(path: str | Path) -> CheckpointContents:
@@ -87,6 +88,7 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         task=record.get("task"),
         heads=heads or None,
         labels=record.get("labels"),
+        extra=record.get("extra") or None,
     )
 
 

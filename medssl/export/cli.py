@@ -96,7 +96,7 @@ def export_checkpoint(
         heads=heads or None,
         labels=contents.labels,
         plan=plan,
-        extra={"source": source},
+        extra={**(contents.extra or {}), "source": source},
     )
 
 

@@ -92,6 +92,10 @@ class FinetuneTask(GuardedModule):
         """Names of the outputs (classes or structures), in output order; recorded in the artifact."""
         return None
 
+    def checkpoint_extra(self) -> dict:
+        """Plain JSON a task adds to its artifact's ``extra`` (e.g. guideline texts)."""
+        return {}
+
     # training plumbing --------------------------------------------------------------------------
     def train(self, mode: bool = True):
         super().train(mode)
@@ -137,6 +141,7 @@ class FinetuneTask(GuardedModule):
             "heads": heads,
             "labels": self.label_names(),
             "encoder_source": self.encoder_source,
+            "extra": self.checkpoint_extra(),
             "store": None if store is None else str(Path(store).resolve()),
         }
 
