@@ -111,8 +111,9 @@ class FinetuneTask(GuardedModule):
         for name, p in self.encoder.named_parameters():
             if p.requires_grad:
                 groups.setdefault((hp.encoder_lr_scale * scales[name], p.ndim >= 2), []).append(p)
-        for p in self.heads.parameters():
-            if p.requires_grad:
+        in_encoder = {id(p) for p in self.encoder.parameters()}
+        for p in self.heads.parameters():  # a detector holds the encoder itself: count it once
+            if p.requires_grad and id(p) not in in_encoder:
                 groups.setdefault((1.0, p.ndim >= 2), []).append(p)
         param_groups = [
             {"params": params, "lr_scale": scale, "weight_decay": hp.weight_decay if decays else 0.0}
