@@ -31,8 +31,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from medssl import __version__
-from medssl.errors import MedsslError
 from medssl.atomic import atomic_write_bytes
+from medssl.errors import MedsslError
 
 ARTIFACT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"

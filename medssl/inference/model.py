@@ -1,0 +1,179 @@
+"""An artifact's encoder and heads, rebuilt for inference: :class:`InferenceModel`.
+
+The encoder comes from ``build_encoder`` (``create_backbone`` + strict loading); each head
+listed in ``artifact.json`` ("heads": ``{name: {"kind": ..., **spec}}``) from
+``medssl.heads.build_head(kind, spec, encoder)`` (its spec contract per kind) with its weights (``heads.<name>.``) loaded
+strictly. Kinds: ``"segmentation"`` (a U-Net decoder over ``forward_features``),
+``"detection"`` (a RetinaNet that holds the encoder), ``"classification"`` (a guideline-query
+decoder over the last feature map). Everything fails as :class:`ArtifactError` naming the
+artifact, the head and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medssl.backbones import Backbone
+from medssl.heads import ENCODER_KEYS, build_head
+from medssl.inference.artifact import Artifact, ArtifactError
+from medssl.inference.encoder import build_encoder
+
+HEAD_KINDS = ("segmentation", "detection", "classification")
+
+
+def _segmentation_spec(spec: dict[str, Any], encoder: Backbone, where: str) -> dict[str, Any]:
+    """The spec without the encoder's own keys: ``build_head`` takes those from the encoder.
+
+    Older exports repeat them; they are dropped where they agree with the encoder, refused
+    where they do not (the decoder would not fit the weights)."""
+    out = dict(spec)
+    for key in ENCODER_KEYS:
+        if key in out:
+            value = out.pop(key)
+            own = getattr(encoder, key)
+            if (list(value) if isinstance(value, (list, tuple)) else value) != (
+                list(own) if isinstance(own, (list, tuple)) else own
+            ):
+                raise ArtifactError(f"{where}: spec {key}={value!r} differs from the encoder's {own!r}")
+    return out
+
+
+class InferenceModel(nn.Module):
+    """Encoder + named heads in eval mode on one device.
+
+    Attributes: ``encoder``; ``heads`` (``nn.ModuleDict``); ``kinds`` (head name -> kind);
+    ``specs`` (head name -> constructor kwargs); ``device``.
+    """
+
+    def __init__(
+        self, encoder: Backbone, heads: dict[str, nn.Module], kinds: dict[str, str],
+        specs: dict[str, dict[str, Any]],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+        self.kinds = dict(kinds)
+        self.specs = {k: dict(v) for k, v in specs.items()}
+        self.meta: dict[str, Any] = {}
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, device: torch.device | str = "cpu") -> InferenceModel:
+        """Rebuild encoder and heads from ``artifact``; ``ArtifactError`` if it has no head."""
+        if not artifact.heads:
+            raise ArtifactError(
+                f"artifact {artifact.path}: a pretrained encoder only; fine-tune a head first "
+                "(medssl finetune), then export again"
+            )
+        encoder = build_encoder(artifact)
+        heads, kinds, specs = {}, {}, {}
+        for name, record in sorted(artifact.heads.items()):
+            if not isinstance(record, dict) or record.get("kind") not in HEAD_KINDS:
+                found = record.get("kind") if isinstance(record, dict) else record
+                raise ArtifactError(
+                    f"artifact {artifact.path}: head {name!r} has kind {found!r}; "
+                    f"expected one of {HEAD_KINDS}"
+                )
+            kind = record["kind"]
+            spec = {k: v for k, v in record.items() if k != "kind"}
+            where = f"artifact {artifact.path}: head {name!r}"
+            if kind == "segmentation":
+                spec = _segmentation_spec(spec, encoder, where)
+            try:
+                head = build_head(kind, spec, encoder)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ArtifactError(
+                    f"artifact {artifact.path}: cannot build {kind} head {name!r}: {exc}"
+                ) from None
+            try:
+                head.load_state_dict(artifact.head_state(name), strict=True)
+            except RuntimeError as exc:
+                raise ArtifactError(
+                    f"artifact {artifact.path}: weights do not fit {kind} head {name!r}: "
+                    f"{str(exc)[:300]}"
+                ) from None
+            heads[name], kinds[name], specs[name] = head, kind, spec
+        model = cls(encoder, heads, kinds, specs)
+        model.meta = dict(artifact.meta)
+        model.to(torch.device(device))
+        return model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def names(self, kind: str) -> list[str]:
+        """Names of the heads of ``kind``, sorted."""
+        return sorted(n for n, k in self.kinds.items() if k == kind)
+
+    def num_classes(self, name: str) -> int:
+        return int(self.specs[name].get("num_classes", 0) or 0)
+
+    def class_names(self, name: str) -> list[str]:
+        """Output names of head ``name``: segmentation ``[background, structures...]``, detection
+        and classification one per class; from the guidelines or ``labels``, else ``class_i``."""
+        kind, count = self.kinds[name], self.num_classes(name)
+        labels = list(self.meta.get("labels") or [])
+        if kind == "classification":
+            guidelines = _guidelines(self.meta, name)
+            classes = guidelines.get("classes") if isinstance(guidelines, dict) else None
+            if isinstance(classes, list) and len(classes) == count:
+                return [str(c.get("name", f"class_{i}")) for i, c in enumerate(classes)]
+        if kind == "detection" and len(labels) == count + 1 and labels[0] == "background":
+            labels = labels[1:]
+        if len(labels) == count:
+            return [str(v) for v in labels]
+        first = ["background"] if kind == "segmentation" else []
+        return first + [f"class_{i}" for i in range(len(first), count)]
+
+    def guideline_texts(self, name: str) -> list[str] | None:
+        """Guideline sentence texts of classification head ``name`` in sentence order (the
+        head's ``sentence_class`` order), or ``None`` when the artifact does not carry them."""
+        guidelines = _guidelines(self.meta, name)
+        if isinstance(guidelines, list) and all(isinstance(t, str) for t in guidelines):
+            return list(guidelines)
+        if isinstance(guidelines, dict) and isinstance(guidelines.get("classes"), list):
+            return [
+                str(s.get("text", "")) for c in guidelines["classes"]
+                for s in (c.get("sentences") or [])
+            ]
+        return None
+
+    def segmenter(self, name: str) -> Callable[[Tensor], Tensor]:
+        """Windows ``[n, C, *roi]`` -> logits ``[n, K, *roi]`` of segmentation head ``name``."""
+        head = self.heads[name]
+
+        def logits(x: Tensor) -> Tensor:
+            out = head(self.encoder.forward_features(x), x)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        return logits
+
+    def detect(self, name: str, image: Tensor) -> list[dict[str, Tensor]]:
+        """Detector ``name`` on ``image [B, C, *S]``: per image ``boxes [M, 6]`` (voxel edges of
+        ``image``), ``labels [M]``, ``labels_scores [M]``."""
+        detector = self.heads[name]
+        use_inferer = self.specs[name].get("sliding_window_roi") is not None
+        return detector(image, use_inferer=use_inferer)
+
+    def classify(self, name: str, image: Tensor) -> dict[str, Tensor]:
+        """Classification head ``name`` on the encoder's last map of ``image [B, C, *S]``:
+        ``logits [B, K]``, ``sentence_scores [B, N]``, ``attention [B, N, *S/stride]``..."""
+        return self.heads[name](self.encoder.forward_features(image)[-1])
+
+
+def _guidelines(meta: dict[str, Any], head: str) -> Any:
+    """The guideline record (YAML layout dict, or a list of texts) for ``head``: looked up in
+    ``meta["guidelines"]`` then ``meta["extra"]["guidelines"]``, either direct or by head name."""
+    for record in (meta.get("guidelines"), (meta.get("extra") or {}).get("guidelines")):
+        if isinstance(record, dict) and "classes" not in record and head in record:
+            record = record[head]
+        if record:
+            return record
+    return None
+
+
+__all__ = ["HEAD_KINDS", "InferenceModel"]

@@ -1,0 +1,149 @@
+"""Small real artifacts and phantom inputs for the prediction tests (CPU, seconds).
+
+Encoders are a two-stage ``resenc3d`` (8 and 16 channels); heads are the real medssl heads
+with seeded random weights, saved with ``save_artifact`` exactly as ``medssl export`` does.
+The segmentation head's last layer is set by hand so its classes follow the image
+intensity (air / soft tissue / bone), which keeps every class present and the argmax far
+from ties, whatever the random weights before it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medssl.backbones import create_backbone
+from medssl.heads import build_head
+from medssl.heads.detector import build_retinanet, detector_spec
+from medssl.heads.seg_decoder import SegmentationDecoder
+from medssl.inference.artifact import save_artifact
+from medssl.store.plan import IntensityNorm, Plan
+
+ENCODER_KWARGS = {"channels": [8, 16], "blocks_per_stage": [1, 1], "strides": [1, 2]}
+SEG_LABELS = ["background", "soft_tissue", "bone"]
+CANARY_NAME = "CANARY^PATIENT^NAME"
+CANARY_ID = "CANARY-ID-4242"
+CANARY_STUDY = "1.2.826.0.1.3680043.8.498.4242424242"
+CANARY_SERIES = "1.2.826.0.1.3680043.8.498.4242424243"
+GUIDELINES = {
+    "task": "phantom_test",
+    "description": "test guideline set",
+    "classes": [
+        {"name": "normal", "codes": [], "sentences": [
+            {"text": "No focal lesion is seen.", "source": "test", "licence": "CC0"},
+            {"text": "Organs are of normal size.", "source": "test", "licence": "CC0"}]},
+        {"name": "lesion", "codes": [], "sentences": [
+            {"text": "A focal hypodense lesion.", "source": "test", "licence": "CC0"},
+            {"text": "A rounded mass with a rim.", "source": "test", "licence": "CC0"}]},
+    ],
+}
+
+
+def small_plan(target_spacing=(6.0, 6.0, 8.0), crop_size=(32, 32, 16)) -> dict:
+    plan = Plan(
+        target_spacing=tuple(target_spacing),
+        crop_size=tuple(crop_size),
+        crop_size_2d=(32, 32),
+        normalisation={"CT": IntensityNorm("clip_zscore", lower=-1000.0, upper=1500.0,
+                                           mean=-300.0, std=500.0)},
+        cache_dtype="float32",
+    )
+    return json.loads(plan.to_json())
+
+
+def _encoder(seed: int):
+    torch.manual_seed(seed)
+    return create_backbone("resenc3d", **ENCODER_KWARGS).eval()
+
+
+def segmentation_artifact(folder: Path, seed: int = 0, plan: dict | None = None) -> Path:
+    encoder = _encoder(seed)
+    spec = {"num_classes": 3, "decoder_channels": None, "deep_supervision": False}
+    head = build_head("segmentation", spec, encoder)
+    _intensity_classes(head)
+    return save_artifact(
+        folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
+        state_dict=encoder.state_dict(),
+        heads={"seg": {"spec": {"kind": "segmentation", **spec}, "state_dict": head.state_dict()}},
+        plan=plan or small_plan(), labels=SEG_LABELS,
+    )
+
+
+def _intensity_classes(head: SegmentationDecoder) -> None:
+    """Make the 1x1 output conv read the raw image through the stride-1 stem: logits of
+    background / soft tissue / bone grow with (-x, 0, +x) of a mean feature."""
+    with torch.no_grad():
+        conv = head.heads[0]
+        conv.weight.zero_()
+        mean = torch.ones(conv.weight.shape[1]) / conv.weight.shape[1]
+        conv.weight[0, :, 0, 0, 0] = -mean * 4
+        conv.weight[2, :, 0, 0, 0] = mean * 4
+        conv.bias.copy_(torch.tensor([0.0, 0.5, 0.0]))
+
+
+def detection_artifact(folder: Path, seed: int = 0) -> Path:
+    encoder = _encoder(seed)
+    detector = build_retinanet(
+        encoder, spatial_dims=3, num_classes=2, returned_levels=[0, 1],
+        anchor_shapes=[[6, 6, 4]], out_channels=8, score_threshold=0.0,
+        detections_per_image=5, candidates_per_level=50,
+    )
+    spec = {"kind": "detection", **detector_spec(detector)}
+    return save_artifact(
+        folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
+        state_dict=encoder.state_dict(),
+        heads={"det": {"spec": spec, "state_dict": detector.state_dict()}},
+        plan=small_plan(), labels=["background", "nodule", "cyst"],
+    )
+
+
+def classification_artifact(folder: Path, seed: int = 0, with_texts: bool = True) -> Path:
+    encoder = _encoder(seed)
+    head = build_head("classification", {"num_classes": 2, "text_dim": 8, "embed_dim": 16,
+                                         "num_heads": 2}, encoder)
+    generator = torch.Generator().manual_seed(seed)
+    head.set_guidelines(torch.randn(4, 8, generator=generator), torch.tensor([0, 0, 1, 1]))
+    return save_artifact(
+        folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
+        state_dict=encoder.state_dict(),
+        heads={"dx": {"spec": {"kind": "classification", **head.spec()},
+                      "state_dict": head.state_dict()}},
+        plan=small_plan(), labels=["normal", "lesion"],
+        extra={"guidelines": GUIDELINES} if with_texts else None,
+    )
+
+
+def encoder_only_artifact(folder: Path) -> Path:
+    encoder = _encoder(0)
+    return save_artifact(folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
+                         state_dict=encoder.state_dict(), plan=small_plan())
+
+
+def phantom_series(folder: Path, *, series_number: int = 1, series_uid: str = CANARY_SERIES,
+                   shape=(48, 48, 20), spacing=(4.0, 4.0, 6.0), seed: int = 0) -> list[Path]:
+    """A CT phantom written as a DICOM series whose identifiers are canaries."""
+    from tools.phantom import make_ct_phantom, write_ct_series
+
+    phantom = make_ct_phantom(shape, spacing, seed=seed, n_lesions=2)
+    return write_ct_series(
+        phantom, folder, patient_name=CANARY_NAME, patient_id=CANARY_ID,
+        study_uid=CANARY_STUDY, series_uid=series_uid, series_number=series_number,
+    )
+
+
+def write_lps_nifti(array: np.ndarray, affine_ras: np.ndarray, path: Path) -> Path:
+    """Write a RAS+ volume as NIfTI whose voxel order is LPS (first two axes flipped)."""
+    import nibabel as nib
+
+    flipped = np.ascontiguousarray(array[::-1, ::-1, :])
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1.0, array.shape[0] - 1
+    flip[1, 1], flip[1, 3] = -1.0, array.shape[1] - 1
+    image = nib.Nifti1Image(flipped, affine_ras @ flip)
+    image.set_sform(affine_ras @ flip, code=1)
+    image.set_qform(affine_ras @ flip, code=1)
+    nib.save(image, str(path))
+    return path
