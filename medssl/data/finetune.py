@@ -63,7 +63,11 @@ from medssl.store.plan import Plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 
 log = logging.getLogger("medssl.data")
-DEFAULT_AUGMENT = AugmentConfig()
+# No flips or quarter turns by default: the store is RAS-canonical, so mirrored or rotated
+# anatomy never reaches the model at inference, and a left-right flip would swap the labels of
+# lateral structures (left/right lung, kidney) - the model could then not tell them apart.
+# Small affine rotations, scaling and intensity changes stay.
+DEFAULT_AUGMENT = AugmentConfig(flip_prob=0.0, rot90_prob=0.0)
 
 
 class FinetuneDataModule(LightningDataModule):

@@ -135,6 +135,8 @@ class InferenceModel(nn.Module):
         guidelines = _guidelines(self.meta, name)
         if isinstance(guidelines, list) and all(isinstance(t, str) for t in guidelines):
             return list(guidelines)
+        if isinstance(guidelines, dict) and isinstance(guidelines.get("texts"), list):  # medssl export
+            return [str(t) for t in guidelines["texts"]]
         if isinstance(guidelines, dict) and isinstance(guidelines.get("classes"), list):
             return [
                 str(s.get("text", "")) for c in guidelines["classes"]

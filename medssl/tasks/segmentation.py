@@ -60,16 +60,11 @@ class Segmentation(FinetuneTask):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names names all {num_classes} outputs, background first; got {len(class_names)}")
         enc = self.encoder
-        self.decoder_spec = {
-            "feature_channels": list(enc.feature_channels),
-            "feature_strides": list(enc.feature_strides),
-            "spatial_dims": enc.spatial_dims,
-            "in_channels": enc.in_channels,
-            "num_classes": num_classes,
-            "decoder_channels": decoder_channels,
-            "deep_supervision": deep_supervision,
-        }
-        self.heads["seg"] = SegmentationDecoder(**self.decoder_spec)
+        # the spec holds what the encoder does not say: build_head takes the rest from the encoder
+        self.decoder_spec = {"num_classes": num_classes, "decoder_channels": decoder_channels, "deep_supervision": deep_supervision}
+        self.heads["seg"] = SegmentationDecoder(
+            list(enc.feature_channels), list(enc.feature_strides), enc.spatial_dims, enc.in_channels, **self.decoder_spec
+        )
         self._val: list[dict] = []
         self.val_summary: dict[str, float] = {}
 

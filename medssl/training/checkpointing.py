@@ -68,6 +68,24 @@ class SigtermCheckpoint(Callback):
         log.warning("SIGTERM: checkpoint saved to %s; resume with --ckpt_path %s", path, path)
 
 
+class FinalCheckpoint(Callback):
+    """At the end of training, refresh ``last.ckpt`` when the final step was not a save step.
+
+    ModelCheckpoint writes ``last.ckpt`` only when it saves (every N steps), so a run of 60
+    steps saving every 50 would leave step 50 there; ``medssl export .../last.ckpt`` must see
+    the weights training ended with.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+                last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+                if callback._last_global_step_saved != trainer.global_step or not last.is_file():
+                    trainer.save_checkpoint(last)
+                    callback._last_global_step_saved = trainer.global_step
+                return
+
+
 def checkpoint_dir(trainer: Trainer) -> Path:
     """Where the run's ModelCheckpoint writes (its dirpath), else ``<log_dir or root>/checkpoints``."""
     for callback in trainer.callbacks:

@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from medssl.training.checkpointing import AtomicCheckpointIO, SigtermCheckpoint, resolve_ckpt_path
+from medssl.training.checkpointing import AtomicCheckpointIO, FinalCheckpoint, SigtermCheckpoint, resolve_ckpt_path
 
 log = logging.getLogger("medssl.train")
 SIGTERM_EXIT = 143  # 128 + SIGTERM: the run stopped early, on purpose, with a checkpoint
@@ -94,7 +94,7 @@ def build_cli(cli_class: type[MedsslCLI], model_class: type[LightningModule], ar
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            trainer_defaults={"callbacks": [SigtermCheckpoint()]},
+            trainer_defaults={"callbacks": [SigtermCheckpoint(), FinalCheckpoint()]},
             seed_everything_default=0,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},

@@ -21,7 +21,7 @@ def _argv(store, root, steps, *extra):
         *BASE,
         "--data.store", str(store),
         "--data.progress", "false",
-        "--data.structures", "[liver, lung_left]",
+        "--data.structures", "[lung_right, lung_left]",
         "--trainer.max_steps", str(steps),
         "--trainer.default_root_dir", str(root),
         "--trainer.enable_progress_bar", "false",
@@ -36,7 +36,7 @@ def test_cli_links_the_store_classes_into_the_task(labelled_store, tmp_path):
     cli = build_cli(_argv(labelled_store, tmp_path, 1))
     assert isinstance(cli.model, Segmentation)
     assert cli.model.hparams.num_classes == 3
-    assert cli.model.label_names() == ["background", "lung_left", "liver"]
+    assert cli.model.label_names() == ["background", "lung_right", "lung_left"]
 
 
 def test_segmentation_learns_the_phantom_organs_and_exports_a_predicting_artifact(labelled_store, tmp_path):
@@ -44,18 +44,24 @@ def test_segmentation_learns_the_phantom_organs_and_exports_a_predicting_artifac
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     summary = cli.model.val_summary
-    assert summary["dice"] > 0.6, summary  # liver and lungs of held-out phantoms after 60 CPU steps
+    # both lungs of a held-out phantom after 60 CPU steps; telling left from right also shows the
+    # default augmentation keeps laterality (a left-right flip would make them one class)
+    assert summary["lung_right/dice"] > 0.7 and summary["lung_left/dice"] > 0.7, summary
     assert math.isfinite(summary["hd95"]) and 0.0 <= summary["nsd"] <= 1.0
 
     ckpt = tmp_path / "segmentation" / "run" / "checkpoints" / "last.ckpt"
+    # 60 steps with a save every 50: last.ckpt still holds the weights training ended with
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 60
     artifact = load_artifact(export_checkpoint(ckpt, tmp_path / "artifact", store=labelled_store))
     assert artifact.heads["seg"]["kind"] == "segmentation"
-    assert artifact.labels == ["background", "lung_left", "liver"]
+    assert artifact.labels == ["background", "lung_right", "lung_left"]
     assert artifact.plan is not None
     meta = json.loads((tmp_path / "artifact" / "artifact.json").read_text())
     assert meta["extra"]["source"]["task"] == "segmentation"
-    head = artifact.head_state("seg")
-    assert all(torch.equal(head[k], v) for k, v in cli.model.heads["seg"].state_dict().items())
+    head, live = artifact.head_state("seg"), cli.model.heads["seg"].state_dict()
+    assert set(head) == set(live)
+    differ = [k for k, v in live.items() if not torch.equal(head[k], v)]
+    assert not differ, differ[:5]
 
 
 def test_a_frozen_encoder_does_not_move(labelled_store, tmp_path):
