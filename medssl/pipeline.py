@@ -15,6 +15,7 @@ could type, checked against the real parser (an unknown option fails before anyt
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,10 @@ def _passthrough_argv(options: dict, where: str) -> list[str]:
         flag = "--" + str(key).lstrip("-")
         if value is True and "." not in str(key):
             argv.append(flag)  # a plain switch such as --no-plan
+        elif isinstance(value, list) and "." in str(key):
+            argv += [flag, json.dumps(value)]  # LightningCLI parses a JSON list
+        elif isinstance(value, list):
+            argv += [flag, *(str(v) for v in value)]  # argparse nargs="+"
         else:
             argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     return argv

@@ -44,7 +44,8 @@ def series(tmp_path: Path) -> Path:
 def test_help_lists_the_commands():
     proc = medssl("--help")
     assert proc.returncode == 0
-    assert "ingest" in proc.stdout and "pipeline" in proc.stdout
+    for command in ("ingest", "pretrain", "finetune", "export", "predict", "serve", "router", "bench", "pipeline"):
+        assert command in proc.stdout, command
 
 
 def test_ingest_help_lists_its_options():
@@ -182,3 +183,24 @@ def test_pipeline_with_an_unknown_command_names_it(tmp_path):
     proc = medssl("pipeline", _recipe(tmp_path, {"teleport": {"to": "mars"}}), cwd=tmp_path)
     assert proc.returncode == 2
     assert "teleport" in proc.stderr and "stage 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pipeline_passthrough_options_become_the_flags_a_person_would_type(tmp_path):
+    from medssl.cli import build_parser
+    from medssl.pipeline import load_stages
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "stages:\n"
+        "  - finetune:\n"
+        "      config: [a.yaml, b.yaml]\n"
+        "      data.structures: [lung_right, lung_left]\n"
+        "      trainer.max_steps: 5\n"
+        "  - bench:\n"
+        "      positional: [label-efficiency]\n"
+        "      fractions: [0.25, 1.0]\n"
+        "      no-scratch: true\n"
+    )
+    (_, finetune), (_, bench) = load_stages(recipe, build_parser())
+    assert finetune == ["finetune", "-c", "a.yaml", "-c", "b.yaml", "--data.structures", '["lung_right", "lung_left"]', "--trainer.max_steps", "5"]
+    assert bench == ["bench", "label-efficiency", "--fractions", "0.25", "1.0", "--no-scratch"]

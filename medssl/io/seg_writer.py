@@ -16,6 +16,7 @@ UIDs; see docs/identifiers.md. Nothing here logs or prints an identifier.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from pydicom.sr.codedict import codes
 from medssl.atomic import atomic_writer
 
 __all__ = ["MEDSSL_MANUFACTURER", "SourceGrid", "source_grid", "write_dicom_seg"]
+
+# highdicom logs the source datasets' UIDs at INFO while copying modules: identifiers
+# must not reach logs (docs/identifiers.md), so its chatter stops at WARNING.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 MEDSSL_MANUFACTURER = "medssl"  # the router skips series this manufacturer wrote
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

@@ -203,3 +203,11 @@ def test_sources_from_two_series_or_duplicates_are_refused(phantom, tmp_path):
         )
     with pytest.raises(ValueError, match="two slices at one position"):
         source_grid(datasets + datasets[:1])
+
+
+def test_highdicom_does_not_log_source_uids_at_info():
+    import logging
+
+    import medssl.io.seg_writer  # noqa: F401  (importing the writer quiets highdicom)
+
+    assert not logging.getLogger("highdicom").isEnabledFor(logging.INFO)
