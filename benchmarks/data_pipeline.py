@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.machine import describe
 
 CROP = (96, 96, 96)
 SPACINGS = [(0.9, 0.9, 2.0), (1.1, 1.1, 1.5), (1.0, 1.0, 2.5)]
@@ -58,15 +59,7 @@ def make_store(out: Path, n: int, shape: tuple[int, int, int], workers: int) -> 
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return describe()
 
 
 def time_batches(it, n: int, after=lambda b: b) -> float:

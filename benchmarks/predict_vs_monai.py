@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from benchmarks.machine import describe
 from medssl.backbones import create_backbone
 from medssl.heads import build_head
 from medssl.inference.artifact import save_artifact
@@ -50,20 +51,7 @@ SPACING = (1.5, 1.5, 2.5)
 
 
 def machine(device: torch.device) -> str:
-    import os
-    import platform
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return describe(device)
 
 
 def build_artifact(folder: Path, encoder_key: str, classes: int) -> Path:

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _passthrough_parser(sub, "bench", "experiments across runs: label-efficiency --store STORE --out DIR --encoder NAME=ARTIFACT ...", "medssl.bench.cli:bench_main")
     _passthrough_parser(sub, "predict", "artifact + DICOM/NIfTI/NRRD -> NIfTI, DICOM SEG/SR, JSON, PNG: --model ARTIFACT --input PATH --out DIR", "medssl.inference.predict_cli:predict_main")
     _passthrough_parser(sub, "serve", "HTTP inference service: --model ARTIFACT [--host 127.0.0.1] [--port 8000]", "medssl.inference.server.cli:serve_main")
-    _passthrough_parser(sub, "router", "watch Orthanc for new stable series, run medssl-serve, store DICOM SEG/SR back (--state-file ...)", "medssl.inference.router:router_main")
+    _passthrough_parser(sub, "router", "watch Orthanc for new stable series, run medssl-serve, store DICOM SEG/SR back (--state-file ...)", "medssl.inference.router_cli:router_main")
     _pipeline_parser(sub)
     return parser
 

@@ -37,8 +37,8 @@ from medssl.inference.router import (
     RouterError,
     RouterState,
     dicom_members,
-    router_main,
 )
+from medssl.inference.router_cli import router_main
 from medssl.io.dicom_scan import scan_file
 from medssl.io.dicom_stack import build_stacks
 from medssl.io.dicom_volume import read_stack
