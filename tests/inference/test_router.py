@@ -428,13 +428,11 @@ def test_router_main_without_state_file_is_a_config_error(capsys, monkeypatch):
 
 
 @pytest.mark.orthanc
-@pytest.mark.slow
 def test_with_real_medssl_serve(stable_orthanc, ct_series, tmp_path):
-    pytest.importorskip("medssl.inference.predict")
-    pytest.importorskip("medssl.inference.server.cli")
-    artifact = os.environ.get("MEDSSL_TEST_SEG_ARTIFACT")
-    if not artifact:
-        pytest.skip("set MEDSSL_TEST_SEG_ARTIFACT to an exported segmentation artifact folder")
+    from tests.inference.artifact_builders import segmentation_artifact
+
+    # a real artifact (tiny encoder + decoder); MEDSSL_TEST_SEG_ARTIFACT may name a trained one
+    artifact = os.environ.get("MEDSSL_TEST_SEG_ARTIFACT") or str(segmentation_artifact(tmp_path / "artifact"))
     port = _free_port()
     (tmp_path / "token").write_text(TOKEN)
     code = (
