@@ -14,6 +14,7 @@ norm statistics do not drift.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from torch import nn
@@ -29,7 +30,7 @@ CHECKPOINT_KEY = "medssl"  # the record `medssl export` reads (the same key pret
 FREEZE_MODES = ("none", "all", "partial")
 
 
-class FinetuneTask(GuardedModule):
+class FinetuneTask(GuardedModule, ABC):
     """Encoder + heads + optimiser with freezing and layer-wise decay.
 
     Args:
@@ -84,9 +85,9 @@ class FinetuneTask(GuardedModule):
         self.heads = nn.ModuleDict()
 
     # what subclasses provide ------------------------------------------------------------------
+    @abstractmethod
     def head_specs(self) -> dict[str, dict]:
         """``{head name: {"kind": ..., "spec": JSON kwargs}}`` for every head in ``self.heads``."""
-        raise NotImplementedError
 
     def label_names(self) -> list[str] | None:
         """Names of the outputs (classes or structures), in output order; recorded in the artifact."""
