@@ -7,7 +7,8 @@ loaded and warmed up), ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST
 token.
 
 The model loads in a background thread started at startup, so ``/live`` answers at once.
-A request passes, outermost first: metrics, the error shield (any exception a route did
+A request passes, outermost first: metrics, the drain (an early answer waits until the rest of
+a bounded body is read, so closing does not reset it away), the error shield (any exception a route did
 not turn into an answer becomes a one-line log and a JSON 500, never a traceback), token
 check, body limit (413 before the body is read), then the route: the concurrency gate
 (503), the upload streamed to disk, a compute slot, the prediction in a worker thread
@@ -34,6 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from medssl.errors import MedsslError
 from medssl.inference.predictor import OUTPUT_KINDS, Predictor
 from medssl.inference.server.auth import BearerAuth
+from medssl.inference.server.drain import DrainBeforeAnswer
 from medssl.inference.server.jobs import JobFolder, JobResult, run_job
 from medssl.inference.server.limits import BodyLimit, ConcurrencyGate, run_with_deadline
 from medssl.inference.server.metrics import MetricsMiddleware, ServiceMetrics
@@ -252,5 +254,6 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BearerAuth, token=settings.token)
     app.add_middleware(ErrorShield)
+    app.add_middleware(DrainBeforeAnswer, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -5,7 +5,7 @@
   request with 413 as soon as the count passes the limit: no framework ever buffers an
   oversize body.
 - :class:`ConcurrencyGate` admits at most ``running + queued`` prediction requests (one
-  more is 503 with ``Retry-After`` at once, before its body is read) and lets at most
+  more is 503 with ``Retry-After`` before the route reads its body) and lets at most
   ``running`` of them compute. A slot is freed when the worker thread really ends, so a
   prediction that timed out still counts until it stops: the load stays bounded.
 - :func:`run_with_deadline` runs a job in a worker thread and answers 504 when the
