@@ -58,7 +58,12 @@ def test_pickle_posing_as_weights_is_refused_and_never_runs(server_factory, tmp_
 
 
 def test_serves_a_real_exported_artifact(server_factory, tmp_path):
-    from tests.inference.artifact_builders import CANARY_ID, CANARY_NAME, phantom_series, segmentation_artifact
+    from tests.inference.artifact_builders import (
+        CANARY_ID,
+        CANARY_NAME,
+        phantom_series,
+        segmentation_artifact,
+    )
 
     artifact = segmentation_artifact(tmp_path / "artifact")
     srv = server_factory({"real_artifact": str(artifact)})
