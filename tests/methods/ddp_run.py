@@ -1,14 +1,17 @@
-"""One SimCLR step on a fixed global batch of 8 crops, on 1 process or 2 DDP (gloo) processes.
+"""One step of a method on a fixed global batch, on 1 process or 2 DDP (gloo) processes.
 
-    python tests/methods/ddp_run.py OUT DEVICES
+    python tests/methods/ddp_run.py OUT DEVICES [CASE]
 
-Writes ``OUT/rank{r}.pt``: the rank's loss and every parameter's gradient as the optimiser
+CASE is ``module:function`` naming ``function(devices) -> (LightningModule, LightningDataModule)``
+whose data module gives each of ``devices`` ranks its share of the same global batch
+(default: SimCLR on 8 synthetic crops, :func:`simclr_case`). Writes ``OUT/rank{r}.pt``: the rank's loss and every parameter's gradient as the optimiser
 sees it (after DDP's all-reduce). Run as a script: Lightning's DDP launcher re-executes it
 for rank 1.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -42,9 +45,7 @@ class DumpFirstStep(Callback):
         )
 
 
-def main(out: Path, devices: int) -> None:
-    torch.set_num_threads(1)
-    seed_everything(0)
+def simclr_case(devices: int):
     model = SimCLR(
         backbone="resenc3d",
         backbone_kwargs=TINY_BACKBONES["resenc3d"],
@@ -52,6 +53,14 @@ def main(out: Path, devices: int) -> None:
         **TINY_HEADS,
     )
     data = SyntheticCrops(batch_size=GLOBAL_BATCH // devices, num_batches=devices, views=2)
+    return model, data
+
+
+def main(out: Path, devices: int, case: str = "tests.methods.ddp_run:simclr_case") -> None:
+    torch.set_num_threads(1)
+    seed_everything(0)
+    module, function = case.split(":")
+    model, data = getattr(importlib.import_module(module), function)(devices)
     trainer = Trainer(
         accelerator="cpu",
         devices=devices,
@@ -67,4 +76,4 @@ def main(out: Path, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:4])

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "methods" / "ddp_run.py"
 
 
-def run(out: Path, devices: int) -> None:
+def run(out: Path, devices: int, case: str | None = None) -> None:
+    """Run ``ddp_run.py`` (its doc: ``case`` is ``module:function``) and wait for it."""
     out.mkdir()
     env = {
         **os.environ,
@@ -29,7 +30,7 @@ def run(out: Path, devices: int) -> None:
     }
     result = subprocess.run(
         check=False,
-        args=[sys.executable, str(SCRIPT), str(out), str(devices)],
+        args=[sys.executable, str(SCRIPT), str(out), str(devices), *([case] if case else [])],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -39,16 +40,21 @@ def run(out: Path, devices: int) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
-    run(tmp_path / "single", 1)
-    run(tmp_path / "ddp", 2)
+def assert_ddp_equals_single(tmp_path: Path, case: str | None = None, atol: float = 1e-5) -> None:
+    """Loss mean over 2 gloo ranks and every synchronised gradient equal one process's."""
+    run(tmp_path / "single", 1, case)
+    run(tmp_path / "ddp", 2, case)
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(single["loss"], abs=1e-5)
+    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(single["loss"], abs=atol)
     assert ranks[0]["loss"] != pytest.approx(
         ranks[1]["loss"], abs=1e-6
     )  # each rank really held half the batch
     assert single["grads"].keys() == ranks[0]["grads"].keys() and len(single["grads"]) > 10
     for name, grad in single["grads"].items():
         for r in ranks:
-            torch.testing.assert_close(r["grads"][name], grad, atol=1e-5, rtol=0, msg=name)
+            torch.testing.assert_close(r["grads"][name], grad, atol=atol, rtol=0, msg=name)
+
+
+def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
+    assert_ddp_equals_single(tmp_path)
