@@ -85,6 +85,38 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     return run_pipeline(args.file, build_parser(), main)
 
 
+def _probe_set_parser(sub) -> None:
+    p = sub.add_parser("probe-set", help="labelled crops of the store's held-out labelled volumes for the online probe (--probe.path of medssl pretrain)")
+    p.add_argument("--store", required=True, type=Path, help="a store with label maps (medssl ingest --labels)")
+    p.add_argument("--out", required=True, type=Path, help="the probe set file to write (.safetensors)")
+    p.add_argument("--structures", nargs="+", metavar="NAME", help="structures to probe (default: all with enough voxels)")
+    p.add_argument("--crop-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="crop size in cached voxels (default: the plan's)")
+    p.add_argument("--per-class", type=int, default=20, help="crops per structure and volume (default 20)")
+    p.add_argument("--min-voxels", type=int, default=50, help="a structure counts in a volume from this many voxels (default 50)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="pretraining's --data.val_fraction: probe volumes are its held-out patients (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="pretraining's --data.seed (the split) and the crop draw (default 0)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_probe_set)
+
+
+def _run_probe_set(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from medssl.methods.probe_set import build_probe_set
+
+    if not (args.store / "manifest.sqlite").is_file():
+        raise MedsslError(f"--store {args.store}: not a store (no manifest.sqlite)")
+    probe = build_probe_set(args.store, args.structures, args.crop_size, args.per_class, args.min_voxels, args.val_fraction, args.seed, progress=not args.no_progress)
+    probe.save(args.out)
+    counts = Counter(probe.labels.tolist())
+    volumes = len(probe.groups.unique())
+    print(f"probe set {args.out}: {len(probe.labels)} crops {tuple(probe.images.shape[2:])} of {volumes} volumes")
+    for c, name in enumerate(probe.class_names):
+        print(f"  {name:<24} {counts.get(c, 0)}")
+    print(f"use it with: medssl pretrain ... --probe.path {args.out}")
+    return 0
+
+
 def _passthrough_parser(sub, name: str, help: str, target: str) -> None:
     """A stage whose own parser (LightningCLI, export's) reads everything after its name."""
     p = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
@@ -111,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _passthrough_parser(sub, "predict", "artifact + DICOM/NIfTI/NRRD -> NIfTI, DICOM SEG/SR, JSON, PNG: --model ARTIFACT --input PATH --out DIR", "medssl.inference.predict_cli:predict_main")
     _passthrough_parser(sub, "serve", "HTTP inference service: --model ARTIFACT [--host 127.0.0.1] [--port 8000]", "medssl.inference.server.cli:serve_main")
     _passthrough_parser(sub, "router", "watch Orthanc for new stable series, run medssl-serve, store DICOM SEG/SR back (--state-file ...)", "medssl.inference.router_cli:router_main")
+    _probe_set_parser(sub)
     _pipeline_parser(sub)
     return parser
 

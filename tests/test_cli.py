@@ -204,3 +204,45 @@ def test_pipeline_passthrough_options_become_the_flags_a_person_would_type(tmp_p
     (_, finetune), (_, bench) = load_stages(recipe, build_parser())
     assert finetune == ["finetune", "-c", "a.yaml", "-c", "b.yaml", "--data.structures", '["lung_right", "lung_left"]', "--trainer.max_steps", "5"]
     assert bench == ["bench", "label-efficiency", "--fractions", "0.25", "1.0", "--no-scratch"]
+
+
+# medssl probe-set -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    from tests.data.labelled_store import write_labelled_store
+
+    return write_labelled_store(tmp_path_factory.mktemp("probe_cli") / "store")
+
+
+@pytest.mark.slow  # a 2-step pretraining run: ~40 s on 2 busy cores
+def test_probe_set_feeds_the_online_probe_of_pretrain(labelled, tmp_path):
+    import csv
+
+    from medssl.cli import main
+
+    out = tmp_path / "probe.safetensors"
+    args = ["probe-set", "--store", labelled, "--out", out, "--structures", "liver", "heart", "lung_left"]
+    assert main([*map(str, args), "--per-class", "3", "--no-progress"]) == 0
+    runs = tmp_path / "runs"
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    pretrain = [
+        "pretrain", "-c", str(configs / "trainer" / "cpu.yaml"),
+        "-c", str(configs / "pretrain" / "simclr.yaml"), "-c", str(configs / "pretrain" / "smoke.yaml"),
+        "--data.store", str(labelled), "--trainer.max_steps", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(runs),
+        "--probe.path", str(out), "--probe.every_n_steps", "1", "--probe.linear_steps", "20",
+    ]  # fmt: skip
+    assert main(pretrain) == 0
+    with open(runs / "simclr" / "version_0" / "probe.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert all(float(r["knn_acc"]) > float(r["chance"]) for r in rows)
+
+
+def test_probe_set_errors_are_one_line(labelled, tmp_path):
+    out = tmp_path / "p.safetensors"
+    proc = medssl("probe-set", "--store", labelled, "--out", out, "--structures", "spleenx", "--no-progress")
+    assert proc.returncode == 2 and "structures ['spleenx']: not in the store's labels" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    proc = medssl("probe-set", "--store", tmp_path / "none", "--out", out)
+    assert proc.returncode == 2 and "not a store" in proc.stderr

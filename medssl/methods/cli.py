@@ -9,7 +9,8 @@ the whole configuration. Besides the groups of :class:`~medssl.training.cli.Meds
 ``--probe.*`` configures the online probe (:class:`~medssl.methods.online_probe.OnlineProbe`;
 off unless ``--probe.path`` names a probe set). The run folder is ``RUNS/<method>/<run_name>/``
 (``metrics.csv``, ``config.yaml``, ``checkpoints/``, ``probe.csv``). Multi-GPU and multi-node:
-``configs/trainer/{ddp,fsdp}.yaml`` and docs/multinode.md.
+``configs/trainer/{ddp,fsdp}.yaml`` and docs/multinode.md; ``configs/trainer/fsdp_cpu.yaml`` runs
+FSDP on CPU processes (gloo) through :class:`~medssl.training.fsdp_cpu.CPUFSDPStrategy`, to check a run without GPUs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class PretrainCLI(MedsslCLI):
 
 def build_cli(argv: list[str]) -> PretrainCLI:
     """Parse ``argv`` and instantiate method, data and trainer (nothing runs yet)."""
-    return _build(PretrainCLI, SSLMethod, argv, "medssl pretrain", "Self-supervised pretraining (LightningCLI; every option is also a flag).")
+    return _build(
+        PretrainCLI,
+        SSLMethod,
+        argv,
+        "medssl pretrain",
+        "Self-supervised pretraining (LightningCLI; every option is also a flag).",
+    )
 
 
 def pretrain_main(argv: list[str]) -> int:

@@ -11,6 +11,11 @@ test), and logs
   Adam for ``linear_steps`` steps;
 - ``probe/chance``: the accuracy of always answering the most frequent training class.
 
+Under FSDP (one root FSDP unit, as ``configs/trainer/fsdp*.yaml`` make) every rank gathers
+the full parameters for the evaluation (``FullyShardedDataParallel.summon_full_params``, no
+write-back) and embeds the probe set with the unsharded backbone; its memory is one full
+copy of the model for that moment.
+
 At the end of training it writes ``probe.csv`` and, when matplotlib is installed,
 ``probe.png`` into the run folder (``trainer.log_dir``).
 """
@@ -19,12 +24,14 @@ from __future__ import annotations
 
 import csv
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from medssl.methods.probe_set import ProbeSet
 
@@ -154,11 +161,8 @@ class OnlineProbe(Callback):
             self.history and self.history[-1]["step"] == trainer.global_step
         ):
             return
-        if "FSDP" in type(trainer.strategy).__name__:  # a sharded backbone cannot embed alone
-            log.warning("online probe skipped: not supported under FSDP")
-            self.probe_set = None
-            return
-        row = self.evaluate(pl_module, trainer.global_step)
+        with full_parameters(trainer):  # every rank: gathering parameters is a collective
+            row = self.evaluate(pl_module, trainer.global_step)
         if log_now and trainer.is_global_zero:  # straight to the loggers: one row at this step
             for logger in trainer.loggers:
                 logger.log_metrics(
@@ -190,10 +194,19 @@ class OnlineProbe(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run(trainer, pl_module, log_now=False)
+        # log_dir broadcasts from rank 0 under DDP/FSDP: every rank must ask for it
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
         if self.history and trainer.is_global_zero:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
             write_csv(self.history, folder / "probe.csv")
             plot_png(self.history, folder / "probe.png")
+
+
+def full_parameters(trainer: Trainer) -> AbstractContextManager:
+    """A context in which a sharded (FSDP) model holds its full parameters; else does nothing."""
+    model = trainer.strategy.model
+    if isinstance(model, FullyShardedDataParallel):
+        return FullyShardedDataParallel.summon_full_params(model, writeback=False)
+    return nullcontext()
 
 
 def write_csv(history: list[dict[str, float]], path: Path) -> None:

@@ -6,11 +6,19 @@ intensity normalisation) and label maps on the same voxel grid: for each structu
 (``images [M, 1, *crop]`` float32, ``labels [M]`` and ``groups [M]`` int64 - the group is the
 source volume, so kNN and linear probes train and test on different volumes) with the class
 names in its metadata. Loading never unpickles.
+
+:func:`build_probe_set` makes one from a store's own labels (``medssl probe-set``): the cached
+volumes (:mod:`medssl.data.cache`) and their label maps on the same grid
+(:mod:`medssl.data.label_cache`). It probes the labelled volumes that pretraining holds out:
+the validation side of :func:`~medssl.data.split.split_by_patient` with the data module's
+``val_fraction`` and ``seed``, so no probe crop comes from a patient the encoder trained on.
+When fewer than two labelled volumes lie there it uses every labelled volume, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +28,15 @@ import torch
 from safetensors.torch import load_file, safe_open, save
 
 from medssl.atomic import atomic_write_bytes
+from medssl.data.cache import ensure_cache
+from medssl.data.label_cache import ensure_label_cache
+from medssl.data.pretrain import load_or_make_plan
+from medssl.data.split import split_by_patient
+from medssl.errors import ConfigError
+from medssl.progress import Progress
+from medssl.store.labels import read_labels
+
+log = logging.getLogger("medssl.probe")
 
 
 @dataclass(frozen=True)
@@ -48,7 +65,9 @@ class ProbeSet:
             "labels": self.labels.long(),
             "groups": self.groups.long(),
         }
-        atomic_write_bytes(path, save(tensors, metadata={"class_names": json.dumps(list(self.class_names))}))
+        atomic_write_bytes(
+            path, save(tensors, metadata={"class_names": json.dumps(list(self.class_names))})
+        )
         return path
 
     @classmethod
@@ -118,4 +137,97 @@ def make_probe_set(
         torch.tensor(labels),
         torch.tensor(groups),
         tuple(class_names[v] for v in values),
+    )
+
+
+def build_probe_set(
+    store: str | Path,
+    structures: Sequence[str] | None = None,
+    crop_size: Sequence[int] | None = None,
+    per_class: int = 20,
+    min_voxels: int = 50,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+) -> ProbeSet:
+    """A probe set from the label maps of ``store`` (module doc: which volumes it uses).
+
+    ``structures``: names to probe (default: every structure of the label maps, those with
+    fewer than ``min_voxels`` voxels in every probed volume dropped with a warning; named
+    ones must reach it in at least one). ``crop_size`` defaults to the plan's. ``val_fraction``
+    and ``seed`` must be the pretraining data module's for the probe volumes to be held out.
+    Builds ``plan.json`` and the caches when missing.
+
+    Raises:
+        ConfigError: no label map in the store, an unknown structure, or too few voxels.
+    """
+    if per_class < 1 or min_voxels < 1:
+        raise ConfigError(f"per_class {per_class}, min_voxels {min_voxels}: expected >= 1")
+    if not any(r.mask_path for r in read_labels(store).values()):
+        raise ConfigError(
+            f"store {store}: no label maps (ingest a label table: medssl ingest --labels)"
+        )
+    plan = load_or_make_plan(store)
+    index = ensure_cache(store, plan, workers, progress)
+    labels = ensure_label_cache(store, plan, index, workers, progress)
+    volumes = [v for v in index.volumes if getattr(labels.entries.get(v.volume_id), "file", None)]
+    if not volumes:
+        raise ConfigError(
+            f"store {store}: no labelled volume is in the pretraining cache (plan: 3D volumes of >= {plan.min_slices} slices)"
+        )
+    _, held_out = split_by_patient(volumes, val_fraction, seed)
+    if len(held_out) >= 2:
+        volumes = [volumes[i] for i in held_out]
+    else:
+        log.warning(
+            "probe set: %d labelled volume(s) held out from pretraining (val_fraction %s, seed %d); using all %d labelled volumes",
+            len(held_out),
+            val_fraction,
+            seed,
+            len(volumes),
+        )
+    entries = [labels.entries[v.volume_id] for v in volumes]
+    names = {value: name for e in entries for value, name in e.structures.items()}
+    if structures:
+        by_name = {name: value for value, name in names.items()}
+        unknown = [s for s in structures if s not in by_name]
+        if unknown:
+            raise ConfigError(
+                f"structures {unknown}: not in the store's labels; known: {sorted(by_name)}"
+            )
+        names = {by_name[s]: s for s in structures}
+    maps = []
+    reached: dict[int, int] = dict.fromkeys(names, 0)  # volumes where a structure has min_voxels
+    with Progress(progress) as bar:
+        task = bar.task("probe set", total=len(entries))
+        for entry in entries:
+            maps.append(labels.open(entry))
+            counts = np.bincount(np.asarray(maps[-1]).ravel())
+            for value in names:
+                reached[value] += int(value < len(counts) and counts[value] >= min_voxels)
+            bar.advance(task)
+    missing = sorted(names[v] for v, n in reached.items() if n == 0)
+    if missing and structures:
+        raise ConfigError(
+            f"structures {missing}: fewer than {min_voxels} voxels in every probe volume; lower --min-voxels or leave them out"
+        )
+    if missing:
+        log.warning(
+            "probe set: %s dropped (fewer than %d voxels in every probe volume)",
+            missing,
+            min_voxels,
+        )
+    names = {v: n for v, n in names.items() if reached[v]}
+    if not names:
+        raise ConfigError(f"store {store}: no structure has {min_voxels} voxels in a probe volume")
+    return make_probe_set(
+        [index.open(v) for v in volumes],
+        maps,
+        tuple(crop_size or plan.crop_size),
+        names,
+        per_class=per_class,
+        min_voxels=min_voxels,
+        pad_value=[v.pad_value for v in volumes],
+        seed=seed,
     )

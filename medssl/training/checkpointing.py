@@ -83,6 +83,9 @@ class FinalCheckpoint(Callback):
                 if callback._last_global_step_saved != trainer.global_step or not last.is_file():
                     trainer.save_checkpoint(last)
                     callback._last_global_step_saved = trainer.global_step
+                # Lightning's own on_train_end (runs after this) writes last-v1.ckpt beside a
+                # last.ckpt it did not write itself; tell it this one is the last.
+                callback.last_model_path = callback._last_checkpoint_saved = str(last)
                 return
 
 

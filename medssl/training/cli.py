@@ -75,7 +75,7 @@ class MedsslCLI(LightningCLI):
         if config.get("logger") in (None, True):
             root = config.get("default_root_dir") or "runs"
             extra["logger"] = CSVLogger(save_dir=root, name=type(self.model).__name__.lower(), version=self.config.get("run_name"))
-        if not config.get("plugins") and "fsdp" not in str(config.get("strategy", "")):
+        if not config.get("plugins") and "fsdp" not in str(config.get("strategy", "")).lower():  # FSDP writes its own
             extra["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**extra, **kwargs)
 

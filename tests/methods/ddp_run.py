@@ -1,11 +1,13 @@
 """One step of a method on a fixed global batch, on 1 process or 2 DDP (gloo) processes.
 
-    python tests/methods/ddp_run.py OUT DEVICES [CASE]
+    python tests/methods/ddp_run.py OUT DEVICES [CASE] [STRATEGY]
 
 CASE is ``module:function`` naming ``function(devices) -> (LightningModule, LightningDataModule)``
 whose data module gives each of ``devices`` ranks its share of the same global batch
 (default: SimCLR on 8 synthetic crops, :func:`simclr_case`). Writes ``OUT/rank{r}.pt``: the rank's loss and every parameter's gradient as the optimiser
-sees it (after DDP's all-reduce). Run as a script: Lightning's DDP launcher re-executes it
+sees it (after DDP's all-reduce). STRATEGY ``ddp`` (default) or ``fsdp``
+(:class:`~medssl.training.fsdp_cpu.CPUFSDPStrategy`, ``use_orig_params``: the gradients written are
+the full ones, gathered from the shards). Run as a script: Lightning's DDP launcher re-executes it
 for rank 1.
 """
 
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import importlib
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from medssl.methods import SimCLR
+from medssl.training.fsdp_cpu import CPUFSDPStrategy
 from tests.methods.synthetic import TINY_BACKBONES, TINY_HEADS, SyntheticCrops
 
 GLOBAL_BATCH = 8
@@ -32,12 +37,18 @@ class DumpFirstStep(Callback):
         self.loss = float(outputs["loss"])
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        grads = {
-            n: p.grad.detach().clone()
-            for n, p in pl_module.named_parameters()
-            if p.grad is not None
-        }
-        self.grads = grads
+        model = trainer.strategy.model
+        sharded = isinstance(model, FullyShardedDataParallel)
+        with (
+            FullyShardedDataParallel.summon_full_params(model, with_grads=True)
+            if sharded
+            else nullcontext()
+        ):
+            self.grads = {
+                n: p.grad.detach().clone()
+                for n, p in pl_module.named_parameters()
+                if p.grad is not None
+            }
 
     def on_train_end(self, trainer, pl_module) -> None:
         torch.save(
@@ -56,7 +67,9 @@ def simclr_case(devices: int):
     return model, data
 
 
-def main(out: Path, devices: int, case: str = "tests.methods.ddp_run:simclr_case") -> None:
+def main(
+    out: Path, devices: int, case: str = "tests.methods.ddp_run:simclr_case", strategy: str = "ddp"
+) -> None:
     torch.set_num_threads(1)
     seed_everything(0)
     module, function = case.split(":")
@@ -64,7 +77,7 @@ def main(out: Path, devices: int, case: str = "tests.methods.ddp_run:simclr_case
     trainer = Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=make_strategy(strategy) if devices > 1 else "auto",
         max_steps=1,
         logger=False,
         enable_checkpointing=False,
@@ -75,5 +88,13 @@ def main(out: Path, devices: int, case: str = "tests.methods.ddp_run:simclr_case
     trainer.fit(model, datamodule=data)
 
 
+def make_strategy(name: str):
+    if name == "fsdp":
+        return CPUFSDPStrategy(use_orig_params=True)  # original parameters: full gradients
+    if name != "ddp":
+        raise ValueError(f"strategy '{name}': expected ddp or fsdp")
+    return "ddp"
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:4])
+    main(Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:5])

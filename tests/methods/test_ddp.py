@@ -17,10 +17,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "methods" / "ddp_run.py"
+DEFAULT_CASE = "tests.methods.ddp_run:simclr_case"
 
 
-def run(out: Path, devices: int, case: str | None = None) -> None:
-    """Run ``ddp_run.py`` (its doc: ``case`` is ``module:function``) and wait for it."""
+def run(out: Path, devices: int, case: str | None = None, strategy: str = "ddp") -> None:
+    """Run ``ddp_run.py`` (its doc: ``case`` is ``module:function``, ``strategy`` ddp or fsdp)."""
     out.mkdir()
     env = {
         **os.environ,
@@ -30,7 +31,7 @@ def run(out: Path, devices: int, case: str | None = None) -> None:
     }
     result = subprocess.run(
         check=False,
-        args=[sys.executable, str(SCRIPT), str(out), str(devices), *([case] if case else [])],
+        args=[sys.executable, str(SCRIPT), str(out), str(devices), case or DEFAULT_CASE, strategy],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -40,10 +41,12 @@ def run(out: Path, devices: int, case: str | None = None) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def assert_ddp_equals_single(tmp_path: Path, case: str | None = None, atol: float = 1e-5) -> None:
+def assert_ddp_equals_single(
+    tmp_path: Path, case: str | None = None, atol: float = 1e-5, strategy: str = "ddp"
+) -> None:
     """Loss mean over 2 gloo ranks and every synchronised gradient equal one process's."""
     run(tmp_path / "single", 1, case)
-    run(tmp_path / "ddp", 2, case)
+    run(tmp_path / "ddp", 2, case, strategy)
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(single["loss"], abs=atol)
