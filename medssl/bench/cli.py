@@ -1,10 +1,14 @@
-"""``medssl bench label-efficiency``: run the harness, then write its table and plot.
+"""``medssl bench label-efficiency``: run the harness, then write its table and plot;
+``medssl bench probe``: kNN / linear-probe accuracy of exported encoders on one probe set.
 
     medssl bench label-efficiency --store STORE --out OUT --tasks segmentation classification \\
         --fractions 0.1 0.5 1 --seeds 0 1 2 --encoder voco=ARTIFACT [--encoder monai=ARTIFACT] \\
         --max-steps 200 [--trainer-config configs/trainer/cpu.yaml] [-- --data.batch_size 4 ...]
 
 Arguments after ``--`` go to every ``medssl finetune`` run unchanged.
+
+    medssl bench probe --probe-set PROBE.safetensors --out OUT --encoder voco=ARTIFACT \
+        anatomy=ARTIFACT joint2d3d=ARTIFACT [--scratch-seeds 0 1 2] [--no-scratch]
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from medssl.bench.label_efficiency import HEADLINE, HarnessConfig, read_results, run_harness
+from medssl.bench.probe import compare_encoders, probe_table, write_probe_report
 from medssl.bench.report import markdown_table, write_report
 from medssl.errors import ConfigError
 
@@ -25,17 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--tasks", nargs="+", default=["segmentation"], choices=sorted(HEADLINE))
     le.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.5, 1.0])
     le.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    le.add_argument("--encoder", action="append", default=[], metavar="NAME=ARTIFACT", help="a pretrained encoder to compare (repeatable)")
+    le.add_argument("--encoder", action="extend", nargs="+", default=[], metavar="NAME=ARTIFACT", help="pretrained encoder(s) to compare (repeatable)")
     le.add_argument("--no-scratch", action="store_true", help="leave out the from-scratch baseline")
     le.add_argument("--max-steps", type=int, default=100, help="optimiser steps per run (the same budget for every run)")
     le.add_argument("--trainer-config", action="append", default=None, help="trainer config(s) (default configs/trainer/cpu.yaml)")
-    le.add_argument("--task-config", action="append", default=[], metavar="TASK=FILE", help="override a task's config file")
+    le.add_argument("--task-config", action="extend", nargs="+", default=[], metavar="TASK=FILE", help="override task config files (repeatable)")
     le.add_argument("extra", nargs="*", help="after --: arguments for every finetune run")
+    pr = sub.add_parser("probe", help="kNN and linear-probe accuracy of exported encoders on one probe set")
+    pr.add_argument("--probe-set", required=True, help="a probe set (medssl probe-set)")
+    pr.add_argument("--out", required=True, help="folder for probe.csv and probe.md")
+    pr.add_argument("--encoder", action="extend", nargs="+", default=[], metavar="NAME=ARTIFACT", help="exported encoder(s) to compare (repeatable)")
+    pr.add_argument("--no-scratch", action="store_true", help="leave out the freshly initialised baselines")
+    pr.add_argument("--scratch-seeds", nargs="+", type=int, default=[0, 1, 2])
+    pr.add_argument("--k", type=int, default=20, help="neighbours of the kNN probe")
+    pr.add_argument("--linear-steps", type=int, default=300, help="optimiser steps of the linear probe")
     return p
 
 
 def bench_main(argv: list[str]) -> int:
     args = build_parser().parse_args(list(argv))
+    if args.bench == "probe":
+        return _probe(args)
     config = HarnessConfig(
         store=args.store,
         out=args.out,
@@ -54,6 +69,21 @@ def bench_main(argv: list[str]) -> int:
     table, png = write_report(rows, HEADLINE, results.parent)
     print(markdown_table(rows, HEADLINE))
     print(f"results {results}; table {table}; plot {png or 'not written (no matplotlib)'}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    rows = compare_encoders(
+        args.probe_set,
+        _pairs(args.encoder, "--encoder"),
+        scratch=not args.no_scratch,
+        scratch_seeds=tuple(args.scratch_seeds),
+        k=args.k,
+        linear_steps=args.linear_steps,
+    )
+    csv_path, table = write_probe_report(rows, args.out)
+    print(probe_table(rows))
+    print(f"results {csv_path}; table {table}")
     return 0
 
 

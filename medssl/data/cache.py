@@ -34,7 +34,7 @@ from medssl.store.workers import WorkerPool
 
 log = logging.getLogger("medssl.cache")
 INDEX_FILE = "index.json"
-INDEX_VERSION = 2  # 2: volumes carry the sha256 of their store file
+INDEX_VERSION = 3  # 2: volumes carry the sha256 of their store file; 3: and their body box
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,16 @@ class CachedVolume:
     study: str | None
     pad_value: float  # the volume's minimum after normalisation: what lies outside it (air, background)
     sha256: str  # of the store file it was made from: a reconverted volume is cached again
+    # the body's bounding box in cached voxels, ``(lo_x, lo_y, lo_z, hi_x, hi_y, hi_z)``, hi
+    # exclusive (:func:`body_box`): crops report their centre relative to it ("body" key)
+    body_box: tuple[float, float, float, float, float, float] = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
 
     @classmethod
     def from_dict(cls, data: dict) -> CachedVolume:
-        return cls(**{**data, "shape": tuple(int(s) for s in data["shape"]), "spacing": tuple(float(s) for s in data["spacing"])})
+        fixed = {"shape": tuple(int(s) for s in data["shape"]), "spacing": tuple(float(s) for s in data["spacing"])}
+        if "body_box" in data:
+            fixed["body_box"] = tuple(float(s) for s in data["body_box"])
+        return cls(**{**data, **fixed})
 
 
 @dataclass(frozen=True)
@@ -235,7 +241,30 @@ def write_array(path: Path, array: np.ndarray) -> None:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def cached_volume_meta(row: dict, shape: tuple[int, ...], spacing: tuple[float, ...], pad_value: float) -> dict:
+def body_box(foreground: np.ndarray, quantile: float = 0.005) -> tuple[float, ...]:
+    """The body's box ``(lo..., hi...)`` in voxels (hi exclusive) from a foreground mask ``[X, Y, Z]``.
+
+    Only the largest connected component counts, and of it the ``quantile`` .. ``1 - quantile``
+    range of voxel positions per axis, so a table, a noise line or a stray bright voxel does not
+    stretch the box. An empty mask gives the whole array.
+    """
+    from scipy import ndimage
+
+    if foreground.ndim != 3:
+        raise ValueError(f"body_box needs a 3D mask [X, Y, Z], got shape {foreground.shape}")
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return (0.0, 0.0, 0.0, *(float(s) for s in foreground.shape))
+    sizes = np.bincount(labels.reshape(-1))[1:]
+    points = np.nonzero(labels == 1 + int(sizes.argmax()))
+    lo = [float(np.quantile(p, quantile)) for p in points]
+    hi = [float(np.quantile(p, 1.0 - quantile)) + 1.0 for p in points]
+    return (*lo, *hi)
+
+
+def cached_volume_meta(row: dict, shape: tuple[int, ...], spacing: tuple[float, ...], pad_value: float, body: tuple[float, ...] | None = None) -> dict:
+    """The ``.json`` sidecar; ``body`` is the body box in cached voxels (default: the whole volume)."""
+    body = (0.0, 0.0, 0.0, *(float(s) for s in shape)) if body is None else body
     return {
         "volume_id": row["volume_id"],
         "file": f"{row['volume_id']}.npy",
@@ -246,4 +275,5 @@ def cached_volume_meta(row: dict, shape: tuple[int, ...], spacing: tuple[float, 
         "study": row.get("study"),
         "pad_value": float(pad_value),
         "sha256": row["sha256"],
+        "body_box": [round(float(b), 4) for b in body],
     }

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
 from medssl.inference.preprocess import preprocess
 from medssl.io.nifti import read_nifti
-from medssl.atomic import atomic_write_bytes
-from medssl.store.plan import Plan
+from medssl.store.plan import Plan, foreground_mask
 
 _CTX: dict = {}
 
@@ -29,16 +29,18 @@ def init_worker(store: str, root: str, plan_json: str) -> None:
 
 def cache_volume(row: dict) -> dict:
     """Cache one manifest row; returns its :class:`CachedVolume` fields, or ``{"volume_id", "error"}``."""
-    from medssl.data.cache import cached_volume_meta, write_array
+    from medssl.data.cache import body_box, cached_volume_meta, write_array
 
     store, root, plan = _CTX["store"], _CTX["root"], _CTX["plan"]
     volume_id = row["volume_id"]
     try:
         volume = read_nifti((store / row["path"]).read_bytes())
+        box = body_box(foreground_mask(np.asarray(volume.array), row.get("modality")))  # before normalising
         array, reached = preprocess(volume.array, volume.spacing, row.get("modality"), plan)
+        scale = [s / r for s, r in zip(volume.spacing, reached)] * 2  # store voxels -> cached voxels
         del volume
         write_array(root / f"{volume_id}.npy", array)
-        meta = cached_volume_meta(row, array.shape, reached, float(array.min()))
+        meta = cached_volume_meta(row, array.shape, reached, float(array.min()), tuple(b * f for b, f in zip(box, scale)))
         atomic_write_bytes(root / f"{volume_id}.json", json.dumps(meta).encode())  # last: marks the volume done
         return meta
     except (MedsslError, OSError, ValueError, RuntimeError) as exc:

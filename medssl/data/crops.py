@@ -1,10 +1,12 @@
 """Crops of cached volumes for pretraining: random 3D crops or 2D slice crops, read by memory map.
 
 An item is ``crops_per_volume`` crops of one volume; :class:`CropCollate` concatenates
-items into a batch ``{"image": [N, 1, *crop], "box": [N, 2S], "volume": [N], "seed": int}``
-with N = batch_size × crops_per_volume. ``box`` is in cached-volume voxels (3D, even for
-2D slices: the slice is the box of depth 1); ``volume`` indexes ``CacheIndex.volumes``;
-``seed`` seeds the batch's augmentation, wherever that runs.
+items into a batch ``{"image": [N, 1, *crop], "box": [N, 2S], "volume": [N], "body": [N, 3],
+"seed": int}`` with N = batch_size × crops_per_volume. ``box`` is in cached-volume voxels
+(3D, even for 2D slices: the slice is the box of depth 1); ``volume`` indexes
+``CacheIndex.volumes``; ``body`` is the crop centre in normalised body coordinates (0..1 per
+axis inside the volume's body box, :func:`body_coordinates`; outside the body it falls
+outside 0..1); ``seed`` seeds the batch's augmentation, wherever that runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from medssl.data.cache import CacheIndex
 from medssl.transforms.pipeline import BatchAugment
 from medssl.transforms.spatial import box_of, crop_box
 from medssl.transforms.views import sample_crop_starts
+
+
+def body_coordinates(boxes: torch.Tensor, body_box: Sequence[float]) -> torch.Tensor:
+    """Crop centres ``[N, 3]`` in body coordinates: ``(centre - lo) / (hi - lo)`` per axis.
+
+    ``boxes``: ``[N, 6]`` crop boxes ``(start..., end...)`` in cached voxels; ``body_box``:
+    ``(lo..., hi...)`` of :attr:`~medssl.data.cache.CachedVolume.body_box`.
+    """
+    if boxes.ndim != 2 or boxes.shape[1] != 6 or len(body_box) != 6:
+        raise ValueError(f"boxes must be [N, 6] and body_box 6 numbers, got {tuple(boxes.shape)} and {len(body_box)}")
+    body = torch.tensor([float(b) for b in body_box], dtype=torch.float32)
+    centre = (boxes[:, :3] + boxes[:, 3:]).float() / 2
+    return (centre - body[:3]) / (body[3:] - body[:3]).clamp(min=1.0)
 
 
 class CropDataset(Dataset):
@@ -83,7 +98,8 @@ class CropDataset(Dataset):
             image = image.squeeze(2 + self.slice_axis)
         boxes = torch.tensor([box_of(s.tolist(), self.read_size) for s in starts], dtype=torch.long)
         seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        return {"image": image, "box": boxes, "volume": torch.full((len(crops),), i, dtype=torch.long), "seed": seed}
+        volumes = torch.full((len(crops),), i, dtype=torch.long)
+        return {"image": image, "box": boxes, "volume": volumes, "body": body_coordinates(boxes, volume.body_box), "seed": seed}
 
 
 def make_views(batch: dict, augment: BatchAugment | None, views: int, generator: torch.Generator) -> dict:
@@ -110,7 +126,7 @@ class CropCollate:
         seed = items[0]["seed"]
         for item in items[1:]:
             seed = (seed * 31 + item["seed"]) % 2**62
-        batch = {key: torch.cat([item[key] for item in items]) for key in ("image", "box", "volume")}
+        batch = {key: torch.cat([item[key] for item in items]) for key in ("image", "box", "volume", "body")}
         batch["seed"] = seed
         if self.augment is not None:
             batch = make_views(batch, self.augment, self.views, torch.Generator().manual_seed(batch.pop("seed")))

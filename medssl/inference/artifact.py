@@ -4,7 +4,10 @@
 the model: backbone name and kwargs, head specs, the preprocessing plan, label names,
 metrics, ``weights_sha256`` of ``model.safetensors``, ``created_at`` and the medssl version.
 ``model.safetensors`` holds the encoder's tensors under ``backbone.<name>`` and each head's
-under ``heads.<head>.<name>``.
+under ``heads.<head>.<name>``. A joint 2D/3D encoder stores its slice aggregator as the entry
+``slice_aggregator`` of "heads" (kind ``"slice_aggregator"``, weights under
+``heads.slice_aggregator.``): it is not a task head, so :attr:`Artifact.heads` leaves it out
+and :attr:`Artifact.aggregator` / :attr:`Artifact.aggregator_state` give it.
 
 Loading reads the weights file once into memory, checks its sha256 against the JSON before
 parsing anything, and parses it with safetensors only: loading never unpickles. Both files
@@ -39,6 +42,7 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "artifact.json"
 BACKBONE_PREFIX = "backbone."
 HEADS_PREFIX = "heads."
+AGGREGATOR = "slice_aggregator"  # the heads entry (and kind) of a joint 2D/3D slice aggregator
 
 
 class ArtifactError(MedsslError):
@@ -73,7 +77,26 @@ class Artifact:
 
     @property
     def heads(self) -> dict[str, Any]:
-        return dict(self.meta.get("heads") or {})
+        """Task heads by name (the slice aggregator is not one: :attr:`aggregator`)."""
+        return {
+            k: v
+            for k, v in (self.meta.get("heads") or {}).items()
+            if not (isinstance(v, dict) and v.get("kind") == AGGREGATOR)
+        }
+
+    @property
+    def aggregator(self) -> dict[str, Any] | None:
+        """The slice aggregator's spec (without ``kind``), or None when the artifact has none."""
+        record = (self.meta.get("heads") or {}).get(AGGREGATOR)
+        if not isinstance(record, dict) or record.get("kind") != AGGREGATOR:
+            return None
+        return {k: v for k, v in record.items() if k != "kind"}
+
+    @property
+    def aggregator_state(self) -> dict[str, torch.Tensor]:
+        if self.aggregator is None:
+            raise KeyError(f"artifact {self.path}: no {AGGREGATOR}")
+        return _strip(self.tensors, f"{HEADS_PREFIX}{AGGREGATOR}.")
 
     @property
     def plan(self) -> dict[str, Any] | None:
@@ -221,6 +244,7 @@ def weights_digest(path: str | Path) -> str:
 
 
 __all__ = [
+    "AGGREGATOR",
     "ARTIFACT_FORMAT",
     "Artifact",
     "ArtifactError",

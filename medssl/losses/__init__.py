@@ -7,6 +7,7 @@ computation when ``torch.distributed`` is not initialised.
 
 from __future__ import annotations
 
+from medssl.losses.anatomy import global_mean_scale, matched_distillation_loss, mine_positives
 from medssl.losses.distillation import (
     DINOLoss,
     dino_loss,
@@ -24,6 +25,7 @@ from medssl.losses.distributed import (
     world_size,
 )
 from medssl.losses.infonce import info_nce_loss
+from medssl.losses.joint import masked_slice_prediction_loss, volume_cluster_agreement_loss
 from medssl.losses.masked_reconstruction import (
     broadcast_mask,
     masked_reconstruction_loss,
@@ -54,11 +56,15 @@ __all__ = [
     "dino_loss",
     "distillation_cross_entropy",
     "gather_with_grad",
+    "global_mean_scale",
     "ibot_patch_loss",
     "info_nce_loss",
     "inter_volume_loss",
     "is_distributed",
     "masked_reconstruction_loss",
+    "masked_slice_prediction_loss",
+    "matched_distillation_loss",
+    "mine_positives",
     "normalize_patches",
     "normalize_prototypes_",
     "overlap_labels",
@@ -72,5 +78,6 @@ __all__ = [
     "teacher_probabilities",
     "updated_center",
     "voco_loss",
+    "volume_cluster_agreement_loss",
     "world_size",
 ]

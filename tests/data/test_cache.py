@@ -119,7 +119,7 @@ def test_a_reconverted_volume_is_cached_again(store, plan):
 
 def test_an_index_of_another_version_is_rebuilt_not_misread(store, plan):
     index = build_cache(store, plan, progress=False)
-    (index.root / INDEX_FILE).write_text('{"version": 1, "plan_hash": "x", "dtype": "float16", "volumes": [{"volume_id": "v000"}]}')
+    (index.root / INDEX_FILE).write_text('{"version": 2, "plan_hash": "x", "dtype": "float16", "volumes": [{"volume_id": "v000"}]}')
     (index.root / "v001.json").write_text('{"volume_id": "v001"}')  # a sidecar without sha256
     assert CacheIndex.read(index.root) is None
     assert ensure_cache(store, plan) == index

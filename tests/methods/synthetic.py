@@ -24,6 +24,8 @@ TINY_METHOD_ARGS = {
     "voco": {"grid_size": 2},
     "simclr": {},
     "swav": {"num_prototypes": 8, "num_local_crops": 2},
+    "anatomy": {"num_prototypes": 16, "ema_momentum": 0.9},
+    "joint2d3d": {"backbone": "resenc2d", "backbone_kwargs": TINY_BACKBONES["resenc2d"], "num_prototypes": 8, "num_volume_prototypes": 4, "aggregator_depth": 1, "serve_slices": 4},
 }
 CROPS = {3: [16, 16, 8], 2: [16, 16]}  # fit every tiny backbone and the methods' crops of them
 

@@ -15,6 +15,7 @@ import yaml
 
 from medssl.export.cli import export_main
 from medssl.inference.artifact import load_artifact
+from medssl.methods import METHODS
 from medssl.methods.cli import build_cli, pretrain_main
 from medssl.store.plan import Plan
 from tests.methods.phantom_data import phantom_store
@@ -28,11 +29,21 @@ def store(tmp_path_factory):
     return phantom_store(tmp_path_factory.mktemp("cli") / "store")
 
 
+# method -> (smoke overlay, backbone of the shipped config, data module of the shipped config)
+SHIPPED = {
+    "voco": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
+    "simclr": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
+    "swav": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
+    "anatomy": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
+    "joint2d3d": ("smoke2d", "resenc2d", "medssl.data.joint.JointDataModule"),
+}
+
+
 def smoke_args(method: str, store: Path, runs: Path, *extra: str) -> list[str]:
     return [
         "-c", str(CONFIGS / "trainer" / "cpu.yaml"),
         "-c", str(CONFIGS / "pretrain" / f"{method}.yaml"),
-        "-c", str(CONFIGS / "pretrain" / "smoke.yaml"),
+        "-c", str(CONFIGS / "pretrain" / f"{SHIPPED[method][0]}.yaml"),
         "--data.store", str(store),
         "--trainer.max_steps", "2",
         "--trainer.log_every_n_steps", "1",
@@ -42,13 +53,19 @@ def smoke_args(method: str, store: Path, runs: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["voco", "simclr", "swav"])
+def test_every_registered_method_has_a_shipped_config():
+    assert set(SHIPPED) == set(METHODS)
+    assert all((CONFIGS / "pretrain" / f"{m}.yaml").is_file() for m in METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(SHIPPED))
 def test_each_config_pretrains_on_a_store_and_exports_with_its_plan(
     method, store, tmp_path, capsys
 ):
     assert pretrain_main(smoke_args(method, store, tmp_path / "runs")) == 0
     run = tmp_path / "runs" / method / "version_0"
-    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
     with open(run / "metrics.csv") as f:
         steps = [r for r in csv.DictReader(f) if r.get("train/total")]
     assert len(steps) == 2 and all(
@@ -68,7 +85,7 @@ def test_each_config_pretrains_on_a_store_and_exports_with_its_plan(
         Plan.load(store).to_json()
     )  # found through the recorded store
     assert (
-        artifact.backbone_name == "resenc3d"
+        artifact.backbone_name == ("resenc2d" if method == "joint2d3d" else "resenc3d")
         and artifact.meta["extra"]["source"]["global_step"] == 2
     )
 
@@ -79,7 +96,7 @@ def test_run_name_fixes_the_run_folder(store, tmp_path):
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
-@pytest.mark.parametrize("method", ["voco", "simclr", "swav"])
+@pytest.mark.parametrize("method", sorted(SHIPPED))
 def test_every_trainer_and_method_config_parses(trainer, method, capsys):
     args = [
         "-c",
@@ -92,8 +109,8 @@ def test_every_trainer_and_method_config_parses(trainer, method, capsys):
     ]
     assert pretrain_main(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["init_args"]["backbone"] == "swin3d"
-    assert printed["data"]["class_path"] == "medssl.data.pretrain.PretrainDataModule"
+    assert printed["model"]["init_args"]["backbone"] == SHIPPED[method][1]
+    assert printed["data"]["class_path"] == SHIPPED[method][2]
     assert (
         printed["checkpoint"]["every_n_train_steps"] == 1000
         and printed["checkpoint"]["save_last"] is True

@@ -25,8 +25,8 @@ def fit(model: SSLMethod, dims: int = 3, views: int = 0, **trainer_args) -> Trai
     return trainer
 
 
-def test_registry_lists_the_three_methods():
-    assert set(METHODS) == {"voco", "simclr", "swav"}
+def test_registry_lists_every_method():
+    assert set(METHODS) == {"voco", "simclr", "swav", "anatomy", "joint2d3d"}
     assert all(issubclass(cls, SSLMethod) for cls in METHODS.values())
 
 

@@ -1,0 +1,301 @@
+"""The data module of joint 2D/3D pretraining: slice stacks of volumes and crops of 2D images.
+
+Batch (``Joint2D3D``'s input): ``slices [B, S, 1, h, w]``, ``positions [B, S]``,
+``slice_keys [B]`` when the store has volumes; ``images [B * images_per_item, 1, h, w]``,
+``image_keys [B * images_per_item]`` when it has 2D images (a store with only one kind
+gives only that part; every batch of a run has the same parts, so DDP ranks run the same
+graph). Slices and images share the in-plane ``crop_size`` (default: the plan's
+``crop_size_2d``). Volumes come from the 3D preprocessing cache (:mod:`medssl.data.cache`),
+2D images from the 2D cache (:mod:`medssl.data.cache2d`), both memory-mapped; augmentation
+runs in the method on the device. Train/validation split by patient pseudonym on each side;
+the training sampler is a :class:`~medssl.data.sampler.StepSampler`, so a resumed run reads
+what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from medssl.data.cache import build_cache, ensure_cache, planned_volumes
+from medssl.data.cache2d import (
+    ImageIndex,
+    build_image_cache,
+    ensure_image_cache,
+    plan_for_images,
+    planned_images,
+)
+from medssl.data.pretrain import load_or_make_plan
+from medssl.data.sampler import resumable_sampler
+from medssl.data.slices import SliceStackDataset
+from medssl.data.split import split_by_patient
+from medssl.store.manifest import Manifest
+from medssl.store.plan import PLAN_FILE, Plan, is_volume_3d
+from medssl.transforms.spatial import crop_box
+from medssl.transforms.views import sample_crop_starts
+
+log = logging.getLogger("medssl.data")
+
+
+class ImageCropDataset(Dataset):
+    """``per_item`` random crops ``[1, h, w]`` of one cached 2D image per item, with keys."""
+
+    def __init__(
+        self,
+        index: ImageIndex,
+        images: Sequence[int],
+        crop_size: Sequence[int],
+        per_item: int = 2,
+        fixed: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not images or per_item < 1 or len(crop_size) != 2:
+            raise ValueError(
+                f"an image crop dataset needs images, per_item >= 1 and a 2-sided crop; got {len(images)}, {per_item}, {tuple(crop_size)}"
+            )
+        self.index, self.images, self.crop_size = (
+            index,
+            list(images),
+            tuple(int(s) for s in crop_size),
+        )
+        self.per_item, self.fixed, self.seed = per_item, fixed, seed
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int) -> dict:
+        i = self.images[item % len(self.images)]
+        image = self.index.images[i]
+        if i not in self._maps:
+            self._maps[i] = self.index.open(image)
+        array = self._maps[i][None]  # [1, X, Y]
+        g = torch.Generator().manual_seed((self.seed * 7_919 + 13 + item) % 2**63)
+        starts = sample_crop_starts(array.shape[1:], self.crop_size, self.per_item, g)
+        crops = torch.stack(
+            [crop_box(array, s.tolist(), self.crop_size, image.pad_value) for s in starts]
+        )
+        return {
+            "images": crops,
+            "image_keys": torch.randint(0, 2**40, (self.per_item,), generator=g),
+        }
+
+
+class JointDataset(Dataset):
+    """Item ``i``: stack ``i`` of the slice set and crops of image ``i`` (each set wraps around)."""
+
+    def __init__(
+        self, stacks: SliceStackDataset | None, images: ImageCropDataset | None, length: int
+    ) -> None:
+        if stacks is None and images is None:
+            raise ValueError("a joint dataset needs volumes or 2D images")
+        self.stacks, self.images, self.length = stacks, images, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, item: int) -> dict:
+        out = {}
+        if self.stacks is not None:
+            stack = self.stacks[item]
+            out.update(
+                slices=stack["slices"],
+                positions=stack["positions"],
+                slice_keys=torch.tensor(stack["key"]),
+            )
+        if self.images is not None:
+            out.update(self.images[item])
+        return out
+
+
+def collate_joint(items: list[dict]) -> dict:
+    """Stacks are stacked ``[B, S, ...]``; image crops concatenated ``[B * per_item, ...]``."""
+    batch = {}
+    for key in ("slices", "positions", "slice_keys"):
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
+    for key in ("images", "image_keys"):
+        if key in items[0]:
+            batch[key] = torch.cat([it[key] for it in items])
+    return batch
+
+
+class JointDataModule(LightningDataModule):
+    """Slice stacks of the store's volumes + crops of its 2D images (module doc).
+
+    Args:
+        store: the store folder.
+        crop_size: in-plane crop ``(h, w)`` of slices and images (default: plan ``crop_size_2d``).
+        num_slices: S slices per stack (>= 2). slice_axis: 0, 1 or 2 (2: axial).
+        slice_sampling: ``"even"`` (spread over the depth) or ``"consecutive"``.
+        images_per_item: 2D image crops per batch item.
+        batch_size: items per batch (volumes per batch). num_workers: loader processes.
+        val_fraction, seed: patient split and the data's draws.
+        samples_per_epoch: items per epoch (default: the larger of volumes and images).
+        cache_workers, progress: of the cache builds.
+        pin_memory, prefetch_factor: of the loaders.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        crop_size: tuple[int, int] | None = None,
+        num_slices: int = 8,
+        slice_axis: int = 2,
+        slice_sampling: str = "even",
+        images_per_item: int = 2,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        cache_workers: int = 1,
+        pin_memory: bool = True,
+        prefetch_factor: int = 4,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if (
+            batch_size < 1
+            or num_workers < 0
+            or images_per_item < 1
+            or num_slices < 2
+            or slice_axis not in (0, 1, 2)
+        ):
+            raise ValueError(
+                f"batch_size >= 1, num_workers >= 0, images_per_item >= 1, num_slices >= 2, slice_axis 0-2; got {batch_size}, {num_workers}, {images_per_item}, {num_slices}, {slice_axis}"
+            )
+        self.store = str(store)
+        self.crop_size = None if crop_size is None else tuple(int(s) for s in crop_size)
+        self.num_slices, self.slice_axis, self.slice_sampling = (
+            num_slices,
+            slice_axis,
+            slice_sampling,
+        )
+        self.images_per_item, self.batch_size, self.num_workers = (
+            images_per_item,
+            batch_size,
+            num_workers,
+        )
+        self.val_fraction, self.seed, self.samples_per_epoch = val_fraction, seed, samples_per_epoch
+        self.cache_workers, self.pin_memory, self.prefetch_factor, self.progress = (
+            cache_workers,
+            pin_memory,
+            prefetch_factor,
+            progress,
+        )
+        self.prepare_data_per_node = False
+        self.plan: Plan | None = None
+        self.train_set: JointDataset | None = None
+        self.val_set: JointDataset | None = None
+
+    def _plan(self) -> Plan:
+        """``plan.json``; made from the volumes' fingerprint, or from the 2D images when none."""
+        if (Path(self.store) / PLAN_FILE).is_file():
+            return Plan.load(self.store)
+        with Manifest(Path(self.store) / "manifest.sqlite") as manifest:
+            has_volumes = any(is_volume_3d(row) for row in manifest.volumes())
+        if has_volumes:
+            return load_or_make_plan(self.store)
+        plan = plan_for_images(self.store)
+        plan.save(self.store)
+        return plan
+
+    def prepare_data(self) -> None:
+        plan = self._plan()
+        if planned_volumes(self.store, plan):
+            build_cache(self.store, plan, self.cache_workers, self.progress)
+        if planned_images(self.store):
+            build_image_cache(self.store, plan, self.cache_workers, self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.plan = (
+            Plan.load(self.store) if (Path(self.store) / PLAN_FILE).is_file() else self._plan()
+        )
+        volumes = (
+            ensure_cache(self.store, self.plan, self.cache_workers, self.progress)
+            if planned_volumes(self.store, self.plan)
+            else None
+        )
+        images = (
+            ensure_image_cache(self.store, self.plan, self.cache_workers, self.progress)
+            if planned_images(self.store)
+            else None
+        )
+        has_volumes, has_images = bool(volumes and volumes.volumes), bool(images and images.images)
+        if not (has_volumes or has_images):
+            raise ValueError(
+                f"store {self.store}: nothing to pretrain on (no cached 3D volume of at least {self.plan.min_slices} slices, no cached 2D image)"
+            )
+        crop = self.crop_size or tuple(self.plan.crop_size_2d)
+        sets = {}
+        for split in ("train", "val"):
+            sets[split] = {"stacks": None, "images": None, "n": 0}
+        if has_volumes:
+            train, val = split_by_patient(volumes.volumes, self.val_fraction, self.seed)
+            for split, ids in (("train", train), ("val", val)):
+                if ids:
+                    sets[split]["stacks"] = SliceStackDataset(
+                        volumes,
+                        ids,
+                        crop,
+                        self.num_slices,
+                        self.slice_axis,
+                        self.slice_sampling,
+                        fixed=split == "val",
+                        seed=self.seed,
+                    )
+                    sets[split]["n"] = max(sets[split]["n"], len(ids))
+        if has_images:
+            train, val = split_by_patient(images.images, self.val_fraction, self.seed)
+            for split, ids in (("train", train), ("val", val)):
+                if ids:
+                    sets[split]["images"] = ImageCropDataset(
+                        images,
+                        ids,
+                        crop,
+                        self.images_per_item,
+                        fixed=split == "val",
+                        seed=self.seed,
+                    )
+                    sets[split]["n"] = max(sets[split]["n"], len(ids))
+        t = sets["train"]
+        self.train_set = JointDataset(t["stacks"], t["images"], self.samples_per_epoch or t["n"])
+        v = sets["val"]  # validation only when it has every part training has
+        if (
+            v["n"]
+            and (v["stacks"] is None) == (t["stacks"] is None)
+            and (v["images"] is None) == (t["images"] is None)
+        ):
+            self.val_set = JointDataset(v["stacks"], v["images"], v["n"])
+
+    def _loader(self, dataset: JointDataset, train: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=resumable_sampler(self.trainer, len(dataset), self.seed, self.batch_size)
+            if train
+            else None,
+            num_workers=workers,
+            collate_fn=collate_joint,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        return self._loader(self.val_set, train=False) if self.val_set is not None else []

@@ -1,0 +1,375 @@
+"""Anatomy-aware contrast: mined cross-volume positives, self-distillation, alignment, masked reconstruction.
+
+Papers: Jiang et al. 2023, "Anatomical Invariance Modeling and Semantic Alignment for
+Self-supervised Learning in 3D Medical Image Analysis" (Alice); Azabou et al. 2021, "Mine
+Your Own vieW" (MYOW: positives mined in the target network's embedding space); Caron et
+al. 2021 (DINO) and Zhou et al. 2022 (iBOT) for the teacher-student terms; Xie et al. 2022
+(SimMIM) for masking input patches and reconstructing only them.
+
+Input: ``batch["image"]: [N, 1, *S]`` crops with ``batch["body"]: [N, 3]`` (crop centres in
+normalised body coordinates, :mod:`medssl.data.crops`) and ``batch["volume"]: [N]``; two
+views from ``batch["views"]`` when the data module gives them, else the crop twice (the
+masks still differ). Without ``body`` every crop counts as the same place (the teacher alone
+mines); without ``volume`` every crop is its own volume.
+
+Step: the EMA teacher encodes both unmasked views: last feature map ``[2N, C, *g]`` →
+tokens ``[2N, P, C]``, global = their mean. The student encodes the views with a share
+``mask_ratio`` of the input patches (aligned with the last map's stride) replaced by a
+learned mask value. Terms (each off with weight 0):
+
+- ``global``: DINO between views; ``patch``: iBOT on masked patches;
+- ``anatomy``: DINO cross-entropy from a crop to the teacher of its mined positive
+  (:func:`~medssl.losses.mine_positives` over the gathered global batch);
+- ``alignment``: :class:`~medssl.methods.alignment.ConditionalAlignment` completes the masked
+  crop's tokens from its positive's teacher tokens, towards the teacher's own tokens;
+- ``reconstruction``: a linear decoder predicts the (patch-normalised) voxels of masked patches.
+
+DDP: teacher statistics are gathered without gradient, DINO/iBOT centres all-reduced, means
+over kept pairs or masked patches normalised by their global count, and masks drawn for the
+crop (not its place in the batch), so 2 ranks step as 1 process on the global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medssl.losses import (
+    DINOLoss,
+    gather_with_grad,
+    global_mean_scale,
+    ibot_patch_loss,
+    masked_reconstruction_loss,
+    matched_distillation_loss,
+    mine_positives,
+    normalize_patches,
+    rank,
+    updated_center,
+)
+from medssl.methods.alignment import ConditionalAlignment
+from medssl.methods.base import SSLMethod, ema_update
+from medssl.methods.projectors import MLPProjector, Norm
+
+log = logging.getLogger("medssl.methods")
+WEIGHTS = ("global", "patch", "anatomy", "alignment", "reconstruction")
+
+
+class DistillationHead(nn.Module):
+    """MLP, L2 normalisation, then a bias-free linear map to ``num_prototypes`` logits (DINO head)."""
+
+    def __init__(self, in_dim, hidden_dim, projection_dim, num_prototypes, layers, norm) -> None:
+        super().__init__()
+        self.mlp = MLPProjector(in_dim, hidden_dim, projection_dim, layers, norm)
+        self.last = nn.Linear(projection_dim, num_prototypes, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.last(F.normalize(self.mlp(x), dim=-1))
+
+
+class Anatomy(SSLMethod):
+    """Anatomy-aware contrast (module doc) on crops ``[N, 1, *S]`` with ``body`` ``[N, 3]``.
+
+    Args:
+        num_prototypes: K, logits of the DINO/iBOT head (shared by global and patch tokens).
+        projection_dim, hidden_dim, projector_layers, projector_norm: the head's MLP.
+        mask_ratio: share of last-map patches masked per view (at least one).
+        ema_momentum: teacher EMA momentum.
+        student_temperature, teacher_temperature, center_momentum: DINO/iBOT settings.
+        tolerance, search_radius, use_prior, use_teacher_mining: of ``mine_positives``.
+        global_weight, patch_weight, anatomy_weight, alignment_weight, reconstruction_weight:
+            loss weights; 0 switches a term off (and leaves its module out).
+        alignment_heads, alignment_layers: of the conditional alignment module.
+        reconstruction_size: voxels per axis the decoder predicts per masked patch (the
+            patch average-pooled to it where the stride is larger and divisible), so the
+            decoder stays light for stride-32 backbones (8^3 = 512 outputs, not 32^3).
+        **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
+    """
+
+    def __init__(
+        self,
+        num_prototypes: int = 4096,
+        projection_dim: int = 256,
+        hidden_dim: int = 2048,
+        projector_layers: int = 3,
+        projector_norm: Norm = "layer",
+        mask_ratio: float = 0.4,
+        ema_momentum: float = 0.996,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        center_momentum: float = 0.9,
+        tolerance: float = 0.1,
+        search_radius: float = 0.2,
+        use_prior: bool = True,
+        use_teacher_mining: bool = True,
+        global_weight: float = 1.0,
+        patch_weight: float = 1.0,
+        anatomy_weight: float = 1.0,
+        alignment_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
+        alignment_heads: int = 4,
+        alignment_layers: int = 1,
+        reconstruction_size: int = 8,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        weights = [
+            global_weight,
+            patch_weight,
+            anatomy_weight,
+            alignment_weight,
+            reconstruction_weight,
+        ]
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
+        if reconstruction_size < 1:
+            raise ValueError(f"reconstruction_size must be >= 1, got {reconstruction_size}")
+        if not (use_prior or use_teacher_mining):
+            raise ValueError("mining needs use_prior, use_teacher_mining or both; got neither")
+        dim = self.backbone.num_features
+        self.head = DistillationHead(
+            dim, hidden_dim, projection_dim, num_prototypes, projector_layers, projector_norm
+        )
+        self.alignment = (
+            ConditionalAlignment(dim, alignment_heads, alignment_layers)
+            if alignment_weight > 0
+            else None
+        )
+        self.decoder: nn.Linear | None = None
+        self.mask_token = nn.Parameter(torch.zeros(1))
+        self.dino = DINOLoss(
+            num_prototypes,
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            center_momentum=center_momentum,
+        )
+        self.register_buffer("patch_center", torch.zeros(num_prototypes))
+        self.teacher = nn.ModuleDict(
+            {"backbone": copy.deepcopy(self.backbone), "head": copy.deepcopy(self.head)}
+        )
+        self.teacher.requires_grad_(False)
+        if reconstruction_weight > 0:
+            self._build_decoder(dim)
+
+    def _build_decoder(self, dim: int) -> None:
+        # sized now (not lazily on the first step) so every rank and a restored checkpoint
+        # agree; the crop is checked against it in each step
+        self.decoder = nn.Linear(dim, math.prod(self.target_patch(self.backbone_stride())))
+
+    def target_patch(self, stride: tuple[int, ...]) -> tuple[int, ...]:
+        """Voxels per axis of a reconstructed patch: ``reconstruction_size`` where it divides the stride."""
+        r = self.hparams.reconstruction_size
+        return tuple(r if s > r and s % r == 0 else s for s in stride)
+
+    def backbone_stride(self) -> tuple[int, ...]:
+        """Input voxels per last-map position along each axis, found from a probe input."""
+        d = self.backbone.spatial_dims
+        size = 64 if d == 3 else 128
+        kwargs = self.hparams.backbone_kwargs or {}
+        if "img_size" in kwargs:  # ViTs need their position grid
+            img = kwargs["img_size"]
+            probe = tuple(img) if isinstance(img, (list, tuple)) else (img,) * d
+        else:
+            probe = (size,) * d
+        with torch.no_grad():
+            grid = self.backbone.forward_features(torch.zeros(1, 1, *probe))[-1].shape[2:]
+        return tuple(p // g for p, g in zip(probe, grid))
+
+    # views and masks ----------------------------------------------------------------------
+    def patch_masks(self, keys: Tensor, views: int, patches: int, batch_idx: int) -> Tensor:
+        """``[views * N, P]`` bool, each row drawn from ``(seed, step, batch, view, key)``.
+
+        ``keys`` ``[N]`` name the crops (``batch["index"]`` when given, else the crop's row in
+        the global batch), so a crop gets the same mask wherever the batch was split.
+        """
+        base = self.hparams.seed * 1_000_003 + self.global_step * 7_919 + batch_idx * 104_729
+        count = min(patches - 1, max(1, round(self.hparams.mask_ratio * patches)))
+        rows = []
+        for view in range(views):
+            for key in keys.tolist():
+                seed = (base + view * 15_485_863 + int(key) * 2_654_435_761) % (2**63 - 1)
+                g = torch.Generator().manual_seed(seed)
+                rows.append(torch.rand(patches, generator=g).argsort() < count)
+        return torch.stack(rows)  # exactly `count` masked patches per row
+
+    def encode(self, x: Tensor, teacher: bool = False) -> Tensor:
+        """``[M, 1, *S] -> [M, P, C]`` tokens of the last feature map."""
+        backbone = self.teacher["backbone"] if teacher else self.backbone
+        return backbone.forward_features(x)[-1].flatten(2).transpose(1, 2)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        h = self.hparams
+        image = batch["image"]  # [N, 1, *S]
+        n, size = image.shape[0], tuple(image.shape[2:])
+        views = batch.get("views") or [image, image]
+        if len(views) < 2:
+            raise ValueError(
+                f"anatomy needs 2 views per crop (data.views: 0 or >= 2), got {len(views)}"
+            )
+        x = torch.cat(list(views[:2]))  # [2N, 1, *S]
+        body, groups = self.body_and_groups(batch, n)
+
+        # teacher: tokens, global embeddings and logits of both unmasked views
+        with torch.no_grad():
+            t_map = self.teacher["backbone"].forward_features(x)[-1]
+            t_tokens = t_map.flatten(2).transpose(1, 2)  # [2N, P, C]
+            t_global = t_tokens.mean(dim=1)
+            t_logits = self.teacher["head"](torch.cat([t_global, t_tokens.flatten(0, 1)]))
+        grid = tuple(t_map.shape[2:])
+        p = math.prod(grid)
+        stride = self.check_stride(size, grid)
+        t_global_logits, t_patch_logits = (
+            t_logits[: 2 * n],
+            t_logits[2 * n :].unflatten(0, (2 * n, p)),
+        )
+
+        # student: masked input patches (SimMIM), tokens, logits
+        keys = batch["index"] if "index" in batch else torch.arange(n) + rank() * n
+        mask = self.patch_masks(keys, 2, p, batch_idx).to(x.device)  # [2N, P]
+        voxel_mask = upsample_mask(mask, grid, stride).to(x.dtype)  # [2N, 1, *S]
+        masked = x * (1 - voxel_mask) + self.mask_token.to(x.dtype) * voxel_mask
+        s_tokens = self.encode(masked)  # [2N, P, C]
+        s_logits = self.head(torch.cat([s_tokens.mean(dim=1), s_tokens.flatten(0, 1)]))
+        s_global_logits, s_patch_logits = (
+            s_logits[: 2 * n],
+            s_logits[2 * n :].unflatten(0, (2 * n, p)),
+        )
+
+        # mining on the gathered global batch (teacher, no gradient)
+        with torch.no_grad():
+            pool = [gather_with_grad(t.contiguous()) for t in (t_global[:n], body, groups)]
+            pool_logits = gather_with_grad(t_global_logits[n:].contiguous())  # view 2 of positives
+            pool_tokens = gather_with_grad(t_tokens[:n].contiguous())
+        with self.full_precision():
+            index, keep = mine_positives(
+                t_global[:n].float(), body, groups, pool[0].float(), pool[1], pool[2],
+                tolerance=h.tolerance, search_radius=h.search_radius,
+                use_prior=h.use_prior, use_teacher=h.use_teacher_mining,
+            )  # fmt: skip
+
+        # alignment from the positives' teacher tokens; voxels of masked patches (autocast on)
+        completed = prediction = None
+        if self.alignment is not None:
+            completed = self.alignment(s_tokens[:n], pool_tokens[index].to(s_tokens.dtype))
+        if self.decoder is not None:
+            prediction = self.decoder(s_tokens)  # [2N, P, prod(stride)]
+
+        with self.full_precision():
+            zero = s_logits.float().sum() * 0.0
+            terms = {"global": zero, "patch": zero, "anatomy": zero}
+            terms["kept_pairs"] = keep.float().mean()
+            if h.anatomy_weight > 0:
+                terms["anatomy"] = matched_distillation_loss(
+                    s_global_logits[:n].float(), pool_logits[index].float(), keep, self.dino.center,
+                    student_temperature=h.student_temperature, teacher_temperature=h.teacher_temperature,
+                )  # fmt: skip
+            if h.global_weight > 0:
+                terms["global"] = self.dino(
+                    list(s_global_logits.float().split(n)), list(t_global_logits.float().split(n))
+                )
+            if h.patch_weight > 0:
+                terms["patch"] = ibot_patch_loss(
+                    s_patch_logits.float(), t_patch_logits.float(), mask, self.patch_center,
+                    student_temperature=h.student_temperature, teacher_temperature=h.teacher_temperature,
+                )  # fmt: skip
+                self.patch_center.copy_(
+                    updated_center(self.patch_center, t_patch_logits, h.center_momentum)
+                )
+            if completed is not None:
+                terms["alignment"] = masked_mean_term(
+                    F.normalize(completed.float(), dim=-1),
+                    F.normalize(t_tokens[:n].float(), dim=-1),
+                    mask[:n] & keep[:, None],
+                )
+            if prediction is not None:
+                target = normalize_patches(self.reconstruction_target(x.float(), grid, stride))
+                terms["reconstruction"] = masked_mean_term(prediction.float(), target, mask)
+            terms["total"] = sum(
+                getattr(h, f"{name}_weight") * terms[name] for name in WEIGHTS if name in terms
+            )
+        return self.finish_step(terms)
+
+    def body_and_groups(self, batch: dict, n: int) -> tuple[Tensor, Tensor]:
+        """``body [N, 3]`` (zeros without the key) and volume ids ``[N]`` (rows without the key)."""
+        device = batch["image"].device
+        if "body" in batch:
+            body = batch["body"].to(device=device, dtype=torch.float32)
+        else:
+            if not getattr(self, "_warned_body", False):
+                log.warning("batches carry no 'body' key: positives are mined by the teacher alone")
+                self._warned_body = True
+            body = torch.zeros(n, 3, device=device)
+        if "volume" in batch:
+            groups = batch["volume"].to(device=device, dtype=torch.long)
+        else:  # each crop its own volume, ids unique over ranks
+            groups = torch.arange(n, device=device) + rank() * n
+        if body.shape != (n, 3) or groups.shape != (n,):
+            raise ValueError(
+                f"batch 'body' must be [N, 3] and 'volume' [N] for N = {n} crops, got "
+                f"{tuple(body.shape)} and {tuple(groups.shape)}"
+            )
+        return body, groups
+
+    def check_stride(self, size: tuple[int, ...], grid: tuple[int, ...]) -> tuple[int, ...]:
+        """Input voxels per last-map position; the crop must tile exactly."""
+        if any(s % g for s, g in zip(size, grid)):
+            raise ValueError(
+                f"crop size {list(size)} is not a multiple of the last feature map {list(grid)}: "
+                "choose a crop size divisible by the backbone's total stride"
+            )
+        stride = tuple(s // g for s, g in zip(size, grid))
+        target = self.target_patch(stride)
+        if self.decoder is not None and self.decoder.out_features != math.prod(target):
+            raise ValueError(
+                f"crop size {list(size)} gives patches of {list(target)} voxels to predict, the "
+                f"decoder was built for {self.decoder.out_features} voxels per patch"
+            )
+        return stride
+
+    def reconstruction_target(
+        self, x: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]
+    ) -> Tensor:
+        """``[M, 1, *S] -> [M, P, prod(target_patch)]``: each patch's voxels, average-pooled."""
+        target = self.target_patch(stride)
+        kernel = tuple(s // t for s, t in zip(stride, target))
+        if any(k > 1 for k in kernel):
+            pool = F.avg_pool3d if len(grid) == 3 else F.avg_pool2d
+            x = pool(x, kernel, kernel)
+        return patchify(x, grid, target)
+
+    def after_optimizer_step(self) -> None:
+        ema_update(self.teacher["backbone"], self.backbone, self.hparams.ema_momentum)
+        ema_update(self.teacher["head"], self.head, self.hparams.ema_momentum)
+
+
+def masked_mean_term(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """:func:`masked_reconstruction_loss` (L2) as this rank's share of the global-batch mean; 0 with a graph when nothing is masked here."""
+    scale = global_mean_scale(mask.sum())
+    if not bool(mask.any()):
+        return prediction.sum() * 0.0
+    return masked_reconstruction_loss(prediction, target, mask, "l2") * scale
+
+
+def upsample_mask(mask: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
+    """Patch mask ``[M, P]`` on the last map's grid -> voxel mask ``[M, 1, *grid * stride]``."""
+    out = mask.reshape(mask.shape[0], 1, *grid)
+    for axis, s in enumerate(stride):
+        out = out.repeat_interleave(s, dim=2 + axis)
+    return out
+
+
+def patchify(x: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
+    """``[M, 1, *grid * stride] -> [M, P, prod(stride)]``, patches in the last map's token order."""
+    m, d = x.shape[0], len(grid)
+    shape = [m]
+    for g, s in zip(grid, stride):
+        shape += [g, s]
+    x = x.reshape(*shape)
+    order = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2)]
+    return x.permute(*order).reshape(m, math.prod(grid), math.prod(stride))
