@@ -112,7 +112,7 @@ def _one_run(config: HarnessConfig, task: str, init: str, artifact: str | None, 
     metrics = {k: float(v) for k, v in getattr(cli.model, "val_summary", {}).items()}
     if not metrics:
         raise RuntimeError(f"run {run}: the task reported no validation metrics")
-    return metrics, int(getattr(cli.datamodule, "num_train_cases", 0))
+    return metrics, len(cli.datamodule.train_cases)
 
 
 def read_results(path: Path) -> list[dict]:
