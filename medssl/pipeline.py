@@ -123,6 +123,8 @@ def _argv(sub: argparse.ArgumentParser, options: dict, where: str) -> list[str]:
         elif isinstance(action, argparse._AppendAction):
             for v in values:
                 flags.extend([action.option_strings[-1], str(v)])
+        elif isinstance(value, list) and action.nargs not in (None, "?"):
+            flags.extend([action.option_strings[-1], *(str(v) for v in values)])  # nargs=3, "+"
         else:
             flags.extend([action.option_strings[-1], str(value)])
     return positional + flags

@@ -206,6 +206,23 @@ def test_pipeline_passthrough_options_become_the_flags_a_person_would_type(tmp_p
     assert bench == ["bench", "label-efficiency", "--fractions", "0.25", "1.0", "--no-scratch"]
 
 
+def test_pipeline_list_values_of_a_fixed_count_option_become_several_words(tmp_path):
+    from medssl.cli import build_parser
+    from medssl.pipeline import load_stages
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "stages:\n"
+        "  - probe-set:\n"
+        "      store: S\n"
+        "      out: p.safetensors\n"
+        "      crop-size: [32, 32, 16]\n"
+        "      structures: [liver, heart]\n"
+    )
+    ((_, argv),) = load_stages(recipe, build_parser())
+    assert argv == ["probe-set", "--store", "S", "--out", "p.safetensors", "--crop-size", "32", "32", "16", "--structures", "liver", "heart"]
+
+
 # medssl probe-set -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory) -> Path:

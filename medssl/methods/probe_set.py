@@ -60,6 +60,7 @@ class ProbeSet:
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file atomically (:func:`~medssl.atomic.atomic_write_bytes`)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "images": self.images.float().contiguous(),
             "labels": self.labels.long(),

@@ -27,7 +27,7 @@ def test_crops_are_centred_on_their_structure_and_round_trip(store, tmp_path):
     # liver (soft tissue) and heart (blood) differ in intensity at the crop centres
     centre = probe.images[:, 0, 4, 4, 4]
     assert centre[probe.labels == 0].mean() != pytest.approx(centre[probe.labels == 1].mean())
-    again = ProbeSet.load(probe.save(tmp_path / "p.safetensors"))
+    again = ProbeSet.load(probe.save(tmp_path / "new" / "p.safetensors"))  # folder made
     assert torch.equal(again.images, probe.images) and again.class_names == probe.class_names
 
 
