@@ -42,7 +42,7 @@ from medssl.inference.model import InferenceModel
 from medssl.inference.overlay import write_overlay
 from medssl.inference.predictor import OUTPUT_KINDS, Prediction, PredictionRequest
 from medssl.inference.preprocess import preprocess
-from medssl.inference.sliding_window import sliding_window
+from medssl.inference.sliding_window import sliding_window, sliding_window_by_slice
 from medssl.io.seg_writer import write_dicom_seg
 from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
@@ -96,6 +96,13 @@ class ArtifactPredictor:
             raise ArtifactError(f"artifact {self.artifact.path}: plan unusable ({exc})") from None
         self.device = resolve_device(device)
         self.model = InferenceModel.from_artifact(self.artifact, self.device)
+        flat = self.model.encoder.spatial_dims == 2
+        if flat and set(self.model.kinds.values()) - {"segmentation"}:
+            raise ArtifactError(
+                f"artifact {self.artifact.path}: a 2D encoder predicts volumes slice by slice for segmentation only; its heads are {sorted(set(self.model.kinds.values()))}"
+            )
+        # the window of the training crops: 2D encoders segment volumes slice by slice
+        self.window = tuple(self.plan.crop_size_2d if flat else self.plan.crop_size)
         self.overlap, self.sw_batch_size = float(overlap), int(sw_batch_size)
         self.allow_irregular = allow_irregular
         modalities = sorted(self.plan.normalisation)
@@ -118,7 +125,7 @@ class ArtifactPredictor:
             "medssl_version": self.artifact.meta.get("medssl_version"),
             "plan": {
                 "target_spacing_mm": list(self.plan.target_spacing),
-                "window": list(self.plan.crop_size),
+                "window": list(self.window),
                 "modalities": sorted(self.plan.normalisation),
             },
             "device": str(self.device),
@@ -128,11 +135,11 @@ class ArtifactPredictor:
     # ---------------------------------------------------------------------------------------
     def warmup(self) -> None:
         """One window of zeros through every head (allocator, kernels, autocast caches)."""
-        x = torch.zeros((1, self.model.encoder.in_channels, *self.plan.crop_size), device=self.device)
+        x = torch.zeros((1, self.model.encoder.in_channels, *self.window), device=self.device)
         with self._lock, torch.inference_mode():
             for name, kind in sorted(self.model.kinds.items()):
                 if kind == "segmentation":
-                    sliding_window(self.model.segmenter(name), x, self.plan.crop_size,
+                    sliding_window(self.model.segmenter(name), x, self.window,
                                    self.overlap, 1, autocast=self.autocast)
                 elif kind == "detection":
                     self.model.detect(name, x)
@@ -197,8 +204,9 @@ class ArtifactPredictor:
         """Label map ``[*shape]`` of segmentation head ``name`` on a preprocessed ``image
         [1, C, *S]``: sliding window, argmax, nearest resampling onto ``shape``."""
         with self._lock:
-            logits = sliding_window(
-                self.model.segmenter(name), image, self.plan.crop_size, self.overlap,
+            by_slice = self.model.encoder.spatial_dims == 2  # a 2D encoder: axial slice by slice
+            logits = (sliding_window_by_slice if by_slice else sliding_window)(
+                self.model.segmenter(name), image, self.window, self.overlap,
                 self.sw_batch_size, device=self.device, autocast=self.autocast,
             )
             labels = logits.argmax(dim=1, keepdim=True)

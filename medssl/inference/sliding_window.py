@@ -241,3 +241,30 @@ def _grid(starts: list[list[int]]) -> list[tuple[int, ...]]:
     for axis_starts in starts:
         corners = [c + (s,) for c in corners for s in axis_starts]
     return corners
+
+
+def sliding_window_by_slice(
+    predictor: Callable[[Tensor], Tensor | Sequence[Tensor]],
+    image: Tensor,
+    roi_size: int | Sequence[int],
+    *args,
+    slices_per_call: int = 16,
+    **kwargs,
+) -> Tensor:
+    """A 2D predictor over a volume ``[B, C, X, Y, Z]``, axial slice by axial slice.
+
+    Each slice along the last axis (the axis the data modules cut 2D training slices from)
+    goes through :func:`sliding_window` with a 2D ``roi_size``; ``slices_per_call`` slices
+    share one call. Returns ``[B, K, X, Y, Z]``; other arguments as :func:`sliding_window`.
+    """
+    if image.ndim != 5:
+        raise ValueError(f"slice-by-slice prediction needs a volume [B, C, X, Y, Z], got {tuple(image.shape)}")
+    if slices_per_call < 1:
+        raise ValueError(f"slices_per_call must be >= 1, got {slices_per_call}")
+    batch, channels, *_, depth = image.shape
+    slices = image.permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, *image.shape[2:4])
+    out = torch.cat([
+        sliding_window(predictor, chunk, roi_size, *args, **kwargs)
+        for chunk in slices.split(slices_per_call)
+    ])  # [B*Z, K, X, Y]
+    return out.reshape(batch, depth, *out.shape[1:]).permute(0, 2, 3, 4, 1).contiguous()

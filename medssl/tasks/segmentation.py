@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from medssl.heads.seg_decoder import SegmentationDecoder
-from medssl.inference.sliding_window import sliding_window
+from medssl.inference.sliding_window import sliding_window, sliding_window_by_slice
 from medssl.losses.segmentation import deep_supervision_loss
 from medssl.metrics.segmentation import segmentation_metrics, summarise
 from medssl.tasks.base import FinetuneTask
@@ -85,9 +85,16 @@ class Segmentation(FinetuneTask):
 
     # validation: whole volumes ----------------------------------------------------------------
     def predict_volume(self, image: Tensor) -> Tensor:
-        """Logits ``[1, K, *spatial]`` of a whole preprocessed volume ``[1, 1, *spatial]``."""
+        """Logits ``[1, K, *spatial]`` of a whole preprocessed volume ``[1, 1, *spatial]``.
+
+        A 2D encoder on a volume ``[1, 1, X, Y, Z]`` (``--data.spatial_dims 2``) predicts it
+        slice by slice along the last (axial) axis, as the data module cut its training slices.
+        """
         roi = self.hparams.roi_size or list(self._roi_from_data(image))
-        return sliding_window(self._predict_logits, image, roi, overlap=self.hparams.sw_overlap, batch_size=self.hparams.sw_batch_size)
+        hp = self.hparams
+        if self.encoder.spatial_dims == 2 and image.ndim == 5:
+            return sliding_window_by_slice(self._predict_logits, image, list(roi)[:2], overlap=hp.sw_overlap, batch_size=hp.sw_batch_size)
+        return sliding_window(self._predict_logits, image, roi, overlap=hp.sw_overlap, batch_size=hp.sw_batch_size)
 
     def _predict_logits(self, x: Tensor) -> Tensor:
         out = self(x)

@@ -72,6 +72,25 @@ def segmentation_artifact(folder: Path, seed: int = 0, plan: dict | None = None)
     )
 
 
+def segmentation_artifact_2d(folder: Path, with_classifier: bool = False) -> Path:
+    """A 2D (``resenc2d``) encoder and segmentation head, as joint 2D/3D pretraining then
+    ``medssl finetune --data.spatial_dims 2`` exports; optionally a classification head too."""
+    torch.manual_seed(0)
+    encoder = create_backbone("resenc2d", **ENCODER_KWARGS).eval()
+    spec = {"num_classes": 3, "decoder_channels": None, "deep_supervision": False}
+    head = build_head("segmentation", spec, encoder)
+    _intensity_classes(head)
+    heads = {"seg": {"spec": {"kind": "segmentation", **spec}, "state_dict": head.state_dict()}}
+    if with_classifier:
+        dx = build_head("classification", {"num_classes": 2, "text_dim": 8, "embed_dim": 16, "num_heads": 2}, encoder)
+        dx.set_guidelines(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
+        heads["dx"] = {"spec": {"kind": "classification", **dx.spec()}, "state_dict": dx.state_dict()}
+    return save_artifact(
+        folder, backbone_name="resenc2d", backbone_kwargs=ENCODER_KWARGS,
+        state_dict=encoder.state_dict(), heads=heads, plan=small_plan(), labels=SEG_LABELS,
+    )
+
+
 def _intensity_classes(head: SegmentationDecoder) -> None:
     """Make the 1x1 output conv read the raw image through the stride-1 stem: logits of
     background / soft tissue / bone grow with (-x, 0, +x) of a mean feature."""
@@ -79,8 +98,9 @@ def _intensity_classes(head: SegmentationDecoder) -> None:
         conv = head.heads[0]
         conv.weight.zero_()
         mean = torch.ones(conv.weight.shape[1]) / conv.weight.shape[1]
-        conv.weight[0, :, 0, 0, 0] = -mean * 4
-        conv.weight[2, :, 0, 0, 0] = mean * 4
+        centre = (slice(None), *([0] * (conv.weight.ndim - 2)))  # 1x1(x1) kernel, 2D or 3D
+        conv.weight[(0, *centre)] = -mean * 4
+        conv.weight[(2, *centre)] = mean * 4
         conv.bias.copy_(torch.tensor([0.0, 0.5, 0.0]))
 
 

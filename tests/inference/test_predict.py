@@ -27,6 +27,7 @@ from tests.inference.artifact_builders import (
     encoder_only_artifact,
     phantom_series,
     segmentation_artifact,
+    segmentation_artifact_2d,
     write_lps_nifti,
 )
 
@@ -152,6 +153,24 @@ def test_bad_upload_is_an_input_error(case, tmp_path):
     junk.write_bytes(b"not an image" * 40)
     with pytest.raises(InputError, match="not DICOM, NIfTI or NRRD"):
         case["predictor"].predict(PredictionRequest((junk,), frozenset({"json"}), tmp_path))
+
+
+def test_a_2d_artifact_segments_a_volume_slice_by_slice_on_its_grid(case, tmp_path):
+    predictor = ArtifactPredictor(segmentation_artifact_2d(tmp_path / "a2d"), device="cpu")
+    predictor.warmup()
+    assert predictor.info["plan"]["window"] == [32, 32] and predictor.info["backbone"] == "resenc2d"
+    result = predictor.predict(PredictionRequest((case["root"] / "dicom",), frozenset({"nifti", "seg"}), tmp_path))
+    labels, affine = _nifti(result.files["segmentation.nii.gz"])
+    assert labels.shape == case["input"].volume.array.shape and np.allclose(affine, case["input"].volume.affine, atol=1e-4)
+    # the head reads intensity: the 3D model with the same rule labels the same voxels, mostly
+    three_d, _ = _nifti(case["dicom"].files["segmentation.nii.gz"])
+    assert (labels == three_d).mean() > 0.8 and len(np.unique(labels)) >= 2
+    assert pydicom.dcmread(result.files["seg.dcm"]).ReferencedSeriesSequence[0].SeriesInstanceUID == CANARY_SERIES
+
+
+def test_a_2d_artifact_with_a_volume_level_head_is_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="slice by slice for segmentation only"):
+        ArtifactPredictor(segmentation_artifact_2d(tmp_path / "a2d", with_classifier=True), device="cpu")
 
 
 def test_artifact_without_heads_is_refused(tmp_path):

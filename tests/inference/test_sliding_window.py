@@ -9,7 +9,12 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from medssl.inference.sliding_window import importance_map, sliding_window, window_starts
+from medssl.inference.sliding_window import (
+    importance_map,
+    sliding_window,
+    sliding_window_by_slice,
+    window_starts,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -190,3 +195,24 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(out.cpu(), reference, rtol=1e-4, atol=1e-4)
     on_host = sliding_window(net, image.cuda(), 16, device="cpu", window_device="cuda")
     assert on_host.device.type == "cpu"
+
+
+@pytest.mark.parametrize("slices_per_call", [1, 4, 64])
+def test_by_slice_equals_a_2d_window_over_each_axial_slice(slices_per_call) -> None:
+    net = conv_net(2)
+    volume = torch.randn(2, 2, 21, 17, 7)
+    with torch.inference_mode():
+        got = sliding_window_by_slice(net, volume, (8, 8), 0.5, 3, slices_per_call=slices_per_call)
+        expected = torch.stack(
+            [sliding_window(net, volume[..., z], (8, 8), 0.5, 3) for z in range(volume.shape[-1])],
+            dim=-1,
+        )
+    assert got.shape == (2, 3, 21, 17, 7)
+    torch.testing.assert_close(got, expected)
+
+
+def test_by_slice_refuses_a_2d_image_and_a_bad_chunk() -> None:
+    with pytest.raises(ValueError, match="needs a volume"):
+        sliding_window_by_slice(conv_net(2), torch.zeros(1, 2, 8, 8), (8, 8))
+    with pytest.raises(ValueError, match="slices_per_call"):
+        sliding_window_by_slice(conv_net(2), torch.zeros(1, 2, 8, 8, 3), (8, 8), slices_per_call=0)

@@ -64,6 +64,21 @@ def test_segmentation_learns_the_phantom_organs_and_exports_a_predicting_artifac
     assert not differ, differ[:5]
 
 
+def test_a_2d_encoder_learns_from_axial_slices_and_validates_whole_volumes_slice_by_slice(labelled_store, tmp_path):
+    kwargs = '{channels: [8, 16, 32, 64], blocks_per_stage: [1, 1, 1, 1], strides: [2, 2, 2, 2]}'
+    cli = build_cli(_argv(labelled_store, tmp_path, 60, "--model.lr", "3e-3", "--model.backbone", "resenc2d",
+                          "--model.backbone_kwargs", kwargs, "--data.spatial_dims", "2", "--data.crop_size", "[32, 32]"))  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    case = next(iter(cli.datamodule.val_dataloader()))
+    assert case["image"].ndim == 5  # a whole volume, not a slice
+    with torch.no_grad():
+        logits = cli.model.eval().predict_volume(case["image"])
+    assert logits.shape == (1, 3, *case["image"].shape[2:])
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    summary = cli.model.val_summary
+    assert summary["lung_right/dice"] > 0.5 and summary["lung_left/dice"] > 0.5, summary
+
+
 def test_a_frozen_encoder_does_not_move(labelled_store, tmp_path):
     cli = build_cli(_argv(labelled_store, tmp_path, 3, "--model.freeze", "all"))
     before = {k: v.clone() for k, v in cli.model.encoder.state_dict().items()}
