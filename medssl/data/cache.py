@@ -51,8 +51,13 @@ class CachedVolume:
     pad_value: float  # the volume's minimum after normalisation: what lies outside it (air, background)
     sha256: str  # of the store file it was made from: a reconverted volume is cached again
     # the body's bounding box in cached voxels, ``(lo_x, lo_y, lo_z, hi_x, hi_y, hi_z)``, hi
-    # exclusive (:func:`body_box`): crops report their centre relative to it ("body" key)
-    body_box: tuple[float, float, float, float, float, float] = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+    # exclusive (:func:`body_box`): crops report their centre relative to it ("body" key);
+    # None: the whole volume
+    body_box: tuple[float, float, float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.body_box is None:
+            object.__setattr__(self, "body_box", (0.0, 0.0, 0.0, *(float(s) for s in self.shape)))
 
     @classmethod
     def from_dict(cls, data: dict) -> CachedVolume:

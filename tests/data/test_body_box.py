@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medssl.data.cache import body_box, build_cache
+from medssl.data.cache import CachedVolume, body_box, build_cache
 from medssl.data.crops import CropCollate, CropDataset, body_coordinates
 from medssl.store.plan import fingerprint, foreground_mask, make_plan
 from tests.data.synthetic_store import Spec, write_store
@@ -59,6 +59,15 @@ def index(tmp_path_factory):
     store = write_store(tmp_path_factory.mktemp("body") / "store", specs)
     plan = make_plan(fingerprint(store))
     return build_cache(store, plan, progress=False)
+
+
+def test_a_volume_without_a_body_box_counts_as_all_body():
+    row = {"volume_id": "v", "file": "v.npy", "shape": [40, 30, 20], "spacing": [1, 1, 1], "modality": "CT",
+           "patient": None, "study": None, "pad_value": 0.0, "sha256": "0" * 64}  # fmt: skip
+    volume = CachedVolume.from_dict(row)
+    assert volume.body_box == (0.0, 0.0, 0.0, 40.0, 30.0, 20.0)
+    centre = body_coordinates(torch.tensor([[10, 10, 5, 30, 20, 15]]), volume.body_box)
+    assert torch.allclose(centre, torch.tensor([[0.5, 0.5, 0.5]]))  # normalised, not voxels
 
 
 def test_the_cache_stores_the_body_box_in_cached_voxels(index):
