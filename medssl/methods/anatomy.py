@@ -60,7 +60,12 @@ WEIGHTS = ("global", "patch", "anatomy", "alignment", "reconstruction")
 
 
 class DistillationHead(nn.Module):
-    """MLP, L2 normalisation, then a bias-free linear map to ``num_prototypes`` logits (DINO head)."""
+    """MLP, L2 normalisation, then cosine logits against ``num_prototypes`` unit prototypes.
+
+    The prototypes are the rows of ``last.weight``, normalised in every forward pass (DINO's
+    weight-normalised last layer with its norm fixed at 1): logits are cosines, so their spread
+    does not shrink with the width as a plain linear layer's initial weights do.
+    """
 
     def __init__(self, in_dim, hidden_dim, projection_dim, num_prototypes, layers, norm) -> None:
         super().__init__()
@@ -68,7 +73,7 @@ class DistillationHead(nn.Module):
         self.last = nn.Linear(projection_dim, num_prototypes, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.last(F.normalize(self.mlp(x), dim=-1))
+        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.last.weight, dim=1))
 
 
 class Anatomy(SSLMethod):
