@@ -25,7 +25,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from medssl.training.checkpointing import AtomicCheckpointIO, FinalCheckpoint, SigtermCheckpoint, resolve_ckpt_path
+from medssl.training.checkpointing import (
+    AtomicCheckpointIO,
+    FinalCheckpoint,
+    SigtermCheckpoint,
+    resolve_ckpt_path,
+)
 
 log = logging.getLogger("medssl.train")
 SIGTERM_EXIT = 143  # 128 + SIGTERM: the run stopped early, on purpose, with a checkpoint

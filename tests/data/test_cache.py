@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from medssl.atomic import TMP_MARK
 from medssl.data.cache import (
     INDEX_FILE,
     CacheIndex,
@@ -16,7 +17,6 @@ from medssl.data.cache import (
     distributed_rank,
     ensure_cache,
 )
-from medssl.atomic import TMP_MARK
 from medssl.store.plan import fingerprint, make_plan
 from medssl.transforms.spatial import resampled_shape
 from tests.data.synthetic_store import Spec, phantom_array, write_store
