@@ -206,6 +206,20 @@ def test_pipeline_passthrough_options_become_the_flags_a_person_would_type(tmp_p
     assert bench == ["bench", "label-efficiency", "--fractions", "0.25", "1.0", "--no-scratch"]
 
 
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_parses_against_the_real_parser(recipe):
+    from medssl.cli import build_parser
+    from medssl.pipeline import load_stages
+
+    from medssl.bench.cli import build_parser as bench_parser
+
+    stages = load_stages(recipe, build_parser())  # unknown options and bad values fail here
+    assert stages and all(argv[0] == command for command, argv in stages)
+    for command, argv in stages:
+        if command == "bench":  # a passthrough stage: its own parser checks it
+            bench_parser().parse_args(argv[1:])
+
+
 def test_pipeline_list_values_of_a_fixed_count_option_become_several_words(tmp_path):
     from medssl.cli import build_parser
     from medssl.pipeline import load_stages
