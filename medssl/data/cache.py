@@ -83,19 +83,31 @@ class CacheIndex:
 
     def covers(self, wanted: dict[str, str]) -> bool:
         """Whether this index holds exactly ``wanted`` (volume_id → sha256 of its store file)."""
-        have = {v.volume_id: v.sha256 for v in self.volumes}
-        return set(have) | set(self.failed) == set(wanted) and all(wanted[i] == sha for i, sha in have.items())
+        return index_covers(self.volumes, self.failed, wanted)
 
     @classmethod
     def read(cls, root: Path) -> CacheIndex | None:
-        path = Path(root) / INDEX_FILE
-        if not path.is_file():
-            return None
-        data = json.loads(path.read_text())
-        if data.get("version") != INDEX_VERSION:  # written by another medssl: rebuilt, never misread
+        data = read_index_json(root, INDEX_VERSION)
+        if data is None:
             return None
         volumes = tuple(CachedVolume.from_dict(v) for v in data["volumes"])
         return cls(Path(root), data["plan_hash"], data["dtype"], volumes, tuple(data.get("failed", ())))
+
+
+def index_covers(entries, failed: tuple[str, ...], wanted: dict[str, str]) -> bool:
+    """Whether cached ``entries`` (with ``volume_id``, ``sha256``) plus ``failed`` ids are exactly ``wanted``."""
+    have = {e.volume_id: e.sha256 for e in entries}
+    return set(have) | set(failed) == set(wanted) and all(wanted[i] == sha for i, sha in have.items())
+
+
+def read_index_json(root: str | Path, version: int) -> dict | None:
+    """A cache folder's ``index.json``; None when absent or written by another index version
+    (another medssl: the cache is rebuilt, never misread)."""
+    path = Path(root) / INDEX_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if data.get("version") == version else None
 
 
 def cache_dir(store: str | Path, plan: Plan) -> Path:

@@ -27,7 +27,15 @@ import numpy as np
 import torch
 
 from medssl.atomic import atomic_write_bytes, remove_stale_temporaries
-from medssl.data.cache import distributed_rank, exclusive_lock, run_volume_jobs, write_array
+from medssl.data.cache import (
+    INDEX_FILE,
+    distributed_rank,
+    exclusive_lock,
+    index_covers,
+    read_index_json,
+    run_volume_jobs,
+    write_array,
+)
 from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
 from medssl.store.manifest import Manifest
@@ -36,7 +44,6 @@ from medssl.transforms.intensity import NormaliseIntensity
 from medssl.transforms.spatial import resample_to_spacing
 
 log = logging.getLogger("medssl.cache2d")
-INDEX_FILE = "index.json"
 INDEX_VERSION = 1
 MAX_PIXELS = 1 << 26  # 64 Mpx: larger than any real radiograph
 
@@ -80,18 +87,12 @@ class ImageIndex:
         return np.load(self.root / image.file, mmap_mode="r")
 
     def covers(self, wanted: dict[str, str]) -> bool:
-        have = {v.volume_id: v.sha256 for v in self.images}
-        return set(have) | set(self.failed) == set(wanted) and all(
-            wanted[i] == sha for i, sha in have.items()
-        )
+        return index_covers(self.images, self.failed, wanted)
 
     @classmethod
     def read(cls, root: Path) -> ImageIndex | None:
-        path = Path(root) / INDEX_FILE
-        if not path.is_file():
-            return None
-        data = json.loads(path.read_text())
-        if data.get("version") != INDEX_VERSION:
+        data = read_index_json(root, INDEX_VERSION)
+        if data is None:
             return None
         images = tuple(CachedImage.from_dict(v) for v in data["images"])
         return cls(Path(root), data["plan_hash"], images, tuple(data.get("failed", ())))
