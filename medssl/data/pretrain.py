@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from medssl.data.cache import CacheIndex, build_cache, ensure_cache
 from medssl.data.crops import CropCollate, CropDataset, make_views
-from medssl.data.sampler import StepSampler
+from medssl.data.sampler import resumable_sampler
 from medssl.data.split import split_by_patient
 from medssl.store.plan import PLAN_FILE, Plan, fingerprint, make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
@@ -94,24 +94,13 @@ class _CropDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=self._train_sampler(len(dataset)) if train else None,
+            sampler=resumable_sampler(self.trainer, len(dataset), self.seed, self.batch_size) if train else None,  # a resumed run continues the same stream
             num_workers=workers,
             collate_fn=CropCollate(self.augment if self._augment_in_loader() else None, self.views),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )
-
-    def _train_sampler(self, n: int) -> StepSampler:
-        """Batches keyed by the trainer's step, so a resumed run continues the same stream."""
-        trainer = self.trainer
-        if trainer is None:
-            return StepSampler(n, self.seed)
-
-        def consumed() -> int:  # read when iteration starts: after a checkpoint is restored
-            return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
-
-        return StepSampler(n, self.seed, trainer.global_rank, trainer.world_size, consumed)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
