@@ -74,14 +74,30 @@ def to_ras_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray,
 
 
 def compact_dtype(array: np.ndarray) -> np.ndarray:
-    """Smallest exact integer type for integral data, else float32."""
-    if np.issubdtype(array.dtype, np.integer) or (array.size and np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))):
+    """Smallest exact integer type for integral data, else float32 (native byte order).
+
+    Integer data beyond int32 become float32 too (exact up to 2**24). The integrality
+    test of float data runs in chunks, so no full-size temporary is made.
+    """
+    if np.issubdtype(array.dtype, np.integer) or (array.size and _is_integral(array)):
         lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
         for dtype in (np.uint8, np.int16, np.uint16, np.int32):
             info = np.iinfo(dtype)
             if info.min <= lo and hi <= info.max:
                 return array.astype(dtype, copy=False)
     return array.astype(np.float32, copy=False)
+
+
+def _is_integral(array: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Whether every value of a float array is a finite whole number."""
+    if array.dtype.kind != "f":
+        return False
+    flat = np.ravel(array, order="K")  # a view for C- or Fortran-ordered arrays
+    for start in range(0, flat.size, chunk):
+        part = flat[start : start + chunk]
+        if not np.all(np.isfinite(part)) or not np.array_equal(part, np.round(part)):
+            return False
+    return True
 
 
 def nifti_image(volume: Volume) -> nib.Nifti1Image:
