@@ -145,3 +145,120 @@ def test_real_nibabel_example_reads_with_its_geometry():
     ref = nib.as_closest_canonical(nib.load(path))
     np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-4)
     assert vol.array.shape == ref.shape
+
+
+# -- one dtype rule for DICOM and NIfTI: integral -> smallest exact integer, else float32 -------
+
+
+def _scaled_int16(values, slope: float, inter: float) -> bytes:
+    img = nib.Nifti1Image(np.asarray(values, dtype=np.int16).reshape(1, 1, -1), np.eye(4))
+    img.header.set_slope_inter(slope, inter)
+    return img.to_bytes()
+
+
+def test_int16_with_a_fractional_slope_is_float32_not_float64():
+    vol = read_nifti(_scaled_int16([1, 3, -7, 2001], 0.5, 0.0))
+    assert vol.array.dtype == np.float32
+    np.testing.assert_array_equal(np.sort(vol.array.ravel()), [-3.5, 0.5, 1.5, 1000.5])
+
+
+def test_int16_with_slope_one_and_an_integer_intercept_stays_an_integer_type():
+    vol = read_nifti(_scaled_int16([0, 1024, 3000, 4095], 1.0, -1024.0))
+    assert vol.array.dtype == np.int16
+    np.testing.assert_array_equal(np.sort(vol.array.ravel()), [-1024, 0, 1976, 3071])
+
+
+def test_integral_scaling_beyond_int16_takes_the_next_exact_type():
+    vol = read_nifti(_scaled_int16([-32768, 32767], 2.0, 0.0))
+    assert vol.array.dtype == np.int32
+    assert sorted(vol.array.ravel().tolist()) == [-65536, 65534]
+
+
+def test_big_endian_scaled_data_come_back_native_and_exact():
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(np.int16)
+    img = nib.Nifti1Image(np.array([[[1, 2, 3]]], dtype=np.int16), np.eye(4), header=header)
+    img.header.set_slope_inter(0.25, 10.0)
+    data = img.to_bytes()
+    assert int.from_bytes(data[:4], "big") == 348
+    vol = read_nifti(data)
+    assert vol.array.dtype == np.dtype("=f4")
+    assert sorted(vol.array.ravel().tolist()) == [10.25, 10.5, 10.75]
+
+
+# -- qform / sform: which codes the file had, which affine was used, and disagreement ----------
+
+
+def _coded(qform, qcode: int, sform, scode: int) -> bytes:
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), None)
+    img.header.set_qform(qform, code=qcode)
+    img.header.set_sform(sform, code=scode)
+    return img.to_bytes()
+
+
+def test_codes_are_reported_and_sform_wins_when_both_agree():
+    aff = _las_affine()
+    vol = read_nifti(_coded(aff, 1, aff, 4))
+    assert vol.meta == {**vol.meta, "qform_code": 1, "sform_code": 4, "affine_source": "sform", "affine_code": 4}
+    assert not [c for c in vol.corrections if c.startswith("qform_sform_differ")]
+
+
+def test_qform_only_is_used_with_its_code():
+    aff = _las_affine()
+    vol = read_nifti(_coded(aff, 2, np.eye(4), 0))
+    assert (vol.meta["affine_source"], vol.meta["affine_code"], vol.meta["sform_code"]) == ("qform", 2, 0)
+    np.testing.assert_allclose(vol.affine @ [5, 0, 0, 1], aff @ [0, 0, 0, 1], atol=1e-5)
+
+
+def test_disagreeing_qform_and_sform_use_the_sform_and_say_by_how_much():
+    sform = _las_affine()
+    qform = sform.copy()
+    qform[:3, 3] += [0.0, 1.5, 0.0]  # 1.5 mm apart everywhere
+    vol = read_nifti(_coded(qform, 1, sform, 1))
+    assert vol.meta["affine_source"] == "sform"
+    assert "qform_sform_differ:used_sform:1.5mm" in vol.corrections
+    np.testing.assert_allclose(vol.affine @ [5, 0, 0, 1], sform @ [0, 0, 0, 1], atol=1e-5)
+
+
+def test_qform_sform_below_a_hundredth_of_a_mm_is_agreement():
+    sform = _las_affine()
+    qform = sform.copy()
+    qform[0, 3] += 0.004
+    vol = read_nifti(_coded(qform, 1, sform, 1))
+    assert not [c for c in vol.corrections if c.startswith("qform_sform_differ")]
+
+
+def test_no_codes_fall_back_to_pixdim_and_say_so():
+    img = nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), None)
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    vol = read_nifti(img.to_bytes())
+    assert (vol.meta["affine_source"], vol.meta["affine_code"]) == ("pixdim", 0)
+    assert "no_qform_sform:pixdim_affine" in vol.corrections
+
+
+# -- 4D --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_4d_las_series_comes_back_ras_with_time_untouched_and_round_trips(gz):
+    from medssl.io.volume import nifti_gz_bytes
+
+    rng = np.random.default_rng(5)
+    array = rng.integers(0, 4000, size=(6, 5, 4, 3)).astype(np.int16)
+    vol = read_nifti(_nifti_bytes(array, _las_affine(), gz))
+    assert vol.array.shape == (6, 5, 4, 3) and vol.axcodes == "RAS"
+    for t in range(3):  # each time point is its own 3D volume, flipped along x only
+        np.testing.assert_array_equal(vol.array[..., t], array[::-1, :, :, t])
+    np.testing.assert_allclose(vol.spacing, (0.7, 0.7, 2.5))
+    again = read_nifti(nifti_gz_bytes(vol))
+    np.testing.assert_array_equal(again.array, vol.array)
+    np.testing.assert_allclose(again.affine, vol.affine, atol=1e-5)
+
+
+def test_4d_with_one_volume_is_3d_and_5d_is_refused():
+    vol = read_nifti(_nifti_bytes(np.ones((4, 3, 2, 1), np.int16), np.eye(4)))
+    assert vol.array.shape == (4, 3, 2)
+    with pytest.raises(IngestError) as err:
+        read_nifti(_nifti_bytes(np.ones((4, 3, 2, 1, 3), np.float32), np.eye(4)))
+    assert err.value.code == RejectReason.UNSUPPORTED
