@@ -21,18 +21,22 @@ from tools.phantom.dicom_series import write_ct_series, write_mr_series
 from tools.phantom.enhanced import write_enhanced_multiframe
 from tools.phantom.geometry import NAMED_ORIENTATIONS, SliceGrid, make_slice_grid, sample_on_grid
 from tools.phantom.lesions import LESION_KINDS
+from tools.phantom.localizer import LOCALIZER_IMAGE_TYPE, scout_grid
 from tools.phantom.mosaic import write_mosaic
 from tools.phantom.radiograph import lesion_boxes_2d, write_radiograph
+from tools.phantom.scanner_quirks import ScannerQuirks
 from tools.phantom.volume import RAS_TO_LPS, Lesion, Phantom
 from tools.phantom.volume_files import write_nifti, write_nrrd
 
 __all__ = [
     "COMPRESSED_SYNTAXES",
     "LESION_KINDS",
+    "LOCALIZER_IMAGE_TYPE",
     "NAMED_ORIENTATIONS",
     "ORGAN_LABELS",
     "RAS_TO_LPS",
     "SUPPORTED_SYNTAXES",
+    "ScannerQuirks",
     "UNCOMPRESSED_SYNTAXES",
     "Lesion",
     "Phantom",
@@ -42,6 +46,7 @@ __all__ = [
     "make_mr_phantom",
     "make_slice_grid",
     "sample_on_grid",
+    "scout_grid",
     "write_ct_series",
     "write_enhanced_multiframe",
     "write_mosaic",

@@ -63,6 +63,11 @@ def derived_uid(*parts: object) -> UID:
     return generate_uid(entropy_srcs=["medssl-phantom", *(str(p) for p in parts)])
 
 
+def default_study_uid(patient_id: str, seed: int) -> UID:
+    """The StudyInstanceUID writers use when none is given."""
+    return derived_uid("study", patient_id, seed)
+
+
 def new_dataset(sop_class: UID, sop_instance: UID, transfer_syntax: UID) -> Dataset:
     """An empty dataset with its file meta information filled in."""
     meta = FileMetaDataset()

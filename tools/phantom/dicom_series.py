@@ -4,7 +4,10 @@ Each series is a stack described by :class:`tools.phantom.geometry.SliceGrid`; p
 are the phantom resampled at each pixel's true world position, so a correct reader
 recovers the phantom's world geometry whatever the orientation, tilt, gaps or file order.
 Traps for careless readers are on by default: random file names without extension and
-``InstanceNumber`` shuffled against slice position (``shuffle=True``).
+``InstanceNumber`` shuffled against slice position (``shuffle=True``). Scanner habits are
+opt-in (``ds_rounding``, ``pad_after_pixels``, ``long_private_value``: see
+:mod:`tools.phantom.scanner_quirks`), and ``localizer=True`` writes the series' scout
+instead (:mod:`tools.phantom.localizer`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStor
 
 from tools.phantom.dicom_base import (
     apply_extra,
+    default_study_uid,
     derived_uid,
     ds_number,
     new_dataset,
@@ -30,22 +34,11 @@ from tools.phantom.dicom_base import (
     set_pixels,
 )
 from tools.phantom.geometry import SliceGrid, make_slice_grid, sample_on_grid
+from tools.phantom.localizer import ct_scout_images, mr_three_plane_images, write_localizer
+from tools.phantom.scanner_quirks import ScannerQuirks, set_plane
 from tools.phantom.volume import Phantom
 
-
-def default_study_uid(patient_id: str, seed: int) -> UID:
-    """The StudyInstanceUID writers use when none is given."""
-    return derived_uid("study", patient_id, seed)
-
-
-def set_plane(ds: Dataset, grid: SliceGrid, s: int) -> None:
-    """Image Plane module of slice ``s`` of ``grid``."""
-    ds.ImagePositionPatient = [ds_number(v) for v in grid.positions[s]]
-    ds.ImageOrientationPatient = [ds_number(v) for v in grid.image_orientation]
-    ds.PixelSpacing = [ds_number(v) for v in grid.pixel_spacing]
-    ds.SliceThickness = ds_number(grid.slice_thickness)
-    ds.SpacingBetweenSlices = ds_number(abs(grid.slice_spacing))
-    ds.SliceLocation = ds_number(float(np.dot(grid.positions[s], grid.normal)))
+__all__ = ["default_study_uid", "set_plane", "write_ct_series", "write_mr_series", "write_stack"]
 
 
 def _slice_plan(
@@ -86,13 +79,15 @@ def write_stack(
     shuffle: bool,
     extra: Mapping[str, Any] | None,
     seed: int,
+    quirks: ScannerQuirks | None = None,
 ) -> list[Path]:
     """Write ``frames [n_slices, rows, cols]`` (stored integers) as one file per slice.
 
-    ``fill(ds)`` adds the modality-specific attributes. Returns the paths in stacking
-    order (a duplicate follows its original).
+    ``fill(ds)`` adds the modality-specific attributes; ``quirks`` the scanner habits to
+    reproduce. Returns the paths in stacking order (a duplicate follows its original).
     """
     ts = resolve_transfer_syntax(transfer_syntax)
+    quirks = quirks or ScannerQuirks()
     plan = _slice_plan(grid.n_slices, missing_slices, duplicate_slices)
     series_key = int(hashlib.sha256(str(series_uid).encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng([int(seed), series_key])
@@ -100,16 +95,19 @@ def write_stack(
     if shuffle:
         instance_numbers = [int(v) for v in rng.permutation(instance_numbers)]
     names = _file_names(instance_numbers, file_names, rng)
+    jitter = quirks.jitter(grid, rng)  # drawn last: the defaults keep their names and numbers
     paths = []
-    for (s, copy), number, name in zip(plan, instance_numbers, names):
+    for index, ((s, copy), number, name) in enumerate(zip(plan, instance_numbers, names)):
         ds = new_dataset(sop_class, derived_uid(series_uid, "slice", s, copy), ts)
         fill(ds)
         ds.InstanceNumber = number
         ds.AcquisitionNumber = 1
-        set_plane(ds, grid, s)
+        quirks.set_plane(ds, grid, s, jitter)
         set_pixels(ds, np.ascontiguousarray(frames[s]), bits_stored=bits_stored)
+        quirks.before_save(ds)
         apply_extra(ds, extra)  # last, so a test can deliberately override anything
         paths.append(save(ds, Path(out_dir) / name))
+        quirks.after_save(paths[-1], index)
     return paths
 
 
@@ -139,6 +137,10 @@ def write_ct_series(
     signed: bool = False,
     rescale_slope: float = 1.0,
     rescale_intercept: float = -1024.0,
+    ds_rounding: bool = False,
+    pad_after_pixels: int = 0,
+    long_private_value: bool = False,
+    localizer: bool = False,
     extra: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> list[Path]:
@@ -154,24 +156,25 @@ def write_ct_series(
     shuffle: InstanceNumber is a random permutation, unrelated to position;
     signed, rescale_slope, rescale_intercept: storage as int16 (BitsStored 16) or uint16
     (BitsStored 12 when it fits); ``HU = stored * slope + intercept`` within slope / 2;
+    ds_rounding: geometry rounded as scanners write it (cosines to 6 significant digits,
+    slice origins jittered in-plane by < 0.1 mm, DS strings of at most 16 characters);
+    pad_after_pixels: that many zero bytes after Pixel Data in every other file;
+    long_private_value: a ``SIEMENS MR HEADER`` private SH value of 21 characters;
+    localizer: write this series' CT scout instead (one coronal projection image,
+    ImageType LOCALIZER, see :mod:`tools.phantom.localizer`); geometry arguments are ignored;
     extra: keyword → value set on every slice (after everything else);
-    seed: drives file names and instance numbers (UIDs derive from ids and seed).
+    seed: drives file names, instance numbers and jitter (UIDs derive from ids and seed).
 
     Returns the written paths in stacking order.
     """
     _require(phantom, "CT", "write_ct_series")
-    grid = make_slice_grid(phantom, orientation, gantry_tilt_deg=gantry_tilt_deg)
-    hu = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=-1000.0)
-    stored = quantize(
-        hu, slope=rescale_slope, intercept=rescale_intercept, signed=signed, bits_stored=16
-    )
-    bits_stored = 16 if signed or int(stored.max()) > 4095 else 12
+    quirks = ScannerQuirks(ds_rounding, pad_after_pixels, long_private_value)
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
     series_uid = (
         UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
     )
-    description = (
-        series_description or f"CT {orientation if isinstance(orientation, str) else 'oblique'}"
+    description = series_description or (
+        "SCOUT" if localizer else f"CT {orientation if isinstance(orientation, str) else 'oblique'}"
     )
 
     def fill(ds: Dataset) -> None:
@@ -190,13 +193,30 @@ def write_ct_series(
         ds.PositionReferenceIndicator = ""
         ds.KVP = "120"
         ds.ConvolutionKernel = "STANDARD"
-        ds.GantryDetectorTilt = ds_number(grid.gantry_tilt_deg)
+        ds.GantryDetectorTilt = ds_number(float(gantry_tilt_deg))
         ds.RescaleIntercept = ds_number(rescale_intercept)
         ds.RescaleSlope = ds_number(rescale_slope)
         ds.RescaleType = "HU"
         ds.WindowCenter = "40"
         ds.WindowWidth = "400"
 
+    if localizer:
+        return write_localizer(
+            out_dir,
+            ct_scout_images(phantom),
+            fill,
+            sop_class=CTImageStorage,
+            series_uid=series_uid,
+            transfer_syntax=resolve_transfer_syntax(transfer_syntax),
+            quirks=quirks,
+            seed=seed,
+        )
+    grid = make_slice_grid(phantom, orientation, gantry_tilt_deg=gantry_tilt_deg)
+    hu = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=-1000.0)
+    stored = quantize(
+        hu, slope=rescale_slope, intercept=rescale_intercept, signed=signed, bits_stored=16
+    )
+    bits_stored = 16 if signed or int(stored.max()) > 4095 else 12
     return write_stack(
         out_dir,
         grid,
@@ -212,6 +232,7 @@ def write_ct_series(
         shuffle=shuffle,
         extra=extra,
         seed=seed,
+        quirks=quirks,
     )
 
 
@@ -234,23 +255,26 @@ def write_mr_series(
     echo_time_ms: float = 10.0,
     repetition_time_ms: float = 500.0,
     magnetic_field_strength_t: float = 1.5,
+    ds_rounding: bool = False,
+    pad_after_pixels: int = 0,
+    long_private_value: bool = False,
+    localizer: bool = False,
     extra: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> list[Path]:
     """Write an MR phantom as an MR Image Storage series (T1-weighted spin echo tags).
 
     Pixels are the phantom rounded to uint16 (BitsStored 12, no rescale). Geometry and
-    the other arguments behave as in :func:`write_ct_series`.
+    the other arguments behave as in :func:`write_ct_series`, except ``localizer``: a
+    three-plane localizer (one axial, one sagittal, one coronal image through the centre).
     """
     _require(phantom, "MR", "write_mr_series")
-    grid = make_slice_grid(phantom, orientation)
-    values = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=0.0)
-    stored = quantize(values, slope=1.0, intercept=0.0, signed=False, bits_stored=12)
+    quirks = ScannerQuirks(ds_rounding, pad_after_pixels, long_private_value)
     study_uid = UID(study_uid) if study_uid else default_study_uid(patient_id, phantom.seed)
     series_uid = (
         UID(series_uid) if series_uid else derived_uid(study_uid, "series", series_number, seed)
     )
-    description = series_description or "T1 SE"
+    description = series_description or ("LOCALIZER" if localizer else "T1 SE")
 
     def fill(ds: Dataset) -> None:
         set_identity(
@@ -278,6 +302,20 @@ def write_mr_series(
         ds.ImagingFrequency = ds_number(42.577478 * magnetic_field_strength_t)
         ds.ImagedNucleus = "1H"
 
+    if localizer:
+        return write_localizer(
+            out_dir,
+            mr_three_plane_images(phantom),
+            fill,
+            sop_class=MRImageStorage,
+            series_uid=series_uid,
+            transfer_syntax=resolve_transfer_syntax(transfer_syntax),
+            quirks=quirks,
+            seed=seed,
+        )
+    grid = make_slice_grid(phantom, orientation)
+    values = sample_on_grid(phantom.image, phantom.affine, grid, order=1, cval=0.0)
+    stored = quantize(values, slope=1.0, intercept=0.0, signed=False, bits_stored=12)
     return write_stack(
         out_dir,
         grid,
@@ -293,4 +331,5 @@ def write_mr_series(
         shuffle=shuffle,
         extra=extra,
         seed=seed,
+        quirks=quirks,
     )

@@ -25,6 +25,7 @@ from pydicom.uid import (
 
 from tools.phantom.anatomy import make_ct_phantom
 from tools.phantom.dicom_base import (
+    default_study_uid,
     derived_uid,
     ds_number,
     new_dataset,
@@ -33,7 +34,6 @@ from tools.phantom.dicom_base import (
     set_identity,
     set_pixels,
 )
-from tools.phantom.dicom_series import default_study_uid
 from tools.phantom.volume import Phantom
 
 MU_WATER_PER_MM = 0.02
