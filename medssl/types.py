@@ -6,6 +6,7 @@ Everything here is import-free of the heavy packages so every layer may use it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
 
@@ -53,3 +54,18 @@ class IrregularPolicy(StrEnum):
 
     REJECT = "reject"
     RESAMPLE = "resample"
+
+
+@dataclass(frozen=True)
+class OutputClass:
+    """One output of a trained head, as the artifact records it (``labels`` + ``label_values``).
+
+    ``index``: the class index the head predicts (0 = background for segmentation);
+    ``value``: the label value the training masks gave this class (what ``medssl predict``
+    writes into label maps; equal to ``index`` for artifacts that do not record values);
+    ``name``: the structure or class name.
+    """
+
+    index: int
+    value: int
+    name: str

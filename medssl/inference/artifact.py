@@ -2,7 +2,10 @@
 
 ``artifact.json`` (format :data:`ARTIFACT_FORMAT`) holds what is needed to rebuild and feed
 the model: backbone name and kwargs, head specs, the preprocessing plan, label names,
-metrics, ``weights_sha256`` of ``model.safetensors``, ``created_at`` and the medssl version.
+``label_values`` (the training masks' value of each label, parallel to ``labels``; absent in
+older artifacts: the class index is the value), ``modalities`` (those it was trained on;
+absent: the plan's), metrics, ``weights_sha256`` of ``model.safetensors``, ``created_at``
+and the medssl version.
 ``model.safetensors`` holds the encoder's tensors under ``backbone.<name>`` and each head's
 under ``heads.<head>.<name>``. A joint 2D/3D encoder stores its slice aggregator as the entry
 ``slice_aggregator`` of "heads" (kind ``"slice_aggregator"``, weights under
@@ -36,8 +39,10 @@ from safetensors.torch import save as save_safetensors
 from medssl import __version__
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
+from medssl.types import OutputClass
 
 ARTIFACT_FORMAT = 1
+MAX_LABEL_VALUE = 65535  # label maps are uint8 or uint16
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "artifact.json"
 BACKBONE_PREFIX = "backbone."
@@ -107,6 +112,27 @@ class Artifact:
         return self.meta.get("labels")
 
     @property
+    def label_values(self) -> list[int] | None:
+        """The training masks' value of each entry of :attr:`labels`, or None (older artifacts)."""
+        values = self.meta.get("label_values")
+        return None if values is None else [int(v) for v in values]
+
+    @property
+    def output_classes(self) -> tuple[OutputClass, ...]:
+        """``labels`` with their values (identity when the artifact records none)."""
+        names = self.labels or []
+        values = self.label_values or list(range(len(names)))
+        return tuple(OutputClass(i, v, str(n)) for i, (v, n) in enumerate(zip(values, names)))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities the model was trained on: ``modalities``, else the plan's normalisation keys."""
+        recorded = self.meta.get("modalities")
+        if recorded is None:
+            recorded = sorted(((self.plan or {}).get("normalisation") or {}).keys())
+        return tuple(str(m).upper() for m in recorded)
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.meta.get("metrics") or {})
 
@@ -135,6 +161,8 @@ def save_artifact(
     labels: list[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    label_values: list[int] | None = None,
+    modalities: list[str] | None = None,
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/artifact.json``; returns ``out_dir``.
 
@@ -143,8 +171,11 @@ def save_artifact(
         heads: ``{head name: {"spec": JSON dict, "state_dict": tensors}}``; only the specs
             go into the JSON.
         plan, labels, metrics, extra: JSON values recorded as given (``extra`` under "extra").
+        label_values: the training masks' value of each label (parallel to ``labels``).
+        modalities: modalities the model was trained on (DICOM codes; ``OT`` for none).
     """
     out = Path(out_dir)
+    check_label_values(label_values, labels, "artifact")
     tensors = {BACKBONE_PREFIX + k: v for k, v in state_dict.items()}
     specs: dict[str, Any] = {}
     for name, head in (heads or {}).items():
@@ -168,6 +199,8 @@ def save_artifact(
         "heads": specs,
         "plan": None if plan is None else dict(plan),
         "labels": None if labels is None else list(labels),
+        "label_values": None if label_values is None else [int(v) for v in label_values],
+        "modalities": None if modalities is None else sorted({str(m).upper() for m in modalities}),
         "metrics": dict(metrics or {}),
         "extra": dict(extra or {}),
         "weights_file": WEIGHTS_FILE,
@@ -175,7 +208,7 @@ def save_artifact(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "medssl_version": __version__,
     }
-    for key in ("backbone", "heads", "plan", "labels", "metrics", "extra"):
+    for key in ("backbone", "heads", "plan", "labels", "label_values", "modalities", "metrics", "extra"):
         _check_json(key, meta[key])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / WEIGHTS_FILE, data)
@@ -213,6 +246,7 @@ def load_artifact(path: str | Path) -> Artifact:
     for key in ("backbone", "weights_sha256"):
         if key not in meta:
             raise ArtifactError(f"artifact {folder}: {META_FILE} lacks '{key}'")
+    check_label_values(meta.get("label_values"), meta.get("labels"), f"artifact {folder}")
     data = weights_path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != meta["weights_sha256"]:
@@ -234,6 +268,19 @@ def load_artifact(path: str | Path) -> Artifact:
     return Artifact(folder, meta, tensors)
 
 
+def check_label_values(values: Any, labels: Any, where: str) -> None:
+    """``values`` (or None) must give each of ``labels`` its own integer value in 0..65535."""
+    if values is None:
+        return
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ArtifactError(f"{where}: label_values must be a list of integers")
+    if not isinstance(labels, list) or len(labels) != len(values):
+        count = len(labels) if isinstance(labels, list) else 0
+        raise ArtifactError(f"{where}: {len(values)} label_values for {count} labels; one value per label")
+    if len(set(values)) != len(values) or not all(0 <= v <= MAX_LABEL_VALUE for v in values):
+        raise ArtifactError(f"{where}: label_values {values[:8]} must be distinct and in 0..{MAX_LABEL_VALUE}")
+
+
 def weights_digest(path: str | Path) -> str:
     """sha256 of a file, streamed (for recording checkpoints and other large inputs)."""
     h = hashlib.sha256()
@@ -248,6 +295,7 @@ __all__ = [
     "ARTIFACT_FORMAT",
     "Artifact",
     "ArtifactError",
+    "check_label_values",
     "load_artifact",
     "save_artifact",
     "weights_digest",

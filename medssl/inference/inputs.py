@@ -13,7 +13,9 @@ every failure is an :class:`InputError` whose ``code`` is a ``RejectReason`` and
 message names files by their position ("file 3 of 120"), never by name.
 
 :class:`Grid` maps positions on the model's (preprocessed, possibly padded) grid back to the
-input's world coordinates: both grids span the same field of view.
+input's world coordinates: both grids span the same field of view. ``InputVolume.native``
+(:class:`~medssl.inference.native_grid.NativeGrid`) is the input's own voxel order, on which
+label maps are written (``None`` when it cannot be recovered exactly: then the canonical grid).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
+from medssl.inference.native_grid import NativeGrid, dicom_native_grid, nifti_native_grid, nrrd_native_grid
 from medssl.inference.predictor import InputError
 from medssl.io.dicom_scan import SliceRecord, read_dataset, scan_file
 from medssl.io.dicom_stack import Stack, build_stacks
@@ -53,7 +56,9 @@ class InputVolume:
     modality: DICOM Modality (``"CT"``, ``"MR"``...) or ``None`` for NIfTI/NRRD;
     kind: ``"dicom"``, ``"nifti"`` or ``"nrrd"``;
     source_datasets: the series' headers in stack order (DICOM only; kept in memory only);
-    n_images: images (slices or frames) the volume was built from.
+    n_images: images (slices or frames) the volume was built from;
+    native: the input's own voxel grid (NIfTI/NRRD: the file's array order; DICOM: columns,
+    rows, slices in stack order), or None when it could not be recovered exactly.
     """
 
     volume: Volume
@@ -61,6 +66,7 @@ class InputVolume:
     kind: str
     source_datasets: list[Dataset] | None = field(default=None, repr=False)
     n_images: int = 1
+    native: NativeGrid | None = field(default=None, repr=False)
 
     @property
     def is_dicom(self) -> bool:
@@ -175,7 +181,11 @@ def _read_volume_file(data: bytes, fmt: FileFormat, max_bytes: int) -> InputVolu
         raise input_error(err.code, f"{fmt.value.upper()} file: {err.message}") from None
     except MemoryError:
         raise input_error(RejectReason.TOO_LARGE, "the volume does not fit in memory") from None
-    return InputVolume(volume, None, fmt.value)
+    try:  # the reader accepted the file: its header parses; a grid that fails its check is None
+        native = (nifti_native_grid if fmt == FileFormat.NIFTI else nrrd_native_grid)(data, volume)
+    except Exception:  # noqa: BLE001 - best effort: the caller falls back to the canonical grid
+        native = None
+    return InputVolume(volume, None, fmt.value, native=native)
 
 
 def _read_dicom(
@@ -208,7 +218,17 @@ def _read_dicom(
     except MemoryError:
         raise input_error(RejectReason.TOO_LARGE, "the series does not fit in memory") from None
     n_images = len(stack.records) if stack.kind == "volume" else stack.first.mosaic_tiles or 1
-    return InputVolume(volume, stack.first.modality or None, "dicom", datasets, n_images)
+    return InputVolume(volume, stack.first.modality or None, "dicom", datasets, n_images,
+                       _dicom_grid(stack, volume))
+
+
+def _dicom_grid(stack: Stack, volume: Volume) -> NativeGrid | None:
+    """(columns, rows, slices in stack order): the grid ``read_stack`` assembled before RAS+."""
+    first = stack.first
+    normal = stack.normal if stack.kind == "volume" else first.mosaic_normal
+    if first.iop is None or normal is None:
+        return None
+    return dicom_native_grid(volume, first.iop[:3], first.iop[3:], normal)
 
 
 def _check_stack(stack: Stack, allow_irregular: bool) -> None:

@@ -21,6 +21,7 @@ from medssl.backbones import Backbone
 from medssl.heads import ENCODER_KEYS, build_head
 from medssl.inference.artifact import Artifact, ArtifactError
 from medssl.inference.encoder import build_encoder
+from medssl.types import OutputClass
 
 HEAD_KINDS = ("segmentation", "detection", "classification")
 
@@ -98,6 +99,9 @@ class InferenceModel(nn.Module):
             heads[name], kinds[name], specs[name] = head, kind, spec
         model = cls(encoder, heads, kinds, specs)
         model.meta = dict(artifact.meta)
+        for name in model.names("segmentation"):
+            if model.output_classes(name)[0].value != 0:
+                raise ArtifactError(f"artifact {artifact.path}: head {name!r}: label_values must give background (class 0) the value 0")
         model.to(torch.device(device))
         return model.eval()
 
@@ -128,6 +132,19 @@ class InferenceModel(nn.Module):
             return [str(v) for v in labels]
         first = ["background"] if kind == "segmentation" else []
         return first + [f"class_{i}" for i in range(len(first), count)]
+
+    def output_classes(self, name: str) -> list[OutputClass]:
+        """Head ``name``'s outputs in class order, each with its name and the label value of the
+        training masks (artifact ``label_values``); the class index where the artifact records
+        no values (older artifacts) or they do not fit the head (classification has none)."""
+        names = self.class_names(name)
+        values = list(self.meta.get("label_values") or [])
+        labels = list(self.meta.get("labels") or [])
+        if self.kinds[name] == "detection" and len(values) == len(names) + 1 and labels[:1] == ["background"]:
+            values = values[1:]
+        if self.kinds[name] == "classification" or len(values) != len(names):
+            values = list(range(len(names)))
+        return [OutputClass(i, int(v), n) for i, (v, n) in enumerate(zip(values, names))]
 
     def guideline_texts(self, name: str) -> list[str] | None:
         """Guideline sentence texts of classification head ``name`` in sentence order (the

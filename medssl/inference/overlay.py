@@ -13,7 +13,7 @@ the structure names: no identifier.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +72,14 @@ def write_overlay(
     path: str | Path,
     volume: Volume,
     label_map: np.ndarray | None,
-    label_names: Sequence[str],
+    label_names: Mapping[int, str],
     detections: Sequence[dict[str, Any]],
     modality: str | None = None,
 ) -> Path:
     """Render and write the overlay PNG of ``volume`` ``[X, Y, Z]``; returns ``path``.
 
     label_map: ``[X, Y, Z]`` integers on the volume's grid (0 = background) or ``None``;
+    label_names: label value -> name (the legend);
     detections: dicts with ``box_min_ras_mm`` / ``box_max_ras_mm`` / ``score`` / ``label``.
     """
     import matplotlib
@@ -124,8 +125,7 @@ def write_overlay(
         ax.set_axis_off()
     present = sorted(int(v) for v in np.unique(label_map) if v) if label_map is not None else []
     if present:
-        handles = [Patch(color=colours((v - 1) % 10), label=label_names[v] if v < len(label_names)
-                         else str(v)) for v in present[:10]]
+        handles = [Patch(color=colours((v - 1) % 10), label=label_names.get(v, str(v))) for v in present[:10]]
         figure.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)),
                       fontsize=8, frameon=False, labelcolor="white")
     buffer = io.BytesIO()

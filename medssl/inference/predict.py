@@ -7,17 +7,21 @@ the outputs asked for. Per head kind:
 
 * segmentation: ``sliding_window`` (window = the plan's crop size, Gaussian blending, bf16
   autocast on CUDA, fp32 on CPU), argmax, label map resampled onto the input grid (nearest;
-  the preprocessed grid spans the input's field of view) -> ``segmentation.nii.gz`` (RAS,
-  the input's affine, deterministic bytes) and, for DICOM input, ``seg.dcm`` on the source
-  images; per-structure volumes in mL in the summary.
+  the preprocessed grid spans the input's field of view), class indices turned into the
+  training masks' label values (artifact ``label_values``), then put back into the input's
+  own voxel order (``native_grid``) -> ``segmentation.nii.gz`` with the input's shape,
+  affine and qform/sform (deterministic bytes) and, for DICOM input, ``seg.dcm`` on the
+  source images; per-structure volumes in mL, by value and name, in the summary.
 * detection: the detector on the whole preprocessed volume (fp32); boxes mapped to world
   RAS mm -> summary, and ``sr.dcm`` (TID 1500) for DICOM input with any detection.
 * classification: class probabilities, the top guideline sentences of the predicted class
   as evidence (texts where the artifact carries them, else indices) and where each of those
   sentences attended (world RAS mm of the attention peak).
 
-The summary is built from model outputs and geometry only (docs/identifiers.md): no header
-field, no UID, no file name. Model compute holds a lock, so concurrent ``predict`` calls
+The input's modality is checked against the artifact's (``modality.check_modality``): a
+mismatch, or a NIfTI/NRRD whose modality had to be assumed, is a line in the summary's
+``warnings``, or a refusal with ``strict_modality``. The summary is built from model outputs
+and geometry only (docs/identifiers.md): no header field, no UID, no file name. Model compute holds a lock, so concurrent ``predict`` calls
 share one model safely while their reading and writing overlap.
 """
 
@@ -38,11 +42,13 @@ import torch.nn.functional as F
 from medssl.atomic import atomic_write_bytes
 from medssl.inference.artifact import ArtifactError, load_artifact
 from medssl.inference.inputs import Grid, InputVolume, read_input
+from medssl.inference.modality import check_modality, parse_modality
 from medssl.inference.model import InferenceModel
 from medssl.inference.overlay import write_overlay
 from medssl.inference.predictor import OUTPUT_KINDS, Prediction, PredictionRequest
 from medssl.inference.preprocess import preprocess
 from medssl.inference.sliding_window import sliding_window, sliding_window_by_slice
+from medssl.inference.summary import class_values, diagnosis, input_summary, structures
 from medssl.io.seg_writer import write_dicom_seg
 from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
@@ -67,9 +73,11 @@ class ArtifactPredictor:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         overlap: sliding-window overlap in ``[0, 1)``.
         sw_batch_size: windows per forward pass.
-        modality: modality assumed for NIfTI/NRRD inputs (they carry none); default: the
-            plan's only modality when it has exactly one, else per-volume z-score.
+        modality: the modality of NIfTI/NRRD inputs (they carry none) when a request does not
+            state one; default unknown (see :mod:`medssl.inference.modality`).
         allow_irregular: resample irregular DICOM stacks instead of refusing them.
+        strict_modality: refuse inputs whose modality is unknown or not a trained one,
+            instead of predicting with a warning.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class ArtifactPredictor:
         sw_batch_size: int = 4,
         modality: str | None = None,
         allow_irregular: bool = False,
+        strict_modality: bool = False,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -105,8 +114,9 @@ class ArtifactPredictor:
         self.window = tuple(self.plan.crop_size_2d if flat else self.plan.crop_size)
         self.overlap, self.sw_batch_size = float(overlap), int(sw_batch_size)
         self.allow_irregular = allow_irregular
-        modalities = sorted(self.plan.normalisation)
-        self.default_modality = modality or (modalities[0] if len(modalities) == 1 else None)
+        self.default_modality = parse_modality(modality)
+        self.trained_modalities = self.artifact.modalities
+        self.strict_modality = bool(strict_modality)
         self.autocast = torch.bfloat16 if self.device.type == "cuda" else None
         self._lock = threading.Lock()
         self.name = self.artifact.path.name or "model"
@@ -120,6 +130,9 @@ class ArtifactPredictor:
             "task": "+".join(sorted(set(kinds.values()))),
             "heads": dict(sorted(kinds.items())),
             "labels": self.artifact.labels,
+            "label_values": [c.value for c in self.artifact.output_classes] or None,
+            "modalities": list(self.trained_modalities),
+            "strict_modality": self.strict_modality,
             "backbone": self.artifact.backbone_name,
             "artifact_sha256": self.artifact.meta.get("weights_sha256"),
             "medssl_version": self.artifact.meta.get("medssl_version"),
@@ -153,16 +166,18 @@ class ArtifactPredictor:
         timings: dict[str, float] = {}
         inp = read_input(request.inputs, allow_irregular=self.allow_irregular)
         timings["read_s"] = time.perf_counter() - start
+        modality = check_modality(inp.kind, inp.modality, request.modality or self.default_modality,
+                                  self.trained_modalities, strict=self.strict_modality)
         out_dir = request.output_dir or Path(tempfile.mkdtemp(prefix="medssl-predict-"))
-        modality = inp.modality or self.default_modality
         tick = time.perf_counter()
-        array, reached = preprocess(inp.volume.array, inp.volume.spacing, modality, self.plan)
+        array, reached = preprocess(inp.volume.array, inp.volume.spacing, modality.normalised_as, self.plan)
         image = torch.from_numpy(np.asarray(array, dtype=np.float32))[None, None]
         timings["preprocess_s"] = time.perf_counter() - tick
         grid = Grid(inp.volume.affine, tuple(inp.volume.array.shape), tuple(image.shape[2:]))
         summary: dict[str, Any] = {
             "model": {k: self.info[k] for k in ("name", "task", "backbone", "artifact_sha256")},
-            "input": _input_summary(inp, modality, reached),
+            "input": input_summary(inp, modality, reached),
+            "warnings": list(modality.warnings),
             "notes": [],
         }
         files: dict[str, Path] = {}
@@ -171,9 +186,10 @@ class ArtifactPredictor:
         for name, kind in sorted(self.model.kinds.items()):
             tick = time.perf_counter()
             if kind == "segmentation":
-                label_maps[name] = self.segment(name, image, grid.input_shape)
-                summary.setdefault("segmentation", {})[name] = _structures(
-                    label_maps[name], inp.volume.affine, self.model.class_names(name)
+                classes = self.model.output_classes(name)
+                label_maps[name] = class_values(self.segment(name, image, grid.input_shape), classes)
+                summary.setdefault("segmentation", {})[name] = structures(
+                    label_maps[name], inp.volume.affine, classes
                 )
             elif kind == "detection":
                 found = self._detect(name, image, grid)
@@ -188,10 +204,10 @@ class ArtifactPredictor:
             files.update(self._write_sr(inp, detections, out_dir, summary))
         if "png" in request.outputs:
             first = min(label_maps) if label_maps else None
+            names = {c.value: c.name for c in self.model.output_classes(first)} if first else {}
             files["overlay.png"] = write_overlay(
-                out_dir / "overlay.png", inp.volume,
-                label_maps[first] if first else None,
-                self.model.class_names(first) if first else [], detections, modality,
+                out_dir / "overlay.png", inp.volume, label_maps[first] if first else None,
+                names, detections, modality.modality or modality.normalised_as,
             )
         timings["write_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - start
@@ -201,7 +217,7 @@ class ArtifactPredictor:
 
     # ---------------------------------------------------------------------------------------
     def segment(self, name: str, image: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
-        """Label map ``[*shape]`` of segmentation head ``name`` on a preprocessed ``image
+        """Class indices ``[*shape]`` of segmentation head ``name`` on a preprocessed ``image
         [1, C, *S]``: sliding window, argmax, nearest resampling onto ``shape``."""
         with self._lock:
             by_slice = self.model.encoder.spatial_dims == 2  # a 2D encoder: axial slice by slice
@@ -224,6 +240,7 @@ class ArtifactPredictor:
         scores = found["labels_scores"].float().cpu().numpy()
         classes = found["labels"].cpu().numpy()
         names = self.model.class_names(name)
+        values = [c.value for c in self.model.output_classes(name)]
         found = []
         for box, score, label in zip(boxes, scores, classes):
             corners = np.array([[box[i] if (c >> i) & 1 else box[i + 3] for i in range(3)]
@@ -231,6 +248,7 @@ class ArtifactPredictor:
             world = grid.to_world(corners)
             found.append({
                 "label": names[int(label)] if 0 <= int(label) < len(names) else str(int(label)),
+                "value": values[int(label)] if 0 <= int(label) < len(values) else int(label),
                 "score": round(float(score), 6),
                 "box_min_ras_mm": [round(float(v), 3) for v in world.min(axis=0)],
                 "box_max_ras_mm": [round(float(v), 3) for v in world.max(axis=0)],
@@ -249,7 +267,7 @@ class ArtifactPredictor:
             evidence = self.model.heads[name].evidence(out, top_k=3)[0]
         on_grid = Grid(grid.affine, grid.input_shape, tuple(padded.shape[2:]),
                        valid=tuple(image.shape[2:]))
-        return _diagnosis(out, evidence, self.model.class_names(name),
+        return diagnosis(out, evidence, self.model.class_names(name),
                           self.model.guideline_texts(name),
                           bool(self.model.specs[name].get("multi_label", False)), on_grid)
 
@@ -257,12 +275,21 @@ class ArtifactPredictor:
         self, outputs: frozenset[str], inp: InputVolume, label_maps: dict[str, np.ndarray],
         out_dir: Path, summary: dict[str, Any],
     ) -> dict[str, Path]:
+        """NIfTI (and DICOM SEG) of every segmentation head, on the input's own grid."""
         files: dict[str, Path] = {}
-        for index, (name, label_map) in enumerate(sorted(label_maps.items())):
+        native = inp.native
+        if label_maps and native is None:
+            summary["notes"].append("segmentation: written on the RAS+ canonical grid; the input's "
+                                    "own axis order could not be recovered exactly")
+        for index, (name, canonical) in enumerate(sorted(label_maps.items())):
             suffix = "" if index == 0 else f"-{name}"
+            label_map = native.from_canonical(canonical) if native is not None else canonical
+            affine = native.affine if native is not None else inp.volume.affine
             if "nifti" in outputs:
                 path = out_dir / f"segmentation{suffix}.nii.gz"
-                atomic_write_bytes(path, nifti_gz_bytes(Volume(label_map, inp.volume.affine)))
+                data = (native.nifti_bytes(label_map) if native is not None
+                        else nifti_gz_bytes(Volume(label_map, affine)))
+                atomic_write_bytes(path, data)
                 files[path.name] = path
             if "seg" not in outputs:
                 continue
@@ -272,11 +299,11 @@ class ArtifactPredictor:
                 summary["notes"].append(f"seg: not written, head {name} found no structure")
             else:
                 path = out_dir / f"seg{suffix}.dcm"
-                names = dict(enumerate(self.model.class_names(name)))
+                names = {c.value: c.name for c in self.model.output_classes(name)}
                 try:
                     write_dicom_seg(label_map, inp.source_datasets, names, path,
                                     algorithm_name=self.name, algorithm_version=self.version,
-                                    affine=inp.volume.affine)
+                                    affine=affine)
                 except ValueError as exc:  # the writer's reasons name counts and keywords only
                     summary["notes"].append(f"seg: not written ({exc})")
                     continue
@@ -301,68 +328,10 @@ class ArtifactPredictor:
         return {path.name: path}
 
 
-def _input_summary(inp: InputVolume, modality: str | None, reached: tuple) -> dict[str, Any]:
-    """Geometry and kind of the input: numbers only, no header field."""
-    return {
-        "kind": inp.kind,
-        "modality": modality,
-        "images": inp.n_images,
-        "shape": [int(n) for n in inp.volume.array.shape],
-        "spacing_mm": [round(float(s), 4) for s in inp.volume.spacing],
-        "model_spacing_mm": [round(float(s), 4) for s in reached],
-    }
-
-
-def _structures(label_map: np.ndarray, affine: np.ndarray, names: list[str]) -> dict[str, Any]:
-    """Voxels and volume (mL) of every output value but background."""
-    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts = np.bincount(label_map.reshape(-1), minlength=len(names))
-    return {
-        "voxel_ml": round(voxel_ml, 9),
-        "structures": [
-            {"value": v, "label": names[v] if v < len(names) else str(v),
-             "voxels": int(counts[v]), "volume_ml": round(float(counts[v]) * voxel_ml, 4)}
-            for v in range(1, len(counts))
-        ],
-    }
-
-
-def _diagnosis(out: dict[str, torch.Tensor], evidence: dict[int, list[int]], names: list[str],
-               texts: list[str] | None, multi_label: bool, grid: Grid) -> dict[str, Any]:
-    """Probabilities per class; per predicted class its top sentences, each with its score and
-    the world position (RAS mm) and weight of its attention peak."""
-    logits = out["logits"][0]
-    probs = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
-    attention = out["attention"][0]  # [N, *feature grid]
-    cells = np.asarray(attention.shape[1:], dtype=float)
-    stride = np.asarray(grid.shape, dtype=float) / cells
-    found = []
-    for c, sentences in evidence.items():
-        items = []
-        for i in sentences:
-            flat = int(attention[i].reshape(-1).argmax())
-            cell = np.array(np.unravel_index(flat, attention.shape[1:]), dtype=float)
-            peak = grid.to_world(((cell + 0.5) * stride)[None])[0]
-            items.append({
-                "index": int(i),
-                "text": texts[i] if texts is not None and i < len(texts) else None,
-                "score": round(float(out["sentence_scores"][0, i]), 6),
-                "attention_peak_ras_mm": [round(float(v), 2) for v in peak],
-                "attention_peak_weight": round(float(attention[i].reshape(-1)[flat]), 6),
-            })
-        found.append({"class": names[c], "sentences": items})
-    return {
-        "probabilities": {names[c]: round(float(p), 6) for c, p in enumerate(probs)},
-        "predicted": [names[c] for c in evidence],
-        "evidence": found,
-        "evidence_texts": texts is not None,
-        "attention_grid": [int(n) for n in cells],
-    }
-
-
-def load_predictor(artifact_dir: str | Path, device: str = "auto") -> ArtifactPredictor:
+def load_predictor(artifact_dir: str | Path, device: str = "auto",
+                   strict_modality: bool = False) -> ArtifactPredictor:
     """The predictor ``medssl serve`` and ``medssl predict`` use for an artifact folder."""
-    return ArtifactPredictor(artifact_dir, device=device)
+    return ArtifactPredictor(artifact_dir, device=device, strict_modality=strict_modality)
 
 
 __all__ = ["ArtifactPredictor", "load_predictor", "resolve_device"]

@@ -31,11 +31,14 @@ class PredictionRequest:
         outputs: any of :data:`OUTPUT_KINDS`.
         output_dir: a private, existing, empty folder for the output files (deleted by the
             caller after use); ``None`` lets the predictor choose a temporary folder.
+        modality: the input's modality as the user states it (``"MR"``): NIfTI and NRRD carry
+            none; a DICOM series' own Modality wins. ``None``: the predictor's default.
     """
 
     inputs: tuple[Path, ...]
     outputs: frozenset[str] = frozenset({"json"})
     output_dir: Path | None = None
+    modality: str | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -43,6 +46,9 @@ class PredictionRequest:
         unknown = sorted(set(self.outputs) - OUTPUT_KINDS)
         if unknown:
             raise InputError(f"unknown outputs {unknown}; choose from {sorted(OUTPUT_KINDS)}")
+        if self.modality is not None and not (self.modality.isalnum() and self.modality.isupper()
+                                              and len(self.modality) <= 16):
+            raise InputError(f"modality must be 1-16 upper-case letters or digits (CT, MR, PT...), got {len(self.modality)} characters")
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ class Predictor(Protocol):
     """A loaded model that turns uploaded files into a :class:`Prediction`.
 
     ``info`` is what ``GET /v1/models`` shows: name, task, labels, artifact sha256, plan
-    summary. ``predict`` raises :class:`InputError` for bad input and must be safe to call
+    summary, trained modalities. A summary may hold ``warnings`` (a list of lines, e.g. an
+    input of another modality than the model was trained on). ``predict`` raises :class:`InputError` for bad input and must be safe to call
     from several threads at once when the server allows concurrent predictions.
     """
 

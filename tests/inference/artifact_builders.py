@@ -20,6 +20,7 @@ from medssl.heads import build_head
 from medssl.heads.detector import build_retinanet, detector_spec
 from medssl.heads.seg_decoder import SegmentationDecoder
 from medssl.inference.artifact import save_artifact
+from medssl.inference.predict import ArtifactPredictor
 from medssl.store.plan import IntensityNorm, Plan
 
 ENCODER_KWARGS = {"channels": [8, 16], "blocks_per_stage": [1, 1], "strides": [1, 2]}
@@ -42,6 +43,21 @@ GUIDELINES = {
 }
 
 
+BRIGHT_HU = 1000  # ThresholdSegmenter's threshold: phantoms stay below 700 HU
+
+
+class ThresholdSegmenter(ArtifactPredictor):
+    """An artifact's reading, preprocessing and writing, with the network replaced by a
+    threshold: voxels brighter than ``BRIGHT_HU`` (in the plan's CT normalisation) are class 2.
+    Give it a plan whose target spacing is the input's, so its label map is exact."""
+
+    def segment(self, name, image, shape):
+        norm = self.plan.norm_for("CT")
+        labels = (image[0, 0] > (BRIGHT_HU - norm.mean) / norm.std).to(torch.uint8) * 2
+        assert tuple(labels.shape) == tuple(shape)  # the plan's spacing is the input's: no resampling
+        return labels.numpy()
+
+
 def small_plan(target_spacing=(6.0, 6.0, 8.0), crop_size=(32, 32, 16)) -> dict:
     plan = Plan(
         target_spacing=tuple(target_spacing),
@@ -59,16 +75,21 @@ def _encoder(seed: int):
     return create_backbone("resenc3d", **ENCODER_KWARGS).eval()
 
 
-def segmentation_artifact(folder: Path, seed: int = 0, plan: dict | None = None) -> Path:
+def segmentation_artifact(folder: Path, seed: int = 0, plan: dict | None = None,
+                          labels: list[str] | None = None, label_values: list[int] | None = None,
+                          modalities: list[str] | None = None) -> Path:
+    """Classes follow intensity: air / soft tissue / bone; a fourth and later class (``labels``
+    longer than three) is never predicted. ``label_values``, ``modalities``: recorded as given."""
+    labels = labels or SEG_LABELS
     encoder = _encoder(seed)
-    spec = {"num_classes": 3, "decoder_channels": None, "deep_supervision": False}
+    spec = {"num_classes": len(labels), "decoder_channels": None, "deep_supervision": False}
     head = build_head("segmentation", spec, encoder)
     _intensity_classes(head)
     return save_artifact(
         folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
         state_dict=encoder.state_dict(),
         heads={"seg": {"spec": {"kind": "segmentation", **spec}, "state_dict": head.state_dict()}},
-        plan=plan or small_plan(), labels=SEG_LABELS,
+        plan=plan or small_plan(), labels=labels, label_values=label_values, modalities=modalities,
     )
 
 
@@ -101,7 +122,9 @@ def _intensity_classes(head: SegmentationDecoder) -> None:
         centre = (slice(None), *([0] * (conv.weight.ndim - 2)))  # 1x1(x1) kernel, 2D or 3D
         conv.weight[(0, *centre)] = -mean * 4
         conv.weight[(2, *centre)] = mean * 4
-        conv.bias.copy_(torch.tensor([0.0, 0.5, 0.0]))
+        bias = torch.full((conv.weight.shape[0],), -10.0)  # classes past the third never win
+        bias[:3] = torch.tensor([0.0, 0.5, 0.0])
+        conv.bias.copy_(bias)
 
 
 def detection_artifact(folder: Path, seed: int = 0) -> Path:

@@ -69,7 +69,9 @@ def test_dicom_and_lps_nifti_give_the_same_labels_on_the_same_world_grid(case):
     from_dicom, affine_dicom = _nifti(case["dicom"].files["segmentation.nii.gz"])
     from_nifti, affine_nifti = _nifti(case["nifti"].files["segmentation.nii.gz"])
     assert from_dicom.shape == case["input"].volume.array.shape == (48, 48, 20)
-    assert np.allclose(affine_dicom, case["input"].volume.affine, atol=1e-4)  # the input's RAS
+    # an axial series is LPS (columns, rows, slices up): its own grid, as the LPS NIfTI's
+    assert np.allclose(affine_dicom, case["input"].native.affine, atol=1e-4)
+    assert "".join(nib.aff2axcodes(affine_dicom)) == "LPS"
     assert np.allclose(affine_nifti, affine_dicom, atol=1e-4)
     assert np.array_equal(from_dicom, from_nifti)
     assert set(np.unique(from_dicom)) <= {0, 1, 2} and from_dicom.any()
@@ -161,7 +163,7 @@ def test_a_2d_artifact_segments_a_volume_slice_by_slice_on_its_grid(case, tmp_pa
     assert predictor.info["plan"]["window"] == [32, 32] and predictor.info["backbone"] == "resenc2d"
     result = predictor.predict(PredictionRequest((case["root"] / "dicom",), frozenset({"nifti", "seg"}), tmp_path))
     labels, affine = _nifti(result.files["segmentation.nii.gz"])
-    assert labels.shape == case["input"].volume.array.shape and np.allclose(affine, case["input"].volume.affine, atol=1e-4)
+    assert labels.shape == case["input"].native.shape and np.allclose(affine, case["input"].native.affine, atol=1e-4)
     # the head reads intensity: the 3D model with the same rule labels the same voxels, mostly
     three_d, _ = _nifti(case["dicom"].files["segmentation.nii.gz"])
     assert (labels == three_d).mean() > 0.8 and len(np.unique(labels)) >= 2
