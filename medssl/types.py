@@ -38,6 +38,8 @@ class RejectReason(StrEnum):
     DUPLICATE_SLICES = "duplicate_slices"  # two slices at one position with different pixels
     UNEVEN_SPACING = "uneven_spacing"  # spacing varies beyond tolerance
     GANTRY_TILT = "gantry_tilt"  # sheared stack and resampling not allowed
+    SHEARED = "sheared_stack"  # slice origins drift in-plane beyond DICOM rounding without a gantry that tilts
+    LOCALIZER_SKIPPED = "localizer_skipped"  # a localizer/scout, skipped on request (--skip-localizers)
     BURNED_IN = "burned_in_annotation"  # pixels may carry identifiers
     BAD_ARCHIVE = "bad_archive"  # unreadable zip, unsafe member names, zip bomb
     FETCH = "fetch_failed"  # DICOMweb / network failure for one item
@@ -47,6 +49,14 @@ class RejectReason(StrEnum):
     LABEL_NO_IMAGE = "label_no_image"  # the case's image was refused or is not in the store
     LABEL_MISMATCH = "label_mismatch"  # mask or box does not overlap the image in world space
     LABEL_INVALID = "label_invalid"  # unreadable mask, 4D, non-integer/negative/unnamed values, bad names
+
+
+class GeometryKind(StrEnum):
+    """What a stored volume's affine means (manifest column ``geometry``)."""
+
+    PATIENT = "patient"  # true world geometry (RAS mm): 3D/4D volumes
+    PROJECTION = "projection"  # a 2D projection (localizer, scout, radiograph): pixel spacing only
+    NONE = "none"  # a 2D image whose header gives no patient position/orientation: pixel spacing only
 
 
 class IrregularPolicy(StrEnum):

@@ -11,21 +11,21 @@ turned into pseudonyms before anything is written or printed.
 
 from __future__ import annotations
 
-import io
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from medssl.errors import IngestError
+from medssl.io.dicom_frames import SliceInfo, SplitKey, classic_info, enhanced_info, philips_scale_slope
+from medssl.io.dicom_read import decimals_precision, integer, lenient_reading, number, numbers, read_dataset, tag_text
 from medssl.io.sources import SourceItem
 from medssl.types import RejectReason
 
+__all__ = ["SliceRecord", "read_dataset", "scan_file"]
+
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
 Vec3 = tuple[float, float, float]
 
 
@@ -48,7 +48,7 @@ class SliceRecord:
     slice_thickness: float | None
     slope: float = 1.0
     intercept: float = 0.0
-    split_key: tuple = ()  # echo, temporal position, stack id: never merged into one volume
+    info: SliceInfo = SliceInfo(SplitKey(), ())
     acquisition: str = ""
     instance: int = 0
     mosaic_tiles: int = 0  # > 0: a Siemens mosaic holding this many slices
@@ -57,81 +57,26 @@ class SliceRecord:
     photometric: str = "MONOCHROME2"
     burned_in: str = ""  # BurnedInAnnotation as written ("YES", "NO" or "" when absent)
     nbytes: int = 0  # size of the file: of two copies of one instance, the larger is whole
-    gantry_tilt: float = 0.0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    gantry_tilt: float = 0.0  # GantryDetectorTilt in degrees (0 when absent)
+    position_precision: float = 0.0  # rounding bound of the written IPP/IOP values, in mm at 100 mm
+    scaling: str = "rescale"  # "rescale" (modality LUT) or "philips_precise" (dcm2niix's default)
+    projection: bool = False  # a localizer / scout or an image without a patient frame: stored 2D
+    spacing_between: float | None = None  # SpacingBetweenSlices (mosaics, header-geometry multi-frame)
 
-
-@contextmanager
-def strict_reading() -> Iterator[None]:
-    """pydicom raises on invalid values instead of warning (the issue's strict mode)."""
-    settings = pydicom.config.settings
-    old = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = old
-
-
-def read_dataset(data: bytes, *, stop_before_pixels: bool) -> Dataset:
-    """Parse DICOM bytes strictly; every failure becomes an :class:`IngestError`.
-
-    Exception texts from pydicom can quote element values, so they are never passed on:
-    the message names only the exception type.
-    """
-    force = not (len(data) >= 132 and data[128:132] == b"DICM")
-    try:
-        with strict_reading():
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=force)
-            ds.file_meta  # noqa: B018 - touch lazily parsed parts inside the strict context
-    except InvalidDicomError:
-        raise IngestError(RejectReason.NOT_AN_IMAGE, "not a DICOM file") from None
-    except (EOFError, OSError) as exc:
-        raise IngestError(RejectReason.TRUNCATED, f"DICOM file ends early ({type(exc).__name__})") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
-        raise IngestError(RejectReason.MALFORMED, f"DICOM header unreadable ({type(exc).__name__})") from None
-    if len(ds) == 0:
-        raise IngestError(RejectReason.MALFORMED, "DICOM file holds no data elements")
-    _check_complete(ds, len(data), stop_before_pixels)
-    return ds
-
-
-def _check_complete(ds: Dataset, size: int, stop_before_pixels: bool) -> None:
-    """Refuse a file that ends inside an element.
-
-    pydicom hands back a short value when the file ends inside an element's value, and
-    stops silently when it ends inside the next element's 8-12 byte header; both are
-    caught here from the raw elements' offsets, without converting any value.
-    """
-    end = 0
-    for elem in ds.elements():  # raw elements: nothing is converted here
-        length = getattr(elem, "length", None)
-        value = getattr(elem, "value", None)
-        if length is None or length == 0xFFFFFFFF:
-            end = -1  # undefined length (sequence, encapsulated pixels): its end is not known here
-            continue
-        if isinstance(value, (bytes, bytearray)) and len(value) < length:
-            raise IngestError(RejectReason.TRUNCATED, f"file ends inside element {elem.tag} ({len(value)} of {length} bytes)")
-        tell = getattr(elem, "value_tell", None)
-        if tell is not None:
-            end = tell + length
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if end <= 0 or syntax == "1.2.840.10008.1.2.1.99":  # offsets of a deflated stream are not file offsets
-        return
-    leftover = size - end
-    if (not stop_before_pixels and leftover > 0) or 0 < leftover < 8:
-        raise IngestError(RejectReason.TRUNCATED, f"file ends inside an element header ({leftover} bytes after the last whole element)")
+    @property
+    def split_key(self) -> SplitKey:
+        return self.info.split
 
 
 def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
     """Records for every image in one DICOM file (an empty list for a DICOMDIR)."""
     ds = read_dataset(data, stop_before_pixels=True)
     try:
-        with strict_reading():
+        with lenient_reading():
             return _records(item, ds, len(data))
     except IngestError:
         raise
-    except Exception as exc:  # noqa: BLE001 - invalid values surface on access
+    except Exception as exc:  # noqa: BLE001 - values the checks did not foresee
         raise IngestError(RejectReason.MALFORMED, f"invalid DICOM attribute value ({type(exc).__name__})") from None
 
 
@@ -142,65 +87,104 @@ def _records(item: SourceItem, ds: Dataset, nbytes: int) -> list[SliceRecord]:
     if "Rows" not in ds or "Columns" not in ds:
         raise IngestError(RejectReason.NO_PIXELS, "DICOM object without an image (no Rows/Columns)")
     for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
-        if not ds.get(keyword):
+        if not str(ds.get(keyword, "") or "").strip():
             raise IngestError(RejectReason.MALFORMED, f"required attribute {keyword} is missing")
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols = integer(ds.get("Rows"), -1), integer(ds.get("Columns"), -1)
     if rows <= 0 or cols <= 0 or rows * cols > 1 << 28:
-        raise IngestError(RejectReason.TOO_LARGE, f"implausible image size {rows}x{cols}")
+        raise IngestError(RejectReason.TOO_LARGE if rows > 0 and cols > 0 else RejectReason.MALFORMED, f"implausible image size {rows}x{cols} in {tag_text(0x00280010)}/{tag_text(0x00280011)}")
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     base = dict(
         item=item,
         patient_id=str(ds.get("PatientID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         series_uid=str(ds.SeriesInstanceUID),
         sop_uid=str(ds.SOPInstanceUID),
-        modality=str(ds.get("Modality", "OT")).upper(),
+        modality=str(ds.get("Modality", "OT") or "OT").upper(),
         rows=rows,
         cols=cols,
-        samples_per_pixel=int(ds.get("SamplesPerPixel", 1)),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        samples_per_pixel=integer(ds.get("SamplesPerPixel"), 1),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
         burned_in=str(ds.get("BurnedInAnnotation", "")).strip().upper(),
         acquisition=str(ds.get("AcquisitionNumber", "")),
-        instance=_int(ds.get("InstanceNumber")),
-        gantry_tilt=_float(ds.get("GantryDetectorTilt"), 0.0),
+        instance=integer(ds.get("InstanceNumber")),
+        gantry_tilt=number(ds.get("GantryDetectorTilt"), 0.0),
         nbytes=nbytes,
+        spacing_between=number(ds.get("SpacingBetweenSlices"), None),
     )
-    n_frames = _int(ds.get("NumberOfFrames"), 1)
+    n_frames = integer(ds.get("NumberOfFrames"), 1)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_records(ds, base, n_frames)
-    if n_frames > 1:
-        raise IngestError(RejectReason.UNSUPPORTED, f"multi-frame object of {n_frames} frames without functional groups (SOP class {sop_class})")
-    ipp = _vec(ds.get("ImagePositionPatient"), 3)
-    iop = _vec(ds.get("ImageOrientationPatient"), 6)
-    spacing = _vec(ds.get("PixelSpacing"), 2) or _vec(ds.get("ImagerPixelSpacing"), 2)
-    tiles, normal = _mosaic(ds)
-    split = (
-        _float(ds.get("EchoNumbers"), 0.0) or _float(ds.get("EchoTime"), 0.0),
-        _int(ds.get("TemporalPositionIdentifier")),
-        _float(ds.get("DiffusionBValue"), 0.0),
-        "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])],
+    precise = philips_scale_slope(ds) if str(ds.get("Manufacturer", "")).upper().startswith("PHILIPS") else None
+    slope, intercept = number(ds.get("RescaleSlope"), 1.0) or 1.0, number(ds.get("RescaleIntercept"), 0.0)
+    if sop_class == RT_DOSE_SOP_CLASS:
+        slope, intercept = number(ds.get("DoseGridScaling"), 1.0) or 1.0, 0.0
+    common = dict(
+        ipp=numbers(ds, "ImagePositionPatient", 3),
+        iop=numbers(ds, "ImageOrientationPatient", 6),
+        pixel_spacing=numbers(ds, "PixelSpacing", 2) or numbers(ds, "ImagerPixelSpacing", 2),
+        slice_thickness=number(ds.get("SliceThickness"), None),
+        slope=slope if precise is None else 1.0 / precise,
+        intercept=intercept if precise is None else intercept / (slope * precise),
+        scaling="rescale" if precise is None else "philips_precise",
+        info=classic_info(ds),
+        position_precision=_precision(ds),
+        projection="LOCALIZER" in image_type,
+        **base,
     )
-    return [
-        SliceRecord(
-            frame=None,
-            ipp=ipp,
-            iop=iop,
-            pixel_spacing=spacing,
-            slice_thickness=_float(ds.get("SliceThickness"), None),
-            slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
-            intercept=_float(ds.get("RescaleIntercept"), 0.0),
-            split_key=split,
-            mosaic_tiles=tiles,
-            mosaic_normal=normal,
-            **base,
-        )
-    ]
+    if n_frames > 1:
+        return _header_frames(ds, common, n_frames, sop_class)
+    tiles, normal = _mosaic(ds)
+    return [SliceRecord(frame=None, mosaic_tiles=tiles, mosaic_normal=normal, **common)]
+
+
+def _precision(ds: Dataset) -> float:
+    """How far rounding of the written IPP/IOP strings can move a slice origin 100 mm out (mm)."""
+    return decimals_precision(ds, "ImagePositionPatient") + 100.0 * decimals_precision(ds, "ImageOrientationPatient")
+
+
+def _header_frames(ds: Dataset, common: dict, n_frames: int, sop_class: str) -> list[SliceRecord]:
+    """A multi-frame object without functional groups (RT dose, NM, Philips classic, US cine).
+
+    Frames are slices along the normal when the header says where they lie: RT dose by
+    GridFrameOffsetVector, NM tomography by its detector's IPP/IOP and SpacingBetweenSlices,
+    other MR/CT multi-frame by SpacingBetweenSlices (or SliceThickness). Without a patient
+    frame (US cine, planar NM) every frame is a 2D image.
+    """
+    ipp, iop = common["ipp"], common["iop"]
+    detector = ds.get("DetectorInformationSequence")
+    if (ipp is None or iop is None) and detector:
+        ipp, iop = numbers(detector[0], "ImagePositionPatient", 3), numbers(detector[0], "ImageOrientationPatient", 6)
+    offsets = None
+    if sop_class == RT_DOSE_SOP_CLASS and "GridFrameOffsetVector" in ds:
+        offsets = [float(v) for v in ds.GridFrameOffsetVector]
+        if len(offsets) != n_frames:
+            raise IngestError(RejectReason.GEOMETRY, f"{tag_text(0x3004000C)} (GridFrameOffsetVector) holds {len(offsets)} offsets for {n_frames} frames")
+        if offsets[0] != 0 and ipp is not None:  # absolute z positions (axial only, PS3.3 C.8.8.3.2)
+            offsets = [v - ipp[2] for v in offsets]
+    elif ipp is not None and iop is not None:
+        step = number(ds.get("SpacingBetweenSlices"), None) or number(ds.get("SliceThickness"), None)
+        if step:
+            offsets = [k * step for k in range(n_frames)]
+    records = []
+    for index in range(n_frames):
+        geo = {"ipp": None, "iop": None, "projection": True}
+        if offsets is not None and ipp is not None and iop is not None:
+            row, col = iop[:3], iop[3:]
+            normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
+            geo = {"ipp": tuple(p + offsets[index] * n for p, n in zip(ipp, normal)), "iop": iop, "projection": common["projection"]}
+        info = replace(common["info"], frame_order=(*common["info"].frame_order, index))
+        records.append(SliceRecord(**{**common, **geo, "info": info, "frame": index, "sop_uid": f"{common['sop_uid']}#{index}"}))
+    return records
 
 
 def _enhanced_records(ds: Dataset, base: dict, n_frames: int) -> list[SliceRecord]:
     per_frame = ds.PerFrameFunctionalGroupsSequence
     if len(per_frame) != n_frames:
         raise IngestError(RejectReason.MALFORMED, f"{len(per_frame)} per-frame groups for {n_frames} frames")
-    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0] if ds.get("SharedFunctionalGroupsSequence") else Dataset()
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else Dataset()
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    precise = philips_scale_slope(ds)
+    philips = str(ds.get("Manufacturer", "")).upper().startswith("PHILIPS")
     records = []
     for index, group in enumerate(per_frame):
         def item(seq: str, keyword: str, group=group):
@@ -209,27 +193,44 @@ def _enhanced_records(ds: Dataset, base: dict, n_frames: int) -> list[SliceRecor
                     return source[seq].value[0][keyword].value
             return None
 
-        content = group.get("FrameContentSequence", [Dataset()])[0] if group.get("FrameContentSequence") else Dataset()
-        split = (
-            _float(item("MREchoSequence", "EffectiveEchoTime"), 0.0),
-            _int(content.get("TemporalPositionIndex")),
-            str(content.get("StackID", "")),
-            _float(item("MRDiffusionSequence", "DiffusionBValue"), 0.0),
-        )
+        def vector(seq: str, keyword: str, count: int, group=group):
+            for source in (group, shared):
+                if seq in source and len(source[seq].value) and keyword in source[seq].value[0]:
+                    return numbers(source[seq].value[0], keyword, count)
+            return None
+
+        content = group.FrameContentSequence[0] if group.get("FrameContentSequence") else Dataset()
+        slope = number(item("PixelValueTransformationSequence", "RescaleSlope"), number(ds.get("RescaleSlope"), 1.0)) or 1.0
+        intercept = number(item("PixelValueTransformationSequence", "RescaleIntercept"), number(ds.get("RescaleIntercept"), 0.0))
+        frame_precise = _frame_scale_slope(group, precise) if philips else None
         records.append(
             SliceRecord(
                 frame=index,
-                ipp=_vec(item("PlanePositionSequence", "ImagePositionPatient"), 3),
-                iop=_vec(item("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
-                pixel_spacing=_vec(item("PixelMeasuresSequence", "PixelSpacing"), 2),
-                slice_thickness=_float(item("PixelMeasuresSequence", "SliceThickness"), None),
-                slope=_float(item("PixelValueTransformationSequence", "RescaleSlope"), _float(ds.get("RescaleSlope"), 1.0)) or 1.0,
-                intercept=_float(item("PixelValueTransformationSequence", "RescaleIntercept"), _float(ds.get("RescaleIntercept"), 0.0)),
-                split_key=split,
+                ipp=vector("PlanePositionSequence", "ImagePositionPatient", 3),
+                iop=vector("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+                pixel_spacing=vector("PixelMeasuresSequence", "PixelSpacing", 2),
+                slice_thickness=number(item("PixelMeasuresSequence", "SliceThickness"), None),
+                slope=slope if frame_precise is None else 1.0 / frame_precise,
+                intercept=intercept if frame_precise is None else intercept / (slope * frame_precise),
+                scaling="rescale" if frame_precise is None else "philips_precise",
+                info=enhanced_info(item, content, index),
+                projection="LOCALIZER" in image_type,
                 **{**base, "sop_uid": f"{base['sop_uid']}#{index}"},
             )
         )
     return records
+
+
+def _frame_scale_slope(group: Dataset, default: float | None) -> float | None:
+    """Philips keeps the per-frame MR Scale Slope in a private sequence of the frame's groups."""
+    found = philips_scale_slope(group, nested=True)
+    if found is None:
+        for elem in group:
+            if elem.VR == "SQ" and len(elem.value) and elem.tag.group != 0x2005:
+                found = philips_scale_slope(elem.value[0], nested=True)
+                if found is not None:
+                    break
+    return found if found is not None else default
 
 
 def _mosaic(ds: Dataset) -> tuple[int, Vec3 | None]:
@@ -249,29 +250,3 @@ def _mosaic(ds: Dataset) -> tuple[int, Vec3 | None]:
     if not tiles or normal is None:
         raise IngestError(RejectReason.GEOMETRY, "mosaic image without NumberOfImagesInMosaic / SliceNormalVector")
     return int(tiles), tuple(float(v) for v in normal)
-
-
-def _vec(value, n: int) -> tuple | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str) else [value]))
-    except (TypeError, ValueError):
-        raise IngestError(RejectReason.GEOMETRY, f"geometry attribute with non-numeric values (expected {n} numbers)") from None
-    if len(out) != n or any(v != v or abs(v) > 1e7 for v in out):
-        raise IngestError(RejectReason.GEOMETRY, f"geometry attribute with {len(out)} values (expected {n} finite numbers)")
-    return out
-
-
-def _float(value, default):
-    try:
-        return float(value) if value is not None and str(value).strip() != "" else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _int(value, default: int = 0) -> int:
-    try:
-        return int(value) if value is not None and str(value).strip() != "" else default
-    except (TypeError, ValueError):
-        return default

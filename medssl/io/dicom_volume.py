@@ -17,53 +17,74 @@ interpolated onto a uniform grid along the normal.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict, replace
 
 import numpy as np
 from nibabel import orientations as ornt
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
-from medssl.io.dicom_scan import SliceRecord, read_dataset, strict_reading
+from medssl.io.dicom_frames import FrameParams
+from medssl.io.dicom_read import integer, lenient_reading, read_dataset
+from medssl.io.dicom_scan import SliceRecord
 from medssl.io.dicom_stack import Stack
 from medssl.io.volume import Volume, compact_dtype, lps_to_ras, to_ras_canonical
-from medssl.types import RejectReason
+from medssl.types import GeometryKind, RejectReason
 
 MAX_VOXELS = 2_000_000_000 // 4  # float32 working copy stays under 2 GB per worker
+CHANNELS = ("R", "G", "B")
 
 
 def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
     """Decode and assemble ``stack``; ``read_bytes(item)`` gives a file's bytes.
 
     Returns the volume and the first image's full header (for de-identification and the
-    manifest). The volume has ``corrections`` naming any resampling done.
+    manifest). The volume has ``corrections`` naming any resampling done, and ``meta``:
+    ``geometry`` (a :class:`GeometryKind`), ``frames`` (per-frame parameters of a 4D volume)
+    and ``scaling`` (how stored values became the values written).
     """
     first = stack.first
-    n_voxels = first.rows * first.cols * max(len(stack.records), first.mosaic_tiles or 1)
+    n_voxels = first.rows * first.cols * len(stack.records) * max(first.mosaic_tiles, 1) * first.samples_per_pixel
     if n_voxels > MAX_VOXELS:
         raise IngestError(RejectReason.TOO_LARGE, f"stack of {n_voxels} voxels exceeds the bound of {MAX_VOXELS}")
-    if first.samples_per_pixel != 1:
-        raise IngestError(RejectReason.UNSUPPORTED, f"colour images (SamplesPerPixel={first.samples_per_pixel}) are not converted")
-    if stack.kind != "volume":
-        data, header = _decode(stack.records, read_bytes, _Target.plain)
-        pixels = data[:, :, 0]  # [cols, rows]
-        return (_image2d(stack, pixels) if stack.kind == "image2d" else _mosaic(stack, pixels.T, header)), header
+    colour = first.samples_per_pixel == 3 and stack.kind == "volume"
+    if first.samples_per_pixel != 1 and not colour:
+        raise IngestError(RejectReason.UNSUPPORTED, f"colour {'2D images' if stack.kind == 'image2d' else 'mosaics'} (SamplesPerPixel={first.samples_per_pixel}) are not converted")
+    meta = {"geometry": GeometryKind.PATIENT, "scaling": first.scaling}
+    params = list(stack.frame_params)
+    if colour:
+        params = [replace(p, channel=c) for p in (params or [FrameParams()]) for c in CHANNELS]
+    if params:
+        meta["frames"] = [asdict(p) for p in params]
+    if stack.kind == "image2d":
+        data, header = _decode(stack.records, read_bytes, _Target.plain, (1, 1))
+        meta["geometry"] = GeometryKind.PROJECTION if first.ipp is not None and first.iop is not None else GeometryKind.NONE
+        return _image2d(stack, data[:, :, 0], meta), header
+    if stack.kind == "mosaic":
+        data, header = _decode(stack.records, read_bytes, _Target.plain, (1, stack.frames))
+        planes = [data[:, :, 0, t] if data.ndim == 4 else data[:, :, 0] for t in range(stack.frames)]
+        parts = [_mosaic(rec, plane.T, header) for rec, plane in zip(stack.records, planes)]
+        array = parts[0].array if len(parts) == 1 else np.stack([p.array for p in parts], axis=-1)
+        return Volume(np.asfortranarray(array), parts[0].affine, meta=meta), header
+    layout = (stack.n_slices, stack.frames * (3 if colour else 1))
     affine = _stack_affine(stack)
     if stack.irregularity is None:  # decode straight into RAS+ order: no reorientation copy
-        data, header = _decode(stack.records, read_bytes, _Target.oriented(affine))
-        ras_affine = affine @ ornt.inv_ornt_aff(_to_ras(affine), (first.cols, first.rows, len(stack.records)))
-        return Volume(compact_dtype(data), ras_affine), header
-    data, header = _decode(stack.records, read_bytes, _Target.plain)  # [cols, rows, slices]
+        data, header = _decode(stack.records, read_bytes, _Target.oriented(affine), layout)
+        ras_affine = affine @ ornt.inv_ornt_aff(_to_ras(affine), (first.cols, first.rows, stack.n_slices))
+        return Volume(compact_dtype(data), ras_affine, meta=meta), header
+    data, header = _decode(stack.records, read_bytes, _Target.plain, layout)  # [cols, rows, slices(, frames)]
     corrections: list[str] = []
     if stack.tilt_deg > 0:
         data = _unshear(data, stack, np.array(first.iop[:3]), np.array(first.iop[3:]), first.pixel_spacing[1], first.pixel_spacing[0])
-        corrections.append(f"gantry_tilt_corrected:{stack.tilt_deg:.2f}deg")
+        corrections.append(f"{'gantry_tilt' if stack.irregularity != RejectReason.SHEARED else 'shear'}_corrected:{stack.tilt_deg:.2f}deg")
     positions = np.array(stack.positions)
-    steps = np.diff(positions) if len(positions) > 1 else np.array([stack.step])
-    if np.any(np.abs(steps - stack.step) > max(0.02 * stack.step, 0.01)):
-        data = _regrid(data, positions, stack.step)
-        corrections.append(f"resampled_along_normal:{stack.step:.4g}mm")
+    if len(positions) > 1:
+        grid = positions[0] + stack.step * np.round((positions - positions[0]) / stack.step)
+        if np.abs(positions - grid).max() > 0.01 or int(round((positions[-1] - positions[0]) / stack.step)) + 1 != len(positions):
+            data = _regrid(data, positions, stack.step)
+            corrections.append(f"resampled_along_normal:{stack.step:.4g}mm")
     array, ras_affine = to_ras_canonical(compact_dtype(data), affine)
-    return Volume(array, ras_affine, corrections=corrections), header
+    return Volume(array, ras_affine, meta=meta, corrections=corrections), header
 
 
 def _stack_affine(stack: Stack) -> np.ndarray:
@@ -91,20 +112,20 @@ def _inverse(transform: np.ndarray) -> np.ndarray:
 
 
 class _Target:
-    """Where decoded slices go: ``view`` [cols, rows, slices] is a window onto ``array``.
+    """Where decoded slices go: ``view`` [cols, rows, slices(, frames)] is a window onto ``array``.
 
     ``plain``: the array itself. ``oriented``: ``array`` is allocated in RAS+ voxel order
     (Fortran, as NIfTI stores it) and ``view`` is it seen through the inverse reorientation
     (flips and transposes are views), so writing slices in acquisition order fills the
-    canonical array directly.
+    canonical array directly. Frames (a 4th axis) are never reoriented.
     """
 
-    def __init__(self, shape: tuple[int, int, int], dtype, transform: np.ndarray | None) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype, transform: np.ndarray | None) -> None:
         self.transform = transform
         if transform is None:
             self.array = self.view = np.empty(shape, dtype=dtype, order="F")
         else:
-            ras_shape = tuple(shape[int(axis)] for axis in np.argsort(transform[:, 0]))
+            ras_shape = tuple(shape[int(axis)] for axis in np.argsort(transform[:, 0])) + tuple(shape[3:])
             self.array = np.empty(ras_shape, dtype=dtype, order="F")
             self.view = ornt.apply_orientation(self.array, _inverse(transform))  # flips + transpose: a view
 
@@ -124,13 +145,17 @@ class _Target:
         return wider
 
 
-def _decode(records: tuple[SliceRecord, ...], read_bytes, target) -> tuple[np.ndarray, Dataset]:
+def _decode(records: tuple[SliceRecord, ...], read_bytes, target, layout: tuple[int, int]) -> tuple[np.ndarray, Dataset]:
     """Pixel values with the rescale applied, written slice by slice through ``target``.
 
-    ``target(shape, dtype)`` makes a :class:`_Target`; slice k goes to ``view[:, :, k]``
-    ([cols, rows]), and the returned array is the target's (plain or already RAS+).
-    Each file is read once, however many frames it holds.
+    ``layout = (slices, frames)``: record ``i`` is slice ``i % slices`` of frame ``i // slices``
+    (a colour record fills three consecutive frames, R, G, B). ``target(shape, dtype)`` makes
+    a :class:`_Target` of shape [cols, rows, slices] or [cols, rows, slices, frames]; the
+    returned array is the target's (plain or already RAS+). Each file is read once, however
+    many frames it holds.
     """
+    n_slices, n_frames = layout
+    channels = records[0].samples_per_pixel
     by_item: dict = defaultdict(list)
     for index, rec in enumerate(records):
         by_item[rec.item].append((index, rec))
@@ -140,25 +165,39 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes, target) -> tuple[np.nd
         ds = read_dataset(read_bytes(item), stop_before_pixels=False)
         frames = _pixels(ds, members[0][1])
         header = ds if header is None else header  # the first record's file comes first
+        lo, hi = _stored_range(ds)
         for index, rec in members:
             raw = frames[rec.frame] if rec.frame is not None else frames
-            if raw.ndim != 2 or raw.shape != (rec.rows, rec.cols):
+            expected = (rec.rows, rec.cols) if channels == 1 else (rec.rows, rec.cols, channels)
+            if raw.shape != expected:
                 raise IngestError(RejectReason.MALFORMED, f"decoded image of shape {raw.shape} for a header of {rec.rows}x{rec.cols}")
             dtype = _output_dtype(ds, rec)
             if dest is None:
-                dest = target((rec.cols, rec.rows, len(records)), dtype)
+                shape = (rec.cols, rec.rows, n_slices) + ((n_frames,) if n_frames > 1 else ())
+                dest = target(shape, dtype)
             elif not np.can_cast(dtype, dest.array.dtype, casting="safe"):
                 dest = dest.widen(np.result_type(dest.array.dtype, dtype))
-            out = dest.view[:, :, index]
-            if rec.slope == 1:
-                np.add(raw.T, rec.intercept, out=out, casting="unsafe")  # exact: the range was checked
-            else:
-                np.multiply(raw.T, np.float32(rec.slope), out=out, casting="unsafe")
-                out += np.float32(rec.intercept)
-            if rec.photometric == "MONOCHROME1":  # display-inverted: make high values bright
-                out[...] = out.max() + out.min() - out
+            z, t = index % n_slices, index // n_slices
+            for c in range(channels):
+                plane = raw if channels == 1 else raw[..., c]
+                out = dest.view[:, :, z, t * channels + c] if n_frames > 1 else dest.view[:, :, z]
+                if rec.slope == 1:
+                    np.add(plane.T, rec.intercept, out=out, casting="unsafe")  # exact: the range was checked
+                else:
+                    np.multiply(plane.T, np.float32(rec.slope), out=out, casting="unsafe")
+                    out += np.float32(rec.intercept)
+                if rec.photometric == "MONOCHROME1":  # minimum is white: mirror the stored range (not the content)
+                    np.subtract(rec.slope * (lo + hi) + 2 * rec.intercept, out, out=out, casting="unsafe")
         del ds, frames
     return dest.array, header
+
+
+def _stored_range(ds: Dataset) -> tuple[int, int]:
+    """Smallest and largest stored value BitsStored and PixelRepresentation allow."""
+    bits = integer(ds.get("BitsStored"), 0) or integer(ds.get("BitsAllocated"), 16)
+    if integer(ds.get("PixelRepresentation"), 0) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def _output_dtype(ds: Dataset, rec: SliceRecord) -> np.dtype:
@@ -169,14 +208,12 @@ def _output_dtype(ds: Dataset, rec: SliceRecord) -> np.dtype:
     """
     if rec.slope != 1 or not float(rec.intercept).is_integer():
         return np.dtype(np.float32)
-    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-    signed = int(ds.get("PixelRepresentation") or 0) == 1
-    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    lo, hi = _stored_range(ds)
     lo, hi = lo + int(rec.intercept), hi + int(rec.intercept)
     for dtype in (np.uint8, np.int16, np.uint16, np.int32):
         if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
             return np.dtype(dtype)
-    return np.dtype(np.float64)
+    return np.dtype(np.float32) if max(abs(lo), abs(hi)) < 1 << 24 else np.dtype(np.float64)
 
 
 def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
@@ -194,7 +231,7 @@ def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
         if have < expected:
             raise IngestError(RejectReason.TRUNCATED, f"pixel data holds {have} of {expected} bytes the header promises")
     try:
-        with strict_reading():
+        with lenient_reading():
             return ds.pixel_array
     except (IngestError, KeyboardInterrupt, SystemExit):
         raise
@@ -204,23 +241,29 @@ def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
 
 
 def _unshear(data: np.ndarray, stack: Stack, row_cos, col_cos, dx: float, dy: float) -> np.ndarray:
-    """Shift each slice in-plane so its origin lies on the normal through slice 0."""
+    """Shift each slice (of every frame) in-plane so its origin lies on the normal through slice 0."""
     from scipy import ndimage
 
     ipp0 = np.array(stack.first.ipp)
     normal = np.array(stack.normal)
     fill = float(data.min())
-    out = np.empty(data.shape, dtype=np.float32)
-    for k, rec in enumerate(stack.records):
+    out = np.empty(data.shape, dtype=np.float32, order="F")
+    for z, rec in enumerate(stack.frame(0)):
         delta = np.array(rec.ipp) - ipp0
         perp = delta - np.dot(delta, normal) * normal
         shift = (np.dot(perp, row_cos) / dx, np.dot(perp, col_cos) / dy)  # voxels along (cols, rows)
-        out[:, :, k] = ndimage.shift(data[:, :, k].astype(np.float32), shift, order=1, mode="constant", cval=fill)
+        planes = data[:, :, z].reshape(data.shape[0], data.shape[1], -1)
+        for t in range(planes.shape[2]):
+            shifted = ndimage.shift(planes[:, :, t].astype(np.float32), shift, order=1, mode="constant", cval=fill)
+            if data.ndim == 4:
+                out[:, :, z, t] = shifted
+            else:
+                out[:, :, z] = shifted
     return _like(out, data.dtype)
 
 
 def _regrid(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
-    """Linear interpolation along the slice axis onto ``positions[0] + m * step``."""
+    """Linear interpolation along the slice axis onto ``positions[0] + m * step`` (every frame alike)."""
     count = int(round((positions[-1] - positions[0]) / step)) + 1
     target = positions[0] + step * np.arange(count)
     upper = np.clip(np.searchsorted(positions, target, side="right"), 1, len(positions) - 1)
@@ -228,6 +271,7 @@ def _regrid(data: np.ndarray, positions: np.ndarray, step: float) -> np.ndarray:
     span = positions[upper] - positions[lower]
     w = np.clip((target - positions[lower]) / np.where(span > 0, span, 1), 0, 1).astype(np.float32)
     w[np.abs(w) < 1e-6], w[np.abs(w - 1) < 1e-6] = 0, 1  # acquired slices come back exactly
+    w = w.reshape((-1,) + (1,) * (data.ndim - 3))
     src = data.astype(np.float32, copy=False)
     return _like(src[:, :, lower] * (1 - w) + src[:, :, upper] * w, data.dtype)
 
@@ -237,18 +281,24 @@ def _like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.rint(values).astype(dtype) if np.issubdtype(dtype, np.integer) else values
 
 
-def _image2d(stack: Stack, pixels: np.ndarray) -> Volume:
-    """A projection image, ``pixels`` [cols, rows]: display order, no patient frame."""
-    spacing = stack.first.pixel_spacing or (1.0, 1.0)
+def _image2d(stack: Stack, pixels: np.ndarray, meta: dict) -> Volume:
+    """A 2D image, ``pixels`` [cols, rows], in display order: no patient frame is claimed.
+
+    ``meta["geometry"]`` says why: a projection (localizer, scout, radiograph) or an image
+    without ImagePositionPatient/ImageOrientationPatient. The affine holds the pixel
+    spacing only (1 mm where the header gives none: ``corrections`` says so).
+    """
+    spacing = stack.first.pixel_spacing
+    corrections = [] if spacing else ["no_pixel_spacing:1mm"]
+    spacing = spacing or (1.0, 1.0)
     affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
-    return Volume(compact_dtype(np.asfortranarray(pixels)), affine)
+    return Volume(compact_dtype(np.asfortranarray(pixels)), affine, meta=meta, corrections=corrections)
 
 
-def _mosaic(stack: Stack, pixels: np.ndarray, header: Dataset) -> Volume:
-    """Unpack a Siemens mosaic: tiles row-major in an m x m grid of slices."""
-    rec = stack.first
+def _mosaic(rec: SliceRecord, pixels: np.ndarray, header: Dataset) -> Volume:
+    """Unpack one Siemens mosaic, ``pixels`` [rows, cols]: tiles row-major in an m x m grid of slices."""
     if rec.ipp is None or rec.iop is None or rec.pixel_spacing is None:
-        raise IngestError(RejectReason.GEOMETRY, "mosaic image without position, orientation or spacing")
+        raise IngestError(RejectReason.GEOMETRY, "mosaic image without ImagePositionPatient, ImageOrientationPatient or PixelSpacing")
     n = rec.mosaic_tiles
     m = int(np.ceil(np.sqrt(n)))
     tr, tc = rec.rows // m, rec.cols // m  # scanners may pad the mosaic: floor, as dcm2niix does
@@ -261,7 +311,7 @@ def _mosaic(stack: Stack, pixels: np.ndarray, header: Dataset) -> Volume:
     # IPP of a mosaic is that of the whole tiled image's corner; move it to tile 0's corner
     # (the shift uses the exact mosaic fraction rows / m, as the scanner computed it)
     origin = np.array(rec.ipp) + row_cos * dx * (rec.cols - rec.cols / m) / 2 + col_cos * dy * (rec.rows - rec.rows / m) / 2
-    step = float(header.get("SpacingBetweenSlices") or header.get("SliceThickness") or 1.0)
+    step = float(rec.spacing_between or rec.slice_thickness or 1.0)
     affine = np.eye(4)
     affine[:3, 0] = row_cos * dx
     affine[:3, 1] = col_cos * dy

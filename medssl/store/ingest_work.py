@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 from medssl.atomic import atomic_write_bytes
 from medssl.deid import PROFILE_EDITION, DeidOptions, Pseudonymizer, burned_in_risk, deidentify
 from medssl.errors import IngestError
-from medssl.io.dicom_scan import SliceRecord, scan_file, strict_reading
+from medssl.io.dicom_read import lenient_reading, tag_text
+from medssl.io.dicom_scan import SliceRecord, scan_file
 from medssl.io.dicom_stack import Stack
 from medssl.io.dicom_volume import read_stack
 from medssl.io.nifti import read_nifti, read_nrrd
@@ -124,16 +125,19 @@ def convert_stack(stack: Stack, volume_id: str, source_kind: SourceKind, digest:
     def work() -> dict:
         _check_policy(stack)
         volume, header = read_stack(stack, _read)
-        try:  # header values are parsed lazily: bad ones surface here, not while reading
-            with strict_reading():
+        try:  # header values are parsed lazily and leniently: what cannot be kept is dropped, by tag
+            with lenient_reading():
                 deid_header = _deid_header(header)
                 meta = _dicom_meta(deid_header, header, stack)
-                header_json = json.dumps(deid_header.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk), sort_keys=True).encode()
+                header_json, dropped = _header_json(deid_header)
+                if dropped:
+                    meta["deid"]["dropped_invalid_values"] = dropped
         except IngestError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise IngestError(RejectReason.MALFORMED, f"header element unreadable ({type(exc).__name__})") from None
-        return _write(volume_id, volume, source_kind, ref, {**meta, "source_digest": digest}, header_json)
+        volume_meta = {"geometry": str(volume.meta.get("geometry", "patient")), "frames": volume.meta.get("frames"), "scaling": volume.meta.get("scaling")}
+        return _write(volume_id, volume, source_kind, ref, {**meta, **volume_meta, "source_digest": digest}, header_json)
 
     return _guarded(ref, volume_id, sorted({r.item for r in stack.records}), work)
 
@@ -184,6 +188,29 @@ def _check_policy(stack: Stack) -> None:
         raise IngestError(stack.irregularity, f"{stack.detail}; pass --irregular resample to resample onto a regular grid")
 
 
+def _header_json(ds: Dataset) -> tuple[bytes, list[str]]:
+    """The de-identified header as DICOM JSON; an element whose value cannot be encoded is left out.
+
+    (Kept elements with values that break their VR, e.g. text in a DS, cannot be written as
+    JSON numbers; the volume does not depend on them, so they are dropped, not the series.)
+    """
+    try:
+        whole = ds.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk)
+        return json.dumps(whole, sort_keys=True).encode(), []
+    except Exception:  # noqa: BLE001 - an invalid value somewhere: encode element by element
+        pass
+    out: dict = {}
+    dropped: list[str] = []
+    for elem in list(ds):
+        try:
+            single = Dataset()
+            single.add(elem)
+            out.update(single.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk))
+        except Exception:  # noqa: BLE001 - named by tag only, never by value
+            dropped.append(tag_text(elem.tag))
+    return json.dumps(out, sort_keys=True).encode(), dropped
+
+
 def _deid_header(header: Dataset) -> Dataset:
     """A de-identified copy of the first image's header, without its pixels."""
     ds = Dataset()
@@ -209,7 +236,7 @@ def _dicom_meta(deid: Dataset, original: Dataset, stack: Stack) -> dict:
         "patient": _PSEUDO.token(first.patient_id, "patient"),
         "study": _PSEUDO.token(first.study_uid, "study"),
         "series": _PSEUDO.token(first.series_uid, "series"),
-        "n_images": len(stack.records) if stack.kind == "volume" else first.mosaic_tiles or 1,
+        "n_images": len(stack.records) * max(first.mosaic_tiles, 1),
         "slice_thickness": num("SliceThickness") or first.slice_thickness,
         "kvp": num("KVP"),
         "field_strength": num("MagneticFieldStrength"),

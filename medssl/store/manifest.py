@@ -46,6 +46,9 @@ VOLUME_COLUMNS: dict[str, str] = {
     "kernel": "TEXT",
     "contrast": "INTEGER",
     "corrections": "TEXT",  # JSON list of resampling / repair steps applied
+    "geometry": "TEXT",  # GeometryKind: "patient" (true world affine), "projection" or "none" (2D, pixel spacing only)
+    "frames": "TEXT",  # JSON list, one per frame of a 4D volume: b_value, b_vector (LPS), time_s, channel; NULL for 3D
+    "scaling": "TEXT",  # how stored values became voxel values: "rescale" (modality LUT) or "philips_precise"
     "deid": "TEXT",  # JSON: method and profile edition
     "created_at": "TEXT",
 }

@@ -289,7 +289,9 @@ def build(root: Path, seed: int = 1234) -> Corpus:
     ):
         ds = f.read_template(f.CT)
         raw = _raw_dicom_with(ds, SeriesInstanceUID=series, SOPInstanceUID=sop, PatientID=patient)
-        put("hostile_ids_raw", f"raw-ids-{k}.dcm", raw, {"malformed"})
+        # invalid UI/LO values carry no geometry and de-identification replaces them with keyed
+        # pseudonyms: they never refuse an image (issue 11), and never reach a path (test_phi)
+        put("hostile_ids_raw", f"raw-ids-{k}.dcm", raw, {WRITTEN})
 
     # a header that promises a huge image over a few bytes of pixels
     for k, size in enumerate((65535, 16000)):
