@@ -29,7 +29,6 @@ from tools.phantom.dicom_base import (
     new_dataset,
     quantize,
     resolve_transfer_syntax,
-    save,
     set_identity,
     set_pixels,
 )
@@ -106,8 +105,7 @@ def write_stack(
         set_pixels(ds, np.ascontiguousarray(frames[s]), bits_stored=bits_stored)
         quirks.before_save(ds)
         apply_extra(ds, extra)  # last, so a test can deliberately override anything
-        paths.append(save(ds, Path(out_dir) / name))
-        quirks.after_save(paths[-1], index)
+        paths.append(quirks.save(ds, Path(out_dir) / name, index))
     return paths
 
 

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from scipy import ndimage
 
-from tools.phantom.dicom_base import derived_uid, new_dataset, quantize, save, set_pixels
+from tools.phantom.dicom_base import derived_uid, new_dataset, quantize, set_pixels
 from tools.phantom.geometry import SliceGrid, make_slice_grid, sample_on_grid
 from tools.phantom.radiograph import MU_WATER_PER_MM, STORED_PER_UNIT
 from tools.phantom.scanner_quirks import ScannerQuirks
@@ -100,9 +100,7 @@ def write_localizer(
         quirks.set_plane(ds, grid, 0, quirks.jitter(grid, rng))
         set_pixels(ds, pixels, bits_stored=12)
         quirks.before_save(ds)
-        path = save(ds, Path(out_dir) / f"LOC{index + 1:05d}.dcm")
-        quirks.after_save(path, index)
-        paths.append(path)
+        paths.append(quirks.save(ds, Path(out_dir) / f"LOC{index + 1:05d}.dcm", index))
     return paths
 
 

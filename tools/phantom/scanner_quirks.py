@@ -16,16 +16,19 @@ the pixels, over-long private values. All off by default; seeded and determinist
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom import config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
-from tools.phantom.dicom_base import ds_number
+from tools.phantom.dicom_base import ds_number, save
 from tools.phantom.geometry import SliceGrid
 
 JITTER_MM = 0.04  # radius of the in-plane jitter of slice origins: two origins differ by < 0.1 mm
@@ -68,10 +71,26 @@ class ScannerQuirks:
         if self.long_private_value:
             add_long_private_value(ds)
 
-    def after_save(self, path: Path, stack_index: int) -> None:
+    def save(self, ds: Dataset, path: Path, stack_index: int) -> Path:
+        """Write ``ds`` to ``path``, then pad it when its stack position is even."""
+        with _tolerant_validation() if self.long_private_value else contextlib.nullcontext():
+            save(ds, path)
         if self.pad_after_pixels and stack_index % 2 == 0:
             with open(path, "ab") as f:
                 f.write(b"\0" * int(self.pad_after_pixels))
+        return path
+
+
+@contextlib.contextmanager
+def _tolerant_validation() -> Iterator[None]:
+    """pydicom validates the raw value when it is set and written; here it is the point, not a slip."""
+    settings = config.settings
+    previous = (settings.reading_validation_mode, settings.writing_validation_mode)
+    settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = previous
 
 
 def set_plane(ds: Dataset, grid: SliceGrid, s: int) -> None:
@@ -113,5 +132,5 @@ def add_long_private_value(ds: Dataset) -> None:
     tag = block.get_tag(LONG_PRIVATE_TAG.element & 0xFF)
     value = LONG_PRIVATE_VALUE.encode("ascii")
     value += b" " * (len(value) % 2)  # even length, space-padded as DICOM requires
-    # a raw element is written as it is: no value validation, as a scanner would
-    ds[tag] = RawDataElement(tag, "SH", len(value), value, 0, False, True)
+    with _tolerant_validation():  # written as it is, as a scanner would
+        ds[tag] = RawDataElement(tag, "SH", len(value), value, 0, False, True)
