@@ -27,6 +27,7 @@ def _ingest_parser(sub) -> None:
     p.add_argument("--key-file", default=os.environ.get("MEDSSL_KEY_FILE", DEFAULT_KEY_FILE), help="project pseudonymisation key (created 0600 on first use; keep it outside the store)")
     p.add_argument("--irregular", choices=[p.value for p in IrregularPolicy], default=IrregularPolicy.REJECT.value, help="gantry tilt, missing or uneven slices: reject (default) or resample")
     p.add_argument("--allow-burned-in", action="store_true", help="ingest images that may carry burned-in text (after a human review)")
+    p.add_argument("--skip-localizers", action="store_true", help="do not store localizer/scout images (by default they are stored as 2D images)")
     p.add_argument("--date-shift", action="store_true", help="shift dates per patient instead of removing them")
     p.add_argument("--keep-private", action="append", default=[], metavar="CREATOR:ELEMENT", help="keep a private element, e.g. 'SIEMENS CSA HEADER:0x10' (repeatable)")
     p.add_argument("--volume-modality", metavar="MODALITY", type=str.upper, help="modality to record for NIfTI/NRRD inputs, which carry none (e.g. CT, MR)")
@@ -54,6 +55,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         workers=max(1, args.workers),
         irregular=IrregularPolicy(args.irregular),
         allow_burned_in=args.allow_burned_in,
+        skip_localizers=args.skip_localizers,
         deid=DeidOptions(date_shift=args.date_shift, keep_private=keep),
         max_bytes=int(args.max_gb * (1 << 30)),
         progress=not args.no_progress,

@@ -29,7 +29,7 @@ import numpy as np
 from medssl.atomic import atomic_write_bytes, atomic_writer, remove_stale_temporaries
 from medssl.progress import Progress
 from medssl.store.manifest import Manifest
-from medssl.store.plan import Plan, modality_key
+from medssl.store.plan import Plan, frame_rows, modality_key
 from medssl.store.workers import WorkerPool
 
 log = logging.getLogger("medssl.cache")
@@ -115,9 +115,10 @@ def cache_dir(store: str | Path, plan: Plan) -> Path:
 
 
 def planned_volumes(store: str | Path, plan: Plan) -> list[dict]:
-    """Manifest rows the plan selects (3D volumes thick enough to crop), in volume_id order."""
+    """The 3D units the plan selects (volumes thick enough to crop; each frame of a 4D series
+    on its own, see :func:`~medssl.store.plan.frame_rows`), in volume_id order."""
     with Manifest(Path(store) / "manifest.sqlite") as manifest:
-        return [row for row in manifest.volumes() if plan.selects(row)]
+        return [unit for row in manifest.volumes() if plan.selects(row) for unit in frame_rows(row)]
 
 
 def build_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool = True) -> CacheIndex:

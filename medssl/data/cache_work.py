@@ -35,6 +35,8 @@ def cache_volume(row: dict) -> dict:
     volume_id = row["volume_id"]
     try:
         volume = read_nifti((store / row["path"]).read_bytes())
+        if row.get("frame") is not None:  # one frame of a 4D series
+            volume.array = np.ascontiguousarray(volume.array[..., int(row["frame"])])
         box = body_box(foreground_mask(np.asarray(volume.array), row.get("modality")))  # before normalising
         array, reached = preprocess(volume.array, volume.spacing, row.get("modality"), plan)
         scale = [s / r for s, r in zip(volume.spacing, reached)] * 2  # store voxels -> cached voxels

@@ -165,6 +165,7 @@ def _header_frames(ds: Dataset, common: dict, n_frames: int, sop_class: str) -> 
         step = number(ds.get("SpacingBetweenSlices"), None) or number(ds.get("SliceThickness"), None)
         if step:
             offsets = [k * step for k in range(n_frames)]
+    frame_time = number(ds.get("FrameTime"), None)  # ms between frames of a cine
     records = []
     for index in range(n_frames):
         geo = {"ipp": None, "iop": None, "projection": True}
@@ -172,7 +173,7 @@ def _header_frames(ds: Dataset, common: dict, n_frames: int, sop_class: str) -> 
             row, col = iop[:3], iop[3:]
             normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
             geo = {"ipp": tuple(p + offsets[index] * n for p, n in zip(ipp, normal)), "iop": iop, "projection": common["projection"]}
-        info = replace(common["info"], frame_order=(*common["info"].frame_order, index))
+        info = replace(common["info"], frame_order=(*common["info"].frame_order, index), seconds=None if frame_time is None else index * frame_time / 1000.0)
         records.append(SliceRecord(**{**common, **geo, "info": info, "frame": index, "sop_uid": f"{common['sop_uid']}#{index}"}))
     return records
 

@@ -43,7 +43,8 @@ class Stack:
     """Records of one future volume: slices sorted along the normal, frames in acquisition order.
 
     ``kind``: "volume" (a 3D or 4D stack of 2D images), "mosaic" (Siemens mosaics, one per
-    frame), "image2d" (a projection image or one without patient geometry). ``records`` is
+    frame), "image2d" (a projection image or one without patient geometry; the frames of a
+    multi-frame one, e.g. an ultrasound cine, stay one stack). ``records`` is
     frame-major: slice ``z`` of frame ``t`` is ``records[t * n_slices + z]``.
     """
 
@@ -88,15 +89,19 @@ def build_stacks(records: list[SliceRecord]) -> tuple[list[Stack], list[tuple[li
     for series_uid in sorted(by_series):
         groups: dict[tuple, list[SliceRecord]] = defaultdict(list)
         mosaics: dict[tuple, list[SliceRecord]] = defaultdict(list)
+        images: dict[str, list[SliceRecord]] = defaultdict(list)  # 2D images; a cine's frames stay together
         orientations: list[tuple[float, ...]] = []
         for rec in by_series[series_uid]:
             if rec.mosaic_tiles and not rec.projection:
                 where = tuple(round(v, 2) for v in rec.ipp) if rec.ipp else None
                 mosaics[(_orientation(rec, orientations), where, rec.rows, rec.cols, rec.mosaic_tiles, rec.split_key)].append(rec)
             elif rec.projection or rec.ipp is None or rec.iop is None:
-                stacks.append(Stack((rec,), "image2d"))
+                images[rec.sop_uid.split("#")[0] if rec.frame is not None else rec.sop_uid].append(rec)
             else:
                 groups[(_orientation(rec, orientations), rec.rows, rec.cols, rec.split_key, rec.samples_per_pixel)].append(rec)
+        for key in sorted(images):
+            frames = tuple(sorted(images[key], key=lambda r: r.frame or 0))
+            stacks.append(Stack(frames, "image2d", frames=len(frames), frame_params=_frame_params([[r] for r in frames])))
         for key in sorted(mosaics, key=repr):
             unique = _unique(mosaics[key])
             ordered = tuple(sorted(unique, key=lambda r: (r.info.frame_order, r.sop_uid)))

@@ -57,9 +57,9 @@ def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
     if params:
         meta["frames"] = [asdict(p) for p in params]
     if stack.kind == "image2d":
-        data, header = _decode(stack.records, read_bytes, _Target.plain, (1, 1))
+        data, header = _decode(stack.records, read_bytes, _Target.plain, (1, stack.frames))
         meta["geometry"] = GeometryKind.PROJECTION if first.ipp is not None and first.iop is not None else GeometryKind.NONE
-        return _image2d(stack, data[:, :, 0], meta), header
+        return _image2d(stack, data if stack.frames > 1 else data[:, :, 0], meta), header
     if stack.kind == "mosaic":
         data, header = _decode(stack.records, read_bytes, _Target.plain, (1, stack.frames))
         planes = [data[:, :, 0, t] if data.ndim == 4 else data[:, :, 0] for t in range(stack.frames)]
@@ -282,7 +282,8 @@ def _like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _image2d(stack: Stack, pixels: np.ndarray, meta: dict) -> Volume:
-    """A 2D image, ``pixels`` [cols, rows], in display order: no patient frame is claimed.
+    """A 2D image, ``pixels`` [cols, rows] (a cine: [cols, rows, 1, frames]), in display order:
+    no patient frame is claimed.
 
     ``meta["geometry"]`` says why: a projection (localizer, scout, radiograph) or an image
     without ImagePositionPatient/ImageOrientationPatient. The affine holds the pixel

@@ -49,6 +49,7 @@ class IngestOptions:
     workers: int = 1
     irregular: IrregularPolicy = IrregularPolicy.REJECT
     allow_burned_in: bool = False
+    skip_localizers: bool = False  # localizers/scouts: stored as 2D images unless skipped
     deid: DeidOptions = field(default_factory=DeidOptions)
     max_bytes: int = MAX_VOLUME_BYTES
     progress: bool = True
@@ -94,7 +95,7 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
         (store / sub).mkdir(mode=mode, parents=True, exist_ok=True)
         remove_stale_temporaries(store / sub)
     pseudo = Pseudonymizer(key)
-    ctx = work.WorkContext(str(store), key, options.deid, options.irregular, options.allow_burned_in, options.max_bytes, options.volume_modality)
+    ctx = work.WorkContext(str(store), key, options.deid, options.irregular, options.allow_burned_in, options.max_bytes, options.volume_modality, options.skip_localizers)
     work.init_worker(ctx)  # the main process also quarantines and names things
     summary = IngestSummary()
     with Manifest(store / "manifest.sqlite") as manifest, Progress(enabled=options.progress) as progress:

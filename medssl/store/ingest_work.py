@@ -42,6 +42,7 @@ class WorkContext:
     allow_burned_in: bool
     max_bytes: int
     volume_modality: str | None = None
+    skip_localizers: bool = False
 
 
 @dataclass
@@ -177,6 +178,8 @@ def _read(item: SourceItem) -> bytes:
 
 def _check_policy(stack: Stack) -> None:
     first = stack.first
+    if _CTX.skip_localizers and first.split_key.localizer:
+        raise IngestError(RejectReason.LOCALIZER_SKIPPED, "localizer/scout image skipped (--skip-localizers)")
     probe = Dataset()
     probe.Modality = first.modality
     if first.burned_in:

@@ -145,10 +145,23 @@ def modality_key(modality: str | None) -> str:
 
 
 def is_volume_3d(row: dict, min_slices: int = MIN_SLICES) -> bool:
-    """A 3D, RAS, at least ``min_slices`` thick volume (4D series and 2D images are left out)."""
-    if row.get("ndim") != 3 or row.get("axcodes") not in (None, "RAS"):
+    """A RAS volume at least ``min_slices`` thick: 3D, or a 4D series whose frames are 3D volumes
+    (each frame is then cached as one volume: :func:`frame_rows`); 2D images are left out."""
+    if row.get("ndim") not in (3, 4) or row.get("axcodes") not in (None, "RAS"):
         return False
-    return min(_floats(row["shape"])) >= min_slices
+    return min(_floats(row["shape"])[:3]) >= min_slices
+
+
+def frame_rows(row: dict) -> list[dict]:
+    """A manifest row as the 3D units training sees: itself, or one per frame of a 4D series.
+
+    A frame's ``volume_id`` is ``<volume_id>.t<frame>`` (its cache file name) and ``frame``
+    its index; patient and study stay those of the series, so splits keep frames together.
+    """
+    if row.get("ndim") != 4:
+        return [row]
+    shape = _floats(row["shape"])
+    return [{**row, "volume_id": f"{row['volume_id']}.t{t:04d}", "frame": t, "shape": shape[:3]} for t in range(int(shape[3]))]
 
 
 def foreground_mask(array: np.ndarray, modality: str | None) -> np.ndarray:
@@ -204,8 +217,8 @@ def _floats(value) -> list[float]:
 
 
 def _geometry_stats(rows: list[dict]) -> dict:
-    spacing = np.array([_floats(r["spacing"]) for r in rows])
-    shape = np.array([_floats(r["shape"]) for r in rows])
+    spacing = np.array([_floats(r["spacing"])[:3] for r in rows])
+    shape = np.array([_floats(r["shape"])[:3] for r in rows])
     extent = spacing * shape
 
     def r(a) -> list[float]:
@@ -227,6 +240,8 @@ def _intensity_stats(store: Path, rows: list[dict], modality: str, per_volume: i
     samples = []
     for row in rows:
         array = read_nifti((store / row["path"]).read_bytes()).array
+        if array.ndim == 4:  # a series: its first frame speaks for it
+            array = array[..., 0]
         values = array[foreground_mask(array, modality)].astype(np.float64, copy=False)
         if values.size > per_volume:
             values = rng.choice(values, size=per_volume, replace=False)
