@@ -1,9 +1,10 @@
 """``medssl predict --model ARTIFACT --input PATH [PATH...] --out DIR``: one prediction, files out.
 
 Writes into ``DIR`` (created; must hold no earlier prediction): ``prediction.json`` (the
-pseudonymous summary: model, input geometry, structures in mL, detections in RAS mm,
-diagnosis with evidence, timings) and, as asked with ``--outputs``, ``segmentation.nii.gz``,
-``seg.dcm``, ``sr.dcm``, ``overlay.png``. Prints one summary line and where the files went.
+pseudonymous summary: model, input geometry and modality, warnings, structures in mL by
+label value and name, detections in RAS mm, diagnosis with evidence, timings) and, as asked with ``--outputs``, ``segmentation.nii.gz``,
+``seg.dcm``, ``sr.dcm``, ``overlay.png``; ``segmentation.nii.gz`` has the input's own shape,
+affine and axis order. Prints one summary line, any warnings, and where the files went.
 Errors (bad input, unusable artifact) are raised as :class:`~medssl.errors.MedsslError`
 for ``medssl``'s entry point to print in one line.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import ConfigError
-from medssl.inference.predictor import OUTPUT_KINDS, PredictionRequest
+from medssl.inference.predictor import OUTPUT_KINDS, InputError, PredictionRequest
 
 SUMMARY_FILE = "prediction.json"
 DEFAULT_OUTPUTS = "json,nifti,seg,sr,png"
@@ -40,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
     p.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--modality", type=str.upper, default=None,
-                   help="modality of a NIfTI/NRRD input (default: the plan's, if it has one)")
+                   help="modality of a NIfTI/NRRD input, e.g. CT or MR (they carry none; default "
+                   "unknown: the model's only trained modality is assumed, with a warning)")
+    p.add_argument("--strict-modality", action="store_true",
+                   help="refuse an input whose modality is unknown or not one the model was "
+                   "trained on (default: predict and warn)")
     p.add_argument("--allow-irregular", action="store_true",
                    help="resample DICOM stacks with gaps, uneven spacing or gantry tilt")
     return p
@@ -82,9 +87,9 @@ def predict_main(argv: list[str]) -> int:
         predictor = ArtifactPredictor(
             args.model, device=args.device, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, modality=args.modality,
-            allow_irregular=args.allow_irregular,
+            allow_irregular=args.allow_irregular, strict_modality=args.strict_modality,
         )
-    except ValueError as exc:
+    except (ValueError, InputError) as exc:
         raise ConfigError(str(exc)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +104,8 @@ def predict_main(argv: list[str]) -> int:
         atomic_write_bytes(out / SUMMARY_FILE, (text + "\n").encode())
         files[SUMMARY_FILE] = out / SUMMARY_FILE
     print(one_line(prediction.summary))
+    for warning in prediction.summary.get("warnings") or []:
+        print(f"warning: {warning}")
     print(f"wrote {', '.join(sorted(files)) or 'nothing'} to {out}")
     return 0
 

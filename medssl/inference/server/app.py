@@ -3,7 +3,9 @@
 Routes: ``GET /live`` (the process answers), ``GET /ready`` (200 only once the model is
 loaded and warmed up), ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST
 /v1/predict`` (multipart ``file`` parts or one raw body; ``?outputs=json,nifti,seg,sr,png``;
-``?format=zip`` for a zip of every output). Everything but the probes needs the bearer
+``?format=zip`` for a zip of every output; ``?modality=MR`` states a NIfTI/NRRD input's
+modality). The answer's ``warnings`` (also in ``summary``) says when the input's modality was
+assumed or is not one the model was trained on. Everything but the probes needs the bearer
 token.
 
 The model loads in a background thread started at startup, so ``/live`` answers at once.
@@ -182,7 +184,8 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
         return {"models": [dict(model.require().info)]}
 
     @app.post("/v1/predict")
-    async def predict(request: Request, outputs: str = "json", format: str = "json") -> Response:
+    async def predict(request: Request, outputs: str = "json", format: str = "json",
+                      modality: str | None = None) -> Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout_s
         predictor = model.require()
@@ -231,6 +234,7 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
                 max_files=settings.max_files,
                 want_archive=format == "zip",
                 stow=settings.stow,
+                modality=modality.strip().upper() if modality and modality.strip() else None,
             )
             result: JobResult = await run_with_deadline(executor, job, deadline - loop.time(), done)
             if result.archive is not None:

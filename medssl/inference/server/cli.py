@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stow-url", help="DICOMweb base URL to STOW-RS DICOM outputs to (else $MEDSSL_STOW_URL)"
     )
+    p.add_argument(
+        "--strict-modality",
+        action="store_true",
+        help="answer 422 for an input whose modality is unknown or not one the model was trained "
+        "on (default: predict, with a warning in the answer)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -114,7 +120,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     def factory() -> Predictor:
         from medssl.inference.predict import load_predictor  # the model side, imported when used
 
-        return load_predictor(model_dir, device=args.device)
+        return load_predictor(model_dir, device=args.device, strict_modality=args.strict_modality)
 
     import uvicorn
 

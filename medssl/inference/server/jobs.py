@@ -58,6 +58,7 @@ class JobResult:
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "summary": self.summary,
+            "warnings": list(self.summary.get("warnings") or []),
             "outputs": {name: {"bytes": path.stat().st_size} for name, path in self.files.items()},
         }
         if self.stow is not None:
@@ -80,17 +81,22 @@ def run_job(
     max_files: int,
     want_archive: bool,
     stow: StowTarget | None,
+    modality: str | None = None,
 ) -> JobResult:
     """Check the inputs, predict, gather the outputs into the folder, STOW and zip them.
 
+    ``modality``: the input's modality as the client states it (``?modality=``).
+
     Raises:
-        ApiError: 422 for input the predictor (or the zip check) refuses, 413 for input
+        ApiError: 422 for input the predictor (or the zip check) refuses (a modality the
+            model was not trained on, with ``--strict-modality``, included), 413 for input
             that does not fit in memory.
     """
     try:
         for path in inputs:
             check_archive(path, max_files)
-        request = PredictionRequest(inputs, outputs=outputs, output_dir=folder.outputs)
+        request = PredictionRequest(inputs, outputs=outputs, output_dir=folder.outputs,
+                                    modality=modality)
         prediction = predictor.predict(request)
     except (InputError, IngestError) as err:
         raise ApiError(422, "invalid_input", _message(err)) from None

@@ -6,7 +6,7 @@ Prints ``PORT <n>`` once the socket listens, then serves until terminated. The J
 config: ``settings`` (ServerSettings fields; the token from ``$MEDSSL_SERVE_TOKEN``),
 ``predictor`` (ThresholdPredictor keyword arguments), ``artifact`` (a folder: loaded with
 ``load_artifact`` before the predictor is built, as a model server must), ``real_artifact``
-(a folder served by ``medssl.inference.predict.load_predictor``).
+(a folder served by ``medssl.inference.predict.load_predictor``; ``strict_modality`` passed on).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def build_factory(config: dict):
     if config.get("real_artifact"):
         from medssl.inference.predict import load_predictor
 
-        return lambda: load_predictor(Path(config["real_artifact"]), device="cpu")
+        strict = bool(config.get("strict_modality", False))
+        return lambda: load_predictor(Path(config["real_artifact"]), device="cpu", strict_modality=strict)
 
     def factory() -> ThresholdPredictor:
         if config.get("artifact"):
