@@ -65,11 +65,11 @@ def test_scaled_int16_is_stored_as_float32_or_an_exact_integer_type(tmp_path):
     _save(shifted, tmp_path / "shifted" / "shifted.nii")
     run(tmp_path / "half", tmp_path / "store_half")
     run(tmp_path / "shifted", tmp_path / "store_shifted")
-    half_row, shifted_row = single_volume(tmp_path / "store_half"), single_volume(tmp_path / "store_shifted")
-    assert half_row["dtype"] == "float32"
-    assert shifted_row["dtype"] == "int16"
-    for store, row in ((tmp_path / "store_half", half_row), (tmp_path / "store_shifted", shifted_row)):
-        assert nib.load(store / row["path"]).get_data_dtype() == np.dtype(row["dtype"])
+    for name, dtype in (("half", "float32"), ("shifted", "int16")):
+        store = tmp_path / f"store_{name}"
+        row = single_volume(store)
+        assert row["dtype"] == dtype, name
+        assert nib.load(store / row["path"]).get_data_dtype() == np.dtype(dtype)
 
 
 def test_disagreeing_qform_and_sform_are_recorded_and_the_sform_used(tmp_path):

@@ -36,7 +36,8 @@ _A, _B = np.deg2rad(20.0), np.deg2rad(10.0)
 _ROT = np.array([[np.cos(_B), -np.sin(_B), 0], [np.sin(_B), np.cos(_B), 0], [0, 0, 1]]) @ np.array(
     [[1, 0, 0], [0, np.cos(_A), -np.sin(_A)], [0, np.sin(_A), np.cos(_A)]]
 )
-DOUBLE_OBLIQUE = tuple(float(v) for v in (*_ROT[:, 0], *_ROT[:, 1]))  # 20 deg about L-R, 10 about H-F
+# 20 degrees about the left-right axis, then 10 about head-feet
+DOUBLE_OBLIQUE = tuple(float(v) for v in (*_ROT[:, 0], *_ROT[:, 1]))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def _truth_corners(phantom: Phantom, orientation) -> np.ndarray:
 def _stored_corners(row: dict) -> np.ndarray:
     affine = np.array(json.loads(row["affine"]))
     shape = json.loads(row["shape"])
-    ijk = [(i, j, k, 1) for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    ni, nj, nk = (n - 1 for n in shape[:3])
+    ijk = [(i, j, k, 1) for i in (0, ni) for j in (0, nj) for k in (0, nk)]
     return (np.array(ijk, float) @ affine.T)[:, :3]
 
 
@@ -106,7 +108,8 @@ def test_zero_bytes_after_pixel_data_are_not_a_truncated_file(ct, tmp_path, n_by
     run(tmp_path / "plain", tmp_path / "store_plain")
     run(tmp_path / "padded", tmp_path / "store_padded")
     assert [r["code"] for r in sv.rejected(tmp_path / "store_padded")] == []
-    plain, padded = single_volume(tmp_path / "store_plain"), single_volume(tmp_path / "store_padded")
+    plain = single_volume(tmp_path / "store_plain")
+    padded = single_volume(tmp_path / "store_padded")
     assert padded["sha256"] == plain["sha256"]  # the same voxels and geometry, byte for byte
 
 

@@ -83,7 +83,7 @@ class ScannerQuirks:
 
 @contextlib.contextmanager
 def _tolerant_validation() -> Iterator[None]:
-    """pydicom validates the raw value when it is set and written; here it is the point, not a slip."""
+    """pydicom validates a raw value when it is set and written; here it is the point."""
     settings = config.settings
     previous = (settings.reading_validation_mode, settings.writing_validation_mode)
     settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
