@@ -9,8 +9,9 @@ sides):
 
 - segmentation: ``image`` ``[B, 1, *crop]`` float32, ``label`` ``[B, *crop]`` int64 in
   0..K (K selected structures in value order; ``class_names[k]`` names class k, 0 is
-  background); a ``foreground_oversample`` share of crops is centred on a voxel of a random
-  present class (nnU-Net's oversampling). Validation: one whole cached volume per batch,
+  background, ``class_values[k]`` is its value in the store's masks: what predict writes);
+  a ``foreground_oversample`` share of crops is centred on a voxel of a random present class
+  (nnU-Net's oversampling). Validation: one whole cached volume per batch,
   ``image`` ``[1, 1, X, Y, Z]``, ``label`` ``[1, X, Y, Z]``, ``volume_id``, ``spacing``
   (the task runs a sliding window; with ``spatial_dims=2``, slice by slice).
 - detection: ``image`` and ``targets``, a list of B ``{"boxes": [N, 2S] float32, "labels":
@@ -130,6 +131,8 @@ class FinetuneDataModule(LightningDataModule):
         self.train_cases: list[str] = []
         self.val_cases: list[str] = []
         self._require_labels()
+        self.class_values: list[int] | None = None  # the masks' value of each class (set with class_names)
+        self.modalities: list[str] = []  # modalities of the cases used (known after setup)
         self.class_names: list[str] = self._vocabulary()  # known before setup: the CLI links it into the task
         self.multi_label = task == "classification" and any(len(r.classes) != 1 for r in read_labels(self.store).values())
 
@@ -166,6 +169,7 @@ class FinetuneDataModule(LightningDataModule):
         val = [volumes[k] for k in val]
         self.train_cases = [self.index.volumes[i].volume_id for i in train]
         self.val_cases = [self.index.volumes[i].volume_id for i in val]
+        self.modalities = sorted({self.index.volumes[i].modality for i in train + val})
         common = {"crop_size": crop, "slice_axis": slice_axis, "seed": self.seed}
         length = self.samples_per_epoch or len(train)
         if self.task == "segmentation":
@@ -182,11 +186,14 @@ class FinetuneDataModule(LightningDataModule):
         log.info("%s: %d training cases (label_fraction %s), %d validation cases", self.task, len(train), self.label_fraction, len(val))
 
     def _vocabulary(self) -> list[str]:
-        """The task's output names from the store's labels table (no cache needed)."""
+        """The task's output names from the store's labels table (no cache needed); sets
+        ``class_values`` (segmentation: ``[0, *values]``, detection: the values)."""
         if self.task == "classification":
             return list(class_names(self.store))
         known = structure_names(self.store)
-        names = [known[v] for v in select_structures(known, self.structures, self.task)]
+        values = select_structures(known, self.structures, self.task)
+        names = [known[v] for v in values]
+        self.class_values = [0, *values] if self.task == "segmentation" else list(values)
         return ["background", *names] if self.task == "segmentation" else names
 
     def _cases(self) -> tuple[list[str], object]:
@@ -203,6 +210,7 @@ class FinetuneDataModule(LightningDataModule):
         known = structure_names(self.store)
         values = select_structures(known, self.structures, self.task)
         names = [known[v] for v in values]
+        self.class_values = [0, *values] if self.task == "segmentation" else list(values)
         if self.task == "segmentation":
             self.class_names = ["background", *names]
             cases = sorted(vid for vid, e in entries.items() if e.file is not None)

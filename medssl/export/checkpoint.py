@@ -35,6 +35,8 @@ class CheckpointContents:
     task: str | None = None
     heads: dict[str, dict[str, Any]] | None = None  # {name: {"kind", "spec", "state_dict"}} (fine-tuned models)
     labels: list[str] | None = None
+    label_values: list[int] | None = None  # the training masks' value of each label
+    modalities: list[str] | None = None  # modalities of the volumes the task trained on
     extra: dict[str, Any] | None = None  # task extras (guideline texts) for the artifact's "extra"
 
 
@@ -88,6 +90,8 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         task=record.get("task"),
         heads=heads or None,
         labels=record.get("labels"),
+        label_values=record.get("label_values"),
+        modalities=record.get("modalities"),
         extra=record.get("extra") or None,
     )
 

@@ -5,7 +5,8 @@ checkpoint that does not match its own record is refused), attaches the store's 
 ``plan.json`` is found (``--store``, else the store the checkpoint recorded), writes
 ``model.safetensors`` + ``artifact.json`` and prints one summary line. A fine-tuning
 checkpoint's heads go in too: each head's spec (its ``kind`` plus constructor arguments)
-into the JSON, its weights under ``heads.<name>.``; its label names into ``labels``.
+into the JSON, its weights under ``heads.<name>.``; its label names into ``labels``, their
+mask values into ``label_values`` and the modalities it trained on into ``modalities``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def export_checkpoint(
         state_dict=encoder.state_dict(),
         heads=heads or None,
         labels=contents.labels,
+        label_values=contents.label_values,
+        modalities=contents.modalities,
         plan=plan,
         extra={**(contents.extra or {}), "source": source},
     )

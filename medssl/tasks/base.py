@@ -44,6 +44,8 @@ class FinetuneTask(GuardedModule, ABC):
         lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with warm-up and cosine decay.
         check_gradients: stop on a non-finite gradient too.
         seed: seeds the task's own sampling.
+        class_values: the store masks' label value of each output, in output order (linked
+            from the data module; recorded in the artifact so predict writes those values).
     """
 
     task = "finetune"
@@ -63,11 +65,14 @@ class FinetuneTask(GuardedModule, ABC):
         min_lr_ratio: float = 0.01,
         check_gradients: bool = True,
         seed: int = 0,
+        class_values: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if freeze not in FREEZE_MODES:
             raise ValueError(f"freeze '{freeze}': expected one of {', '.join(FREEZE_MODES)}")
+        if class_values is not None and len(set(class_values)) != len(class_values):
+            raise ValueError(f"class_values {list(class_values)[:8]}: each label value once")
         self.encoder_source = None
         if encoder is not None:
             artifact = load_artifact(encoder)
@@ -92,6 +97,14 @@ class FinetuneTask(GuardedModule, ABC):
     def label_names(self) -> list[str] | None:
         """Names of the outputs (classes or structures), in output order; recorded in the artifact."""
         return None
+
+    def label_values(self) -> list[int] | None:
+        """The masks' label value of each of :meth:`label_names`, or None (values = indices)."""
+        values = self.hparams.get("class_values")
+        names = self.label_names()
+        if values is None or names is None or len(values) != len(names):
+            return None
+        return [int(v) for v in values]
 
     def checkpoint_extra(self) -> dict:
         """Plain JSON a task adds to its artifact's ``extra`` (e.g. guideline texts)."""
@@ -131,6 +144,7 @@ class FinetuneTask(GuardedModule, ABC):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         store = getattr(datamodule, "store", None)
+        modalities = getattr(datamodule, "modalities", None) or None  # those of the cases it trained on
         heads = {
             name: {**spec, "prefix": f"heads.{name}."} for name, spec in self.head_specs().items()
         }
@@ -142,6 +156,8 @@ class FinetuneTask(GuardedModule, ABC):
             "backbone_prefix": "encoder.",
             "heads": heads,
             "labels": self.label_names(),
+            "label_values": self.label_values(),
+            "modalities": None if modalities is None else list(modalities),
             "encoder_source": self.encoder_source,
             "extra": self.checkpoint_extra(),
             "store": None if store is None else str(Path(store).resolve()),

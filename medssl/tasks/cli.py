@@ -5,9 +5,9 @@
 
 ``--model.encoder`` names an artifact written by ``medssl export`` (leave it out to train
 from scratch). The data module reads labels from the store; the number of outputs and their
-names are linked from the data module into the task (``data.num_classes`` ->
-``model.num_classes``, ``data.class_names`` -> ``model.class_names``), so a config never
-repeats them. Then ``medssl export RUNS/<task>/<run>/checkpoints/last.ckpt --out ARTIFACT``
+names and mask values are linked from the data module into the task (``data.num_classes`` ->
+``model.num_classes``, ``data.class_names`` -> ``model.class_names``, ``data.class_values``
+-> ``model.class_values``), so a config never repeats them. Then ``medssl export RUNS/<task>/<run>/checkpoints/last.ckpt --out ARTIFACT``
 writes an artifact with the heads, their label names and the plan.
 """
 
@@ -29,6 +29,7 @@ class FinetuneCLI(MedsslCLI):
         super().add_arguments_to_parser(parser)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+        parser.link_arguments("data.class_values", "model.init_args.class_values", apply_on="instantiate")
 
 
 def build_cli(argv: list[str]) -> FinetuneCLI:

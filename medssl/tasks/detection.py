@@ -54,6 +54,8 @@ class Detection(FinetuneTask):
             raise ValueError(f"detection needs num_classes >= 1 box classes, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names names the {num_classes} box classes; got {len(class_names)}")
+        if self.hparams.class_values is not None and len(self.hparams.class_values) != num_classes:
+            raise ValueError(f"class_values gives each of the {num_classes} box classes its mask value; got {len(self.hparams.class_values)}")
         strides = list(self.encoder.feature_strides)
         if returned_levels is None:
             returned_levels = [i for i, s in enumerate(strides) if s in (4, 8, 16)] or list(range(len(strides)))[-3:]

@@ -59,6 +59,9 @@ class Segmentation(FinetuneTask):
             raise ValueError(f"segmentation needs num_classes >= 2 (background + structures), got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names names all {num_classes} outputs, background first; got {len(class_names)}")
+        values = self.hparams.class_values
+        if values is not None and (len(values) != num_classes or values[0] != 0):
+            raise ValueError(f"class_values gives each of the {num_classes} outputs its mask value, background 0 first; got {list(values)[:8]}")
         enc = self.encoder
         # the spec holds what the encoder does not say: build_head takes the rest from the encoder
         self.decoder_spec = {"num_classes": num_classes, "decoder_channels": decoder_channels, "deep_supervision": deep_supervision}

@@ -52,6 +52,7 @@ def batches(dm, n, augment=True):
 def test_segmentation_batches_and_classes(store):
     dm = module(store, structures=["liver", "lesion_hypodense", "heart"])
     assert dm.class_names == ["background", "heart", "liver", "lesion_hypodense"] and dm.num_classes == 4
+    assert dm.class_values == [0, 5, 6, 21] and dm.modalities == ["CT"]  # the masks' values
     batch = batches(dm, 1)[0]
     assert batch["image"].shape == (2, 1, *CROP) and batch["image"].dtype == torch.float32
     assert batch["label"].shape == (2, *CROP) and batch["label"].dtype == torch.int64
@@ -148,7 +149,7 @@ def expected_lesion_boxes(dm, volume_id):
 
 def test_detection_targets_are_the_phantom_lesions_inside_the_crop(store):
     dm = module(store, "detection", foreground_oversample=1.0, augment=False, samples_per_epoch=10)
-    assert dm.class_names == LESIONS
+    assert dm.class_names == LESIONS and dm.class_values == sorted(LESION_VALUES.values())
     ds = dm.train_set
     for k in range(10):
         item = ds[k]

@@ -48,6 +48,7 @@ def test_detection_trains_validates_and_exports(labelled_store, tmp_path):
     spec = artifact.heads["det"]
     assert spec["kind"] == "detection" and spec["num_classes"] == 3
     assert artifact.labels == model.label_names()
+    assert artifact.label_values == [20, 21, 22]  # the lesions' mask values (LESION_VALUES)
 
 
 def test_bad_detection_arguments(labelled_store):

@@ -37,6 +37,7 @@ def test_cli_links_the_store_classes_into_the_task(labelled_store, tmp_path):
     assert isinstance(cli.model, Segmentation)
     assert cli.model.hparams.num_classes == 3
     assert cli.model.label_names() == ["background", "lung_right", "lung_left"]
+    assert cli.model.label_values() == [0, 3, 4]  # the store's mask values (ORGAN_LABELS)
 
 
 def test_segmentation_learns_the_phantom_organs_and_exports_a_predicting_artifact(labelled_store, tmp_path):
@@ -55,6 +56,7 @@ def test_segmentation_learns_the_phantom_organs_and_exports_a_predicting_artifac
     artifact = load_artifact(export_checkpoint(ckpt, tmp_path / "artifact", store=labelled_store))
     assert artifact.heads["seg"]["kind"] == "segmentation"
     assert artifact.labels == ["background", "lung_right", "lung_left"]
+    assert artifact.label_values == [0, 3, 4] and artifact.modalities == ("CT",)
     assert artifact.plan is not None
     meta = json.loads((tmp_path / "artifact" / "artifact.json").read_text())
     assert meta["extra"]["source"]["task"] == "segmentation"
@@ -113,5 +115,9 @@ def test_bad_task_arguments_are_refused():
         Segmentation(num_classes=1)
     with pytest.raises(ValueError, match="background first"):
         Segmentation(num_classes=3, class_names=["liver", "lung"])
+    with pytest.raises(ValueError, match="class_values gives each"):
+        Segmentation(num_classes=3, class_values=[0, 6])
+    with pytest.raises(ValueError, match="background 0 first"):
+        Segmentation(num_classes=2, class_values=[6, 0])
     with pytest.raises(ValueError, match="freeze"):
         Segmentation(num_classes=2, freeze="some")
