@@ -9,7 +9,9 @@ only its extent differs, else resampled by nearest neighbour in world coordinate
 Outputs: ``labels/<volume_id>.nii.gz`` (written atomically, deterministic bytes) and a
 ``labels`` row committed after it; a refusal is a ``rejected`` row with unit
 ``label:<volume_id>`` and never touches the image. A row whose keyed digest (mask bytes,
-table row, image) is unchanged and whose file is in place is skipped.
+table row, image) is unchanged and whose file is in place is skipped. A label value keeps
+one name across the store (:mod:`medssl.store.label_vocabulary`): a table whose structures
+rename one is a ConfigError before any label is written, a case whose own names do is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from medssl.io.sources import BadItem, FileFormat, SourceItem, iter_source_items
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.store import ingest_work as work
 from medssl.store.label_table import MAX_LABEL_VALUE, LabelCase, LabelTable, check_name
+from medssl.store.label_vocabulary import StructureVocabulary
 from medssl.store.labels import CLASSES_META_KEY, LABELS_DIR, Box
 from medssl.store.manifest import Manifest
 from medssl.types import RejectReason
@@ -53,7 +56,20 @@ class LabelSummary:
 
 
 def ingest_labels(table: LabelTable, manifest: Manifest, pseudo: Pseudonymizer, scans: dict, max_bytes: int) -> LabelSummary:
-    """Every case of ``table``; ``scans`` maps ``work.item_key`` to the images' scans."""
+    """Every case of ``table``; ``scans`` maps ``work.item_key`` to the images' scans.
+
+    Raises ConfigError (before writing any label) when the table's ``structures`` name a value
+    otherwise than the store's labels of other volumes do.
+    """
+    links: dict[int, str | IngestError] = {}
+    for case in table.cases:
+        try:
+            links[case.row] = link_case(case, pseudo, scans, max_bytes)
+        except IngestError as err:
+            links[case.row] = err
+    mine = {vid for vid in links.values() if isinstance(vid, str)}
+    vocabulary = StructureVocabulary.of_rows(manifest.labels(), skip=mine)
+    vocabulary.check_table(table.structures)
     summary = LabelSummary()
     store = Path(manifest.path).parent
     (store / LABELS_DIR).mkdir(exist_ok=True)
@@ -68,12 +84,14 @@ def ingest_labels(table: LabelTable, manifest: Manifest, pseudo: Pseudonymizer, 
         ref = pseudo.token(f"{table.path}\0{case.row}", "label-source")
         unit, owner = "label:unlinked", None
         try:
-            vid = link_case(case, pseudo, scans, max_bytes)
+            vid = links[case.row]
+            if isinstance(vid, IngestError):
+                raise vid
             unit = f"label:{vid}"
             if vid in linked:
                 raise IngestError(RejectReason.LABEL_AMBIGUOUS, f"its image is the same volume as case {linked[vid]}'s")
             linked[vid], owner = case.row, vid
-            if _label_case(case, vid, table, manifest, pseudo, max_bytes):
+            if _label_case(case, vid, table, manifest, pseudo, max_bytes, vocabulary):
                 summary.written += 1
             else:
                 summary.skipped += 1
@@ -112,8 +130,11 @@ def link_case(case: LabelCase, pseudo: Pseudonymizer, scans: dict, max_bytes: in
     return vids[0]
 
 
-def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest, pseudo: Pseudonymizer, max_bytes: int) -> bool:
-    """Write (or keep) the labels of one linked case; True when something was written."""
+def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest, pseudo: Pseudonymizer, max_bytes: int, vocabulary: StructureVocabulary) -> bool:
+    """Write (or keep) the labels of one linked case; True when something was written.
+
+    ``vocabulary``: the names the store and the earlier cases gave; this case's names must
+    agree (else LABEL_INVALID) and join it."""
     store = Path(manifest.path).parent
     volume = manifest.volume(vid)
     if volume is None or not (store / volume["path"]).is_file():
@@ -125,6 +146,7 @@ def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest
     digest = pseudo.token(json.dumps(facts, sort_keys=True, default=str), "label")
     old = manifest.label(vid)
     if old is not None and old["label_digest"] == digest and _file_intact(store, old):
+        vocabulary.add({int(k): v for k, v in json.loads(old["structures"] or "{}").items()}, f"case {case.row}")
         return False
     shape, affine = _image_grid(store / volume["path"])
     _check_boxes(case.boxes, shape, affine)
@@ -133,6 +155,10 @@ def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest
         if len(shape) != 3:
             raise IngestError(RejectReason.LABEL_INVALID, "label maps are for 3D volumes; this image is 2D")
         array, names, corrections = label_map(mask_bytes, SourceItem(str(case.mask)).suffix(), shape, affine, table.structures, max_bytes)
+        clash = vocabulary.clash(names, "its mask" if table.structures is None else "the table's structures")
+        if clash:
+            raise IngestError(RejectReason.LABEL_INVALID, clash)
+        vocabulary.add(names, f"case {case.row}")
         data = nifti_gz_bytes(Volume(array, affine))
         rel = f"{LABELS_DIR}/{vid}.nii.gz"
         atomic_write_bytes(store / rel, data)

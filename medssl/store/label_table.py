@@ -157,27 +157,33 @@ def read_structures_csv(path: Path) -> dict[int, str]:
     name_col = next((header[c] for c in _NAME_COLUMNS if c in header), None)
     if value_col is None or name_col is None:
         raise ConfigError(f"structures CSV: need a value column ({'|'.join(_VALUE_COLUMNS)}) and a name column ({'|'.join(_NAME_COLUMNS)})")
-    mapping: dict[object, object] = {}
-    for index, row in enumerate(rows, start=1):
-        value = row.get(value_col, "").strip()
-        if value in mapping:
-            raise ConfigError(f"structures CSV row {index}: value {value[:8]} appears twice")
-        mapping[value] = (row.get(name_col) or "").strip()
-    return _structures_mapping(mapping)
+    pairs = [((row.get(value_col) or "").strip(), (row.get(name_col) or "").strip()) for row in rows]
+    return _structures_mapping(pairs, "structures CSV rows")
 
 
-def _structures_mapping(raw: object) -> dict[int, str]:
-    if not isinstance(raw, dict) or not raw:
+def _structures_mapping(raw: object, rows: str = "structures entries") -> dict[int, str]:
+    """``{value: name}`` from a mapping or ``[(value, name), ...]`` rows (a CSV's, in order).
+
+    One value given twice (``1`` and ``"01"``, or two CSV rows) is refused, naming both names
+    when they differ: a label value has one name."""
+    if isinstance(raw, dict):
+        raw = list(raw.items())
+    if not isinstance(raw, list) or not raw:
         raise ConfigError("label table: 'structures' must be a non-empty mapping value: name, or a CSV file")
     out: dict[int, str] = {}
-    for key, name in raw.items():
+    where: dict[int, int] = {}
+    for index, (key, name) in enumerate(raw, start=1):
         try:
             value = int(str(key).strip())
         except ValueError:
             raise ConfigError(f"structures: value {str(key)[:10]!r} is not an integer") from None
         if not 1 <= value <= MAX_LABEL_VALUE:
             raise ConfigError(f"structures: value {value} outside 1..{MAX_LABEL_VALUE} (0 is background)")
-        out[value] = check_name(name, f"structures value {value}")
+        name = check_name(name, f"structures value {value}")
+        if value in out:
+            both = f"'{out[value]}' and '{name}'" if out[value] != name else f"'{name}' twice"
+            raise ConfigError(f"structures: label value {value} is named {both} ({rows} {where[value]} and {index}); one value, one name")
+        out[value], where[value] = name, index
     if len(set(out.values())) != len(out):
         raise ConfigError("structures: two values share one name")
     return dict(sorted(out.items()))

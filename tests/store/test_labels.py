@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medssl.errors import ConfigError
 from medssl.store import labels as L
 from medssl.store.label_ingest import RESAMPLED
 from tests.store import store_view as sv
@@ -221,7 +222,9 @@ def test_killed_between_file_and_row_resumes(case, tmp_path):
     assert (store / record.mask_path).read_bytes() == data and not sv.temporaries(store)
 
 
-def test_structure_names_raise_when_records_disagree(case, tmp_path):
+def test_a_second_table_renaming_a_value_is_refused_at_ingest(case, tmp_path):
+    """Two names for one value would stop fine-tuning; ingest refuses the second table instead
+    (more cases: tests/store/test_labels_vocabulary.py)."""
     _, data, table = case
     other = phantom(seed=4, n_lesions=0)
     save_nifti(other.image, other.affine, data / "b" / "img.nii.gz")
@@ -230,10 +233,9 @@ def test_structure_names_raise_when_records_disagree(case, tmp_path):
     table2 = write_table(data / "b.yaml", [{"image": "b/img.nii.gz", "mask": "b/seg.nii.gz"}], structures=renamed)
     store = tmp_path / "store"
     run(store, table)
-    run(store, table2)
-    assert len(L.read_labels(store)) == 2 and not label_rejections(store)
-    with pytest.raises(ValueError, match="label value 6"):
-        L.structure_names(store)
+    with pytest.raises(ConfigError, match="label value 6 is 'hepar' in the table's structures but 'liver'"):
+        run(store, table2)
+    assert len(L.read_labels(store)) == 1 and L.structure_names(store)[6] == "liver"
 
 
 def test_no_identifier_from_paths_reaches_the_store(tmp_path):
