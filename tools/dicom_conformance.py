@@ -99,6 +99,7 @@ class SeriesResult:
     slices: int = 0
     seconds: float = 0.0
     dcm2niix_seconds: float | None = None
+    store: Path | None = None  # where the series was ingested (kept while the caller's workdir lives)
 
     @property
     def outcome(self) -> str:
@@ -240,7 +241,7 @@ def run_series(series: CorpusSeries, workdir: Path, *, with_dcm2niix: bool = Fal
     ours, n_volumes, rejected, slices = stored_frames(store)
     refs = [f for path in series.reference_paths() for f in frames_of(nib.load(path), path.name)]
     origins = slice_origins(series.path) if series.path.is_dir() else slice_origins_file(series.path)
-    result = SeriesResult(series, match_frames(refs, ours, origins), n_volumes, rejected, slices, seconds)
+    result = SeriesResult(series, match_frames(refs, ours, origins), n_volumes, rejected, slices, seconds, store=store)
     if with_dcm2niix and shutil.which("dcm2niix"):
         result.dcm2niix_seconds = time_dcm2niix(series.path, workdir / "dcm2niix")
     return result

@@ -61,6 +61,7 @@ class SliceInfo:
     b_vector: tuple[float, float, float] | None = None
     seconds: float | None = None  # time of day, only ever used as a difference
     temporal_position: int | None = None
+    repetition_ms: float | None = None  # RepetitionTime: frame interval when acquisition times are equal
 
 
 def image_component(values) -> str:
@@ -98,7 +99,7 @@ def classic_info(ds: Dataset) -> SliceInfo:
             seconds if seconds is not None else 0.0,
             integer(ds.get("InstanceNumber"), 0),
         )
-    return SliceInfo(split, order, b_value, b_vector, seconds, temporal)
+    return SliceInfo(split, order, b_value, b_vector, seconds, temporal, number(ds.get("RepetitionTime"), None))
 
 
 def enhanced_info(item, content: Dataset, index: int) -> SliceInfo:

@@ -76,7 +76,7 @@ def read_dataset(data: bytes, *, stop_before_pixels: bool) -> Dataset:
 def _parse(data: bytes, stop_before_pixels: bool, force: bool) -> Dataset:
     with lenient_reading():
         try:
-            return _dcmread(data, stop_before_pixels, force)
+            ds = _dcmread(data, stop_before_pixels, force)
         except InvalidDicomError:
             raise
         except Exception:
@@ -86,6 +86,24 @@ def _parse(data: bytes, stop_before_pixels: bool, force: bool) -> Dataset:
             if end is None or end >= len(data):  # padding, if the pixels themselves are whole
                 raise
             return _dcmread(data[:end], False, force)
+        if not stop_before_pixels:
+            end = _pixels_followed_at(ds)
+            if end is not None:  # elements (or what pydicom took for them) after the pixels: padding
+                return _dcmread(data[:end], False, force)
+        return ds
+
+
+def _pixels_followed_at(ds: Dataset) -> int | None:
+    """The end offset of a whole native PixelData element that something follows; else None."""
+    elements = getattr(ds, "_dict", None)
+    if elements is None or PIXEL_DATA not in elements or next(reversed(elements)) == PIXEL_DATA:
+        return None  # (file order: garbage after the pixels may parse as any tag, even a smaller one)
+    pixel = elements[PIXEL_DATA]
+    length, tell = getattr(pixel, "length", None), getattr(pixel, "value_tell", None)
+    value = pixel.value
+    if length in (None, 0xFFFFFFFF) or tell is None or not isinstance(value, (bytes, bytearray)) or len(value) < length:
+        return None
+    return tell + length
 
 
 def _dcmread(data: bytes, stop_before_pixels: bool, force: bool) -> Dataset:
@@ -115,18 +133,32 @@ def _pixel_data_end(data: bytes, force: bool) -> int | None:
     return None
 
 
-def _elements_end(ds: Dataset) -> int:
-    """File offset after the last element of known length; -1 if unknown."""
-    end = 0
-    for elem in ds.elements():  # raw elements: nothing is converted here
+def _walk(ds: Dataset) -> tuple[int, int, object | None]:
+    """One pass over the raw top-level elements (nothing converted): the file offset after the
+    last element of known length (-1 if unknown), the last tag, and an element whose value
+    is shorter than its declared length (None if none)."""
+    end, last_tag, short = 0, 0, None
+    elements = getattr(ds, "_dict", None)  # pydicom's tag -> element map: iterating it converts nothing
+    for elem in (elements.values() if elements is not None else ds.elements()):
+        tag = int(elem.tag)
+        if tag == 0:  # zero padding that pydicom read as elements
+            continue
+        last_tag = tag
         length = getattr(elem, "length", None)
         if length is None or length == 0xFFFFFFFF:
             end = -1  # undefined length (sequence, encapsulated pixels): its end is not known here
             continue
+        value = elem.value
+        if short is None and isinstance(value, (bytes, bytearray)) and len(value) < length:
+            short = elem
         tell = getattr(elem, "value_tell", None)
-        if tell is not None and Tag(elem.tag) != 0:
+        if tell is not None:
             end = tell + length
-    return end
+    return end, last_tag, short
+
+
+def _elements_end(ds: Dataset) -> int:
+    return _walk(ds)[0]
 
 
 def _check_complete(ds: Dataset, data: bytes, stop_before_pixels: bool) -> None:
@@ -136,15 +168,9 @@ def _check_complete(ds: Dataset, data: bytes, stop_before_pixels: bool) -> None:
     stops silently when it ends inside the next element's 8-12 byte header; both are
     caught from the raw elements' offsets, without converting any value.
     """
-    last_tag = 0
-    for elem in ds.elements():
-        length = getattr(elem, "length", None)
-        value = getattr(elem, "value", None)
-        if length not in (None, 0xFFFFFFFF) and isinstance(value, (bytes, bytearray)) and len(value) < length:
-            raise IngestError(RejectReason.TRUNCATED, f"file ends inside element {tag_text(elem.tag)} ({len(value)} of {length} bytes)")
-        if Tag(elem.tag) != 0:
-            last_tag = int(elem.tag)
-    end = _elements_end(ds)
+    end, last_tag, short = _walk(ds)
+    if short is not None:
+        raise IngestError(RejectReason.TRUNCATED, f"file ends inside element {tag_text(short.tag)} ({len(short.value)} of {short.length} bytes)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if end <= 0 or syntax == DEFLATED:  # offsets of a deflated stream are not file offsets
         return
@@ -170,11 +196,16 @@ def numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
 
     A present element that does not hold them is refused, naming its tag (not its value).
     """
-    elem = ds.get(keyword) if keyword in ds else None
+    if keyword not in ds:
+        return None
+    elem = ds.get_item(keyword)
     if elem is None:
         return None
-    with lenient_reading():
-        value = ds[keyword].value
+    try:
+        with lenient_reading():
+            value = ds[keyword].value
+    except Exception:  # noqa: BLE001 - pydicom cannot even convert it; its text may identify someone
+        raise IngestError(RejectReason.GEOMETRY, f"element {tag_text(elem.tag)} ({keyword}) does not hold numbers") from None
     if value is None or value == "" or (hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == 0):
         return None
     items = list(value) if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)) else [value]

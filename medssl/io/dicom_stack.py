@@ -173,10 +173,17 @@ def _position_counts(recs: list[SliceRecord]) -> list[int]:
 
 
 def _frame_params(frames: list[list[SliceRecord]]) -> tuple[FrameParams, ...]:
-    """Per-frame b-value, b-vector and time (relative to the first frame); () for a 3D volume."""
+    """Per-frame b-value, b-vector and time (relative to the first frame); () for a 3D volume.
+
+    Times come from the acquisition times; where those do not tell the frames apart (GE
+    writes one per series), from RepetitionTime, the volume interval of fMRI and diffusion.
+    """
     if len(frames) < 2:
         return ()
     times = [min((r.info.seconds for r in f if r.info.seconds is not None), default=None) for f in frames]
+    tr = frames[0][0].info.repetition_ms
+    if (None in times or len(set(times)) < len(times)) and tr:  # times do not tell frames apart: one TR each
+        times = [t * tr / 1000.0 for t in range(len(frames))]
     t0 = min((t for t in times if t is not None), default=None)
     out = []
     for recs, t in zip(frames, times):

@@ -28,7 +28,7 @@ from medssl.io.nifti import read_nifti, read_nrrd
 from medssl.io.sources import FileFormat, SourceItem, sniff_format
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.store.quarantine import quarantine
-from medssl.types import IrregularPolicy, RejectReason, SourceKind
+from medssl.types import GeometryKind, IrregularPolicy, RejectReason, SourceKind
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,8 @@ def convert_file(item: SourceItem, fmt: FileFormat, volume_id: str) -> Outcome:
         volume = (read_nifti if fmt == FileFormat.NIFTI else read_nrrd)(_read(item), max_bytes=_CTX.max_bytes)
         kind = SourceKind.NIFTI if fmt == FileFormat.NIFTI else SourceKind.NRRD
         deid = {"method": "header rebuilt from array and affine; descrip, aux_file, intent_name and extensions dropped"}
-        meta = {"deid": deid, "n_images": 1, "source_digest": volume_id, "modality": _CTX.volume_modality}
+        meta = {"deid": deid, "n_images": 1, "source_digest": volume_id, "modality": _CTX.volume_modality, "scaling": volume.meta.get("scaling"),
+                "geometry": str(GeometryKind.NONE if any(c.startswith("no_qform_sform") for c in volume.corrections) else GeometryKind.PATIENT)}
         return _write(volume_id, volume, kind, ref, meta, None)
 
     return _guarded(ref, volume_id, [], work)

@@ -15,6 +15,7 @@ from medssl.store.plan import (
     fingerprint,
     fit_crop_size,
     foreground_mask,
+    frame_rows,
     make_plan,
     target_spacing,
 )
@@ -102,16 +103,19 @@ def test_intensity_sample_is_bounded(tmp_path):
     assert fp["modalities"]["CT"]["count"] == 5
 
 
-def test_2d_4d_and_thin_volumes_are_left_out(tmp_path):
+def test_2d_and_thin_volumes_are_left_out_and_4d_series_count_by_frame(tmp_path):
     store = write_store(tmp_path, [Spec(seed=1), Spec(seed=2)])
     add_row(store, "x2d", ndim=2, shape=[96, 48], spacing=[1.0, 1.0], axcodes="2D", modality="DX")
-    add_row(store, "x4d", ndim=4, shape=[64, 64, 24, 2], spacing=[2.0, 2.0, 2.0], axcodes="RAS", modality="MR")
     add_row(store, "thin", ndim=3, shape=[128, 128, 1], spacing=[0.7, 0.7, 5.0], axcodes="RAS", modality="CT")
     fp = fingerprint(store)
-    assert (fp["volumes"], fp["selected"]) == (5, 2)
+    assert (fp["volumes"], fp["selected"]) == (4, 2)
     plan = make_plan(fp)
     assert not plan.selects({"ndim": 3, "shape": "[128,128,1]", "axcodes": "RAS"})
     assert plan.selects({"ndim": 3, "shape": "[40,36,24]", "axcodes": "RAS"})
+    series = {"volume_id": "x4d", "ndim": 4, "shape": "[64,64,24,3]", "axcodes": "RAS", "patient": "p"}
+    assert plan.selects(series) and not plan.selects({**series, "shape": "[64,64,1,3]"})
+    frames = frame_rows(series)  # each frame of a 4D series is one 3D unit for training, same patient
+    assert [(f["volume_id"], f["frame"], f["shape"], f["patient"]) for f in frames] == [(f"x4d.t{t:04d}", t, [64.0, 64.0, 24.0], "p") for t in range(3)]
 
 
 def test_a_store_without_volumes_cannot_be_planned(tmp_path):
