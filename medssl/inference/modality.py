@@ -97,7 +97,7 @@ def check_modality(
         return ModalityCheck(modality, source, modality, trained, tuple(warnings))
     if OTHER_MODALITY in trained or not trained:  # trained on modality-less volumes too
         return ModalityCheck(None, source, OTHER_MODALITY if trained else None, trained, tuple(warnings))
-    what = f"a {kind.upper()} file carries no modality"
+    what = "the DICOM series has no Modality" if kind == "dicom" else f"a {kind.upper()} file carries no modality"
     _refuse_if(strict, f"input modality unknown ({what}); the model was trained on {shown}: "
                        "pass the input's modality")
     if len(trained) == 1:

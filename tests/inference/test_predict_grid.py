@@ -166,3 +166,30 @@ def test_output_bytes_are_deterministic(run, tmp_path):
     first = result.files["segmentation.nii.gz"].read_bytes()
     assert again.files["segmentation.nii.gz"].read_bytes() == first
     assert gzip.decompress(first)[:4] == (348).to_bytes(4, "little")
+
+
+def test_a_grid_that_does_not_come_back_exactly_is_not_used(run):
+    from medssl.inference.native_grid import native_grid
+
+    path, _ = run["pir", "model"]
+    inp = read_input([path])
+    image = nib.load(str(path))
+    assert native_grid(inp.volume, image.affine, native_shape=image.shape) is not None
+    shifted = image.affine.copy()
+    shifted[0, 3] += 0.5  # half a millimetre off: another grid
+    assert native_grid(inp.volume, shifted, native_shape=image.shape) is None
+    assert native_grid(inp.volume, image.affine, native_shape=image.shape[::-1]) is None
+
+
+def test_without_the_inputs_grid_the_canonical_grid_is_written_and_said(run, tmp_path, monkeypatch):
+    import medssl.inference.inputs as inputs
+
+    monkeypatch.setattr(inputs, "nifti_native_grid", lambda data, volume: None)
+    path, _ = run["pir", "model"]
+    predictor = ArtifactPredictor(segmentation_artifact(tmp_path / "artifact"), device="cpu")
+    result = predictor.predict(PredictionRequest((path,), NIFTI, tmp_path))
+    out = nib.load(str(result.files["segmentation.nii.gz"]))
+    canonical = read_input([path]).volume
+    assert out.shape == canonical.array.shape and np.allclose(out.affine, canonical.affine)
+    assert result.summary["input"]["output_grid"] == "ras_canonical"
+    assert any("RAS+ canonical grid" in note for note in result.summary["notes"])
