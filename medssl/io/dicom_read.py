@@ -73,6 +73,23 @@ def read_dataset(data: bytes, *, stop_before_pixels: bool) -> Dataset:
     return ds
 
 
+def read_dataset_and_frames(data: bytes, *, stop_before_pixels: bool, span: tuple[int, int] | None = None) -> tuple[Dataset, list | None, tuple[int, int] | None]:
+    """:func:`read_dataset` with the per-frame functional groups read by the fast path.
+
+    Returns the dataset without its PerFrameFunctionalGroupsSequence, that sequence's items
+    (``medssl.io.dicom_raw.RawItem``) and its byte span where the fast path applies;
+    otherwise the dataset as :func:`read_dataset` gives it, None and None. With ``span``
+    (from the scan of the same file) the groups are cut out unparsed (items: None).
+    """
+    from medssl.io.dicom_raw import split_per_frame
+
+    split = split_per_frame(data, span) if len(data) > 1 << 16 else None  # small files: pydicom is quick
+    if split is None:
+        return read_dataset(data, stop_before_pixels=stop_before_pixels), None, None
+    rest, items, found = split
+    return read_dataset(rest, stop_before_pixels=stop_before_pixels), items, found
+
+
 def _parse(data: bytes, stop_before_pixels: bool, force: bool) -> Dataset:
     with lenient_reading():
         try:

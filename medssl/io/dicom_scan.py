@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from functools import cache
 
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
 from medssl.io.dicom_frames import SliceInfo, SplitKey, classic_info, enhanced_info, philips_scale_slope
-from medssl.io.dicom_read import decimals_precision, integer, lenient_reading, number, numbers, read_dataset, tag_text
+from medssl.io.dicom_read import decimals_precision, integer, lenient_reading, number, numbers, read_dataset, read_dataset_and_frames, tag_text
 from medssl.io.sources import SourceItem
 from medssl.types import RejectReason
 
@@ -62,6 +63,7 @@ class SliceRecord:
     scaling: str = "rescale"  # "rescale" (modality LUT) or "philips_precise" (dcm2niix's default)
     projection: bool = False  # a localizer / scout or an image without a patient frame: stored 2D
     spacing_between: float | None = None  # SpacingBetweenSlices (mosaics, header-geometry multi-frame)
+    frames_span: tuple[int, int] | None = None  # bytes of the per-frame functional groups: cut out, not re-read, when decoding
 
     @property
     def split_key(self) -> SplitKey:
@@ -70,17 +72,18 @@ class SliceRecord:
 
 def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
     """Records for every image in one DICOM file (an empty list for a DICOMDIR)."""
-    ds = read_dataset(data, stop_before_pixels=True)
+    ds, per_frame, span = read_dataset_and_frames(data, stop_before_pixels=True)
     try:
         with lenient_reading():
-            return _records(item, ds, len(data))
+            records = _records(item, ds, len(data), per_frame)
+            return [replace(r, frames_span=span) for r in records] if span is not None else records
     except IngestError:
         raise
     except Exception as exc:  # noqa: BLE001 - values the checks did not foresee
         raise IngestError(RejectReason.MALFORMED, f"invalid DICOM attribute value ({type(exc).__name__})") from None
 
 
-def _records(item: SourceItem, ds: Dataset, nbytes: int) -> list[SliceRecord]:
+def _records(item: SourceItem, ds: Dataset, nbytes: int, per_frame: list | None = None) -> list[SliceRecord]:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return []
@@ -112,8 +115,8 @@ def _records(item: SourceItem, ds: Dataset, nbytes: int) -> list[SliceRecord]:
         spacing_between=number(ds.get("SpacingBetweenSlices"), None),
     )
     n_frames = integer(ds.get("NumberOfFrames"), 1)
-    if "PerFrameFunctionalGroupsSequence" in ds:
-        return _enhanced_records(ds, base, n_frames)
+    if per_frame is not None or "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_records(ds, base, n_frames, per_frame if per_frame is not None else ds.PerFrameFunctionalGroupsSequence)
     precise = philips_scale_slope(ds) if str(ds.get("Manufacturer", "")).upper().startswith("PHILIPS") else None
     slope, intercept = number(ds.get("RescaleSlope"), 1.0) or 1.0, number(ds.get("RescaleIntercept"), 0.0)
     if sop_class == RT_DOSE_SOP_CLASS:
@@ -178,29 +181,41 @@ def _header_frames(ds: Dataset, common: dict, n_frames: int, sop_class: str) -> 
     return records
 
 
-def _enhanced_records(ds: Dataset, base: dict, n_frames: int) -> list[SliceRecord]:
-    per_frame = ds.PerFrameFunctionalGroupsSequence
+def _enhanced_records(ds: Dataset, base: dict, n_frames: int, per_frame) -> list[SliceRecord]:
+    """One record per frame; ``per_frame``: pydicom Datasets or ``dicom_raw.RawItem`` trees (same reads)."""
     if len(per_frame) != n_frames:
         raise IngestError(RejectReason.MALFORMED, f"{len(per_frame)} per-frame groups for {n_frames} frames")
     shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else Dataset()
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     precise = philips_scale_slope(ds)
     philips = str(ds.get("Manufacturer", "")).upper().startswith("PHILIPS")
+
+    @cache
+    def shared_value(seq: str, keyword: str):  # the shared groups are the same for every frame: look once
+        found = shared.get(seq)
+        return found[0][keyword].value if found and keyword in found[0] else None
+
+    @cache
+    def shared_vector(seq: str, keyword: str, count: int):
+        found = shared.get(seq)
+        return numbers(found[0], keyword, count) if found and keyword in found[0] else None
+
     records = []
     for index, group in enumerate(per_frame):
         def item(seq: str, keyword: str, group=group):
-            for source in (group, shared):
-                if seq in source and len(source[seq].value) and keyword in source[seq].value[0]:
-                    return source[seq].value[0][keyword].value
-            return None
+            found = group.get(seq)
+            if found and keyword in found[0]:
+                return found[0][keyword].value
+            return shared_value(seq, keyword)
 
         def vector(seq: str, keyword: str, count: int, group=group):
-            for source in (group, shared):
-                if seq in source and len(source[seq].value) and keyword in source[seq].value[0]:
-                    return numbers(source[seq].value[0], keyword, count)
-            return None
+            found = group.get(seq)
+            if found and keyword in found[0]:
+                return numbers(found[0], keyword, count)
+            return shared_vector(seq, keyword, count)
 
-        content = group.FrameContentSequence[0] if group.get("FrameContentSequence") else Dataset()
+        content = group.get("FrameContentSequence")
+        content = content[0] if content else Dataset()
         slope = number(item("PixelValueTransformationSequence", "RescaleSlope"), number(ds.get("RescaleSlope"), 1.0)) or 1.0
         intercept = number(item("PixelValueTransformationSequence", "RescaleIntercept"), number(ds.get("RescaleIntercept"), 0.0))
         frame_precise = _frame_scale_slope(group, precise) if philips else None
@@ -227,7 +242,7 @@ def _frame_scale_slope(group: Dataset, default: float | None) -> float | None:
     found = philips_scale_slope(group, nested=True)
     if found is None:
         for elem in group:
-            if elem.VR == "SQ" and len(elem.value) and elem.tag.group != 0x2005:
+            if elem.VR == "SQ" and len(elem.value) and int(elem.tag) >> 16 != 0x2005:
                 found = philips_scale_slope(elem.value[0], nested=True)
                 if found is not None:
                     break

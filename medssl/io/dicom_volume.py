@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
 from medssl.io.dicom_frames import FrameParams
-from medssl.io.dicom_read import integer, lenient_reading, read_dataset
+from medssl.io.dicom_read import integer, lenient_reading, read_dataset_and_frames
 from medssl.io.dicom_scan import SliceRecord
 from medssl.io.dicom_stack import Stack
 from medssl.io.volume import Volume, compact_dtype, lps_to_ras, to_ras_canonical
@@ -162,7 +162,7 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes, target, layout: tuple[
     dest: _Target | None = None
     header = None
     for item, members in by_item.items():
-        ds = read_dataset(read_bytes(item), stop_before_pixels=False)
+        ds, _, _ = read_dataset_and_frames(read_bytes(item), stop_before_pixels=False, span=members[0][1].frames_span)  # groups: read at scan
         frames = _pixels(ds, members[0][1])
         header = ds if header is None else header  # the first record's file comes first
         lo, hi = _stored_range(ds)
