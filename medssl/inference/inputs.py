@@ -181,6 +181,12 @@ def _read_volume_file(data: bytes, fmt: FileFormat, max_bytes: int) -> InputVolu
         raise input_error(err.code, f"{fmt.value.upper()} file: {err.message}") from None
     except MemoryError:
         raise input_error(RejectReason.TOO_LARGE, "the volume does not fit in memory") from None
+    if volume.array.ndim == 4:
+        raise input_error(
+            RejectReason.UNSUPPORTED,
+            f"{fmt.value.upper()} file holds a 4D series of {volume.array.shape[3]} frames; this model "
+            "reads one 3D volume: send one frame",
+        )
     try:  # the reader accepted the file: its header parses; a grid that fails its check is None
         native = (nifti_native_grid if fmt == FileFormat.NIFTI else nrrd_native_grid)(data, volume)
     except Exception:  # noqa: BLE001 - best effort: the caller falls back to the canonical grid
@@ -232,6 +238,13 @@ def _dicom_grid(stack: Stack, volume: Volume) -> NativeGrid | None:
 
 
 def _check_stack(stack: Stack, allow_irregular: bool) -> None:
+    if stack.frames > 1 or stack.first.samples_per_pixel != 1:
+        frames = stack.frames * stack.first.samples_per_pixel
+        raise input_error(
+            RejectReason.UNSUPPORTED,
+            f"a 4D series of {frames} frames (time points, diffusion directions or colour channels); "
+            "this model reads one 3D volume: send the images of one frame",
+        )
     if stack.kind == "image2d":
         raise input_error(
             RejectReason.UNSUPPORTED, "a 2D image without patient geometry; this model reads volumes"

@@ -101,10 +101,22 @@ def _is_integral(array: np.ndarray, chunk: int = 1 << 20) -> bool:
 
 
 def nifti_image(volume: Volume) -> nib.Nifti1Image:
+    """The volume as NIfTI-1 with qform and sform both holding its affine.
+
+    Their code says what the affine means: DICOM and NRRD volumes are scanner-anatomical
+    (1); a NIfTI input keeps the code of the form its affine came from (``meta["affine_code"]``,
+    e.g. 2 aligned, 3 Talairach, 4 MNI), and a pixdim-only input gets 2, never 0 (readers
+    would fall back to pixdim and lose the orientation). A sheared affine, which a quaternion
+    cannot hold, is written in the sform only.
+    """
     img = nib.Nifti1Image(volume.array, volume.affine)
     img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(volume.affine, code=1)  # scanner-anatomical
-    img.header.set_sform(volume.affine, code=1)
+    code = volume.meta.get("affine_code")
+    code = 1 if code is None else (int(code) or 2)
+    img.header.set_sform(volume.affine, code=code)
+    img.header.set_qform(volume.affine, code=code)
+    if not np.allclose(img.header.get_qform(), volume.affine, atol=1e-4):
+        img.header.set_qform(volume.affine, code=0)
     return img
 
 

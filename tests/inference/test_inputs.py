@@ -132,3 +132,19 @@ def test_grid_maps_model_voxel_edges_to_world_mm():
     last = affine[:3, :3] @ (np.array([10, 20, 30]) - 0.5) + affine[:3, 3]
     assert np.allclose(corners[0], first) and np.allclose(corners[1], last)
     assert np.allclose(corners[2], [last[0], last[1], first[2]])  # clipped to the valid part
+
+
+def test_a_4d_series_is_refused_with_its_frame_count(tmp_path):
+    """predict reads one 3D volume: a time series (DICOM or NIfTI) says so instead of guessing."""
+    import nibabel as nib
+
+    from tests.io.test_dicom_4d import time_series
+    from tests.store import dicom_factory as f
+
+    datasets, _ = time_series()
+    f.write(datasets, tmp_path / "series")
+    err = _refused([tmp_path / "series"], "unsupported")
+    assert "4D series of 3 frames" in str(err)
+    path = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.int16), np.eye(4)), path)
+    assert "4D series of 2 frames" in str(_refused([path], "unsupported"))

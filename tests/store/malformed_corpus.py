@@ -93,7 +93,7 @@ def truncations(data: bytes) -> tuple[dict[int, frozenset[str]], dict[int, froze
     Before ``DICM`` the bytes are no DICOM at all. A cut exactly before the pixel data
     element leaves a complete dataset without pixels. Every other cut leaves an element
     shorter than its declared length: the file is truncated (or, in the meta header,
-    unparseable).
+    unparseable). A cut after whole pixel data, inside what follows them, is padding.
     """
     header_end = pixel_data_offset(data)
     size = len(data)
@@ -103,9 +103,21 @@ def truncations(data: bytes) -> tuple[dict[int, frozenset[str]], dict[int, froze
     boundary[header_end] = frozenset({"no_pixels", "truncated"})
     boundary[header_end + 12] = short  # pixel data element header complete, value absent
     boundary[header_end + (size - header_end) // 2] = short | {"decode_failed"}
-    inside = {cut: short | {"malformed"} for cut in (200, 500, 1000, header_end + 6, size - 1)}
+    pixel_end = _pixel_data_end(data, header_end)
+    inside = {cut: short | {"malformed"} for cut in (200, 500, 1000, header_end + 6, (pixel_end or size) - 1)}
+    if pixel_end is not None and pixel_end < size - 1:
+        # the file goes on after whole pixels (trailing padding, FFFC,FFFC): a cut there is not a shortfall
+        inside[size - 1] = frozenset({WRITTEN})
     assert max(inside) < size and 1000 < header_end
     return boundary, inside
+
+
+def _pixel_data_end(data: bytes, start: int) -> int | None:
+    """End offset of a defined-length native PixelData element starting at ``start`` (explicit VR)."""
+    if data[start + 4 : start + 6] not in (b"OB", b"OW"):
+        return None
+    length = int.from_bytes(data[start + 8 : start + 12], "little")
+    return None if length == 0xFFFFFFFF else start + 12 + length
 
 
 def _nifti_header_bytes(shape: tuple[int, ...], dtype=np.int16) -> bytes:
