@@ -198,6 +198,21 @@ def _check_complete(ds: Dataset, data: bytes, stop_before_pixels: bool) -> None:
         raise IngestError(RejectReason.TRUNCATED, f"file ends inside an element header ({len(rest)} bytes after the last whole element)")
 
 
+def pixel_value_offset(ds: Dataset, data: bytes, needed: int) -> int | None:
+    """Where a header read with ``stop_before_pixels`` leaves off, the offset of the PixelData
+    value (explicit or implicit VR little endian), if it is defined-length and ``needed`` bytes long at least."""
+    start = _elements_end(ds)
+    if start <= 0 or data[start : start + 4] != b"\xe0\x7f\x10\x00":
+        return None
+    if data[start + 4 : start + 6] in (b"OB", b"OW"):
+        length, value = struct.unpack_from("<I", data, start + 8)[0], start + 12
+    else:
+        length, value = struct.unpack_from("<I", data, start + 4)[0], start + 8
+    if length == 0xFFFFFFFF or length < needed or value + needed > len(data):
+        return None
+    return value
+
+
 def _starts_an_element(rest: bytes, last_tag: int, little: bool) -> bool:
     """Whether trailing bytes shorter than an element header are the start of one (a cut), not padding."""
     if not rest or len(rest) >= 12 or not any(rest):

@@ -64,6 +64,10 @@ class SliceRecord:
     projection: bool = False  # a localizer / scout or an image without a patient frame: stored 2D
     spacing_between: float | None = None  # SpacingBetweenSlices (mosaics, header-geometry multi-frame)
     frames_span: tuple[int, int] | None = None  # bytes of the per-frame functional groups: cut out, not re-read, when decoding
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    signed: bool = False  # PixelRepresentation 1
+    native_pixels: int | None = None  # file offset of uncompressed little-endian single-frame pixels: decoded without pydicom
 
     @property
     def split_key(self) -> SplitKey:
@@ -76,7 +80,11 @@ def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
     try:
         with lenient_reading():
             records = _records(item, ds, len(data), per_frame)
-            return [replace(r, frames_span=span) for r in records] if span is not None else records
+            if span is not None:
+                records = [replace(r, frames_span=span) for r in records]
+            if len(records) == 1 and records[0].frame is None:
+                records = [replace(records[0], native_pixels=_native_pixels(ds, data, records[0]))]
+            return records
     except IngestError:
         raise
     except Exception as exc:  # noqa: BLE001 - values the checks did not foresee
@@ -113,6 +121,9 @@ def _records(item: SourceItem, ds: Dataset, nbytes: int, per_frame: list | None 
         gantry_tilt=number(ds.get("GantryDetectorTilt"), 0.0),
         nbytes=nbytes,
         spacing_between=number(ds.get("SpacingBetweenSlices"), None),
+        bits_allocated=integer(ds.get("BitsAllocated"), 16),
+        bits_stored=integer(ds.get("BitsStored"), 0) or integer(ds.get("BitsAllocated"), 16),
+        signed=integer(ds.get("PixelRepresentation"), 0) == 1,
     )
     n_frames = integer(ds.get("NumberOfFrames"), 1)
     if per_frame is not None or "PerFrameFunctionalGroupsSequence" in ds:
@@ -138,6 +149,23 @@ def _records(item: SourceItem, ds: Dataset, nbytes: int, per_frame: list | None 
         return _header_frames(ds, common, n_frames, sop_class)
     tiles, normal = _mosaic(ds)
     return [SliceRecord(frame=None, mosaic_tiles=tiles, mosaic_normal=normal, **common)]
+
+
+NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def _native_pixels(ds: Dataset, data: bytes, rec: SliceRecord) -> int | None:
+    """Offset of the pixel values when they can be read straight from the bytes, else None.
+
+    Uncompressed little-endian grey images of 8 or 16 bits whose PixelData element starts
+    where the header ends and holds at least what the header promises.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax not in NATIVE_LE or rec.samples_per_pixel != 1 or rec.bits_allocated not in (8, 16) or rec.mosaic_tiles:
+        return None
+    from medssl.io.dicom_read import pixel_value_offset
+
+    return pixel_value_offset(ds, data, rec.rows * rec.cols * rec.bits_allocated // 8)
 
 
 def _precision(ds: Dataset) -> float:

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
 from medssl.io.dicom_frames import FrameParams
-from medssl.io.dicom_read import integer, lenient_reading, read_dataset_and_frames
+from medssl.io.dicom_read import lenient_reading, read_dataset_and_frames
 from medssl.io.dicom_scan import SliceRecord
 from medssl.io.dicom_stack import Stack
 from medssl.io.volume import Volume, compact_dtype, lps_to_ras, to_ras_canonical
@@ -162,16 +162,22 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes, target, layout: tuple[
     dest: _Target | None = None
     header = None
     for item, members in by_item.items():
-        ds, _, _ = read_dataset_and_frames(read_bytes(item), stop_before_pixels=False, span=members[0][1].frames_span)  # groups: read at scan
-        frames = _pixels(ds, members[0][1])
-        header = ds if header is None else header  # the first record's file comes first
-        lo, hi = _stored_range(ds)
+        first = members[0][1]
+        data = read_bytes(item)
+        if header is not None and first.native_pixels is not None and len(members) == 1:
+            frames = _native(data, first)  # plain pixels after the first file: no header parse
+        else:
+            ds, _, _ = read_dataset_and_frames(data, stop_before_pixels=False, span=first.frames_span)  # groups: read at scan
+            frames = _pixels(ds, first)
+            header = ds if header is None else header  # the first record's file comes first
+            del ds
         for index, rec in members:
+            lo, hi = _stored_range(rec)
             raw = frames[rec.frame] if rec.frame is not None else frames
             expected = (rec.rows, rec.cols) if channels == 1 else (rec.rows, rec.cols, channels)
             if raw.shape != expected:
                 raise IngestError(RejectReason.MALFORMED, f"decoded image of shape {raw.shape} for a header of {rec.rows}x{rec.cols}")
-            dtype = _output_dtype(ds, rec)
+            dtype = _output_dtype(rec)
             if dest is None:
                 shape = (rec.cols, rec.rows, n_slices) + ((n_frames,) if n_frames > 1 else ())
                 dest = target(shape, dtype)
@@ -188,19 +194,39 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes, target, layout: tuple[
                     out += np.float32(rec.intercept)
                 if rec.photometric == "MONOCHROME1":  # minimum is white: mirror the stored range (not the content)
                     np.subtract(rec.slope * (lo + hi) + 2 * rec.intercept, out, out=out, casting="unsafe")
-        del ds, frames
+        del data, frames
     return dest.array, header
 
 
-def _stored_range(ds: Dataset) -> tuple[int, int]:
+def _stored_range(rec: SliceRecord) -> tuple[int, int]:
     """Smallest and largest stored value BitsStored and PixelRepresentation allow."""
-    bits = integer(ds.get("BitsStored"), 0) or integer(ds.get("BitsAllocated"), 16)
-    if integer(ds.get("PixelRepresentation"), 0) == 1:
+    bits = rec.bits_stored
+    if rec.signed:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
 
 
-def _output_dtype(ds: Dataset, rec: SliceRecord) -> np.dtype:
+def _native(data: bytes, rec: SliceRecord) -> np.ndarray:
+    """[rows, cols] straight from the bytes (scan found the value at ``rec.native_pixels``);
+    bits above BitsStored are masked and signed values sign-extended, as pydicom does."""
+    offset, count = rec.native_pixels, rec.rows * rec.cols
+    if data[offset - 12 : offset - 8] != b"\xe0\x7f\x10\x00" and data[offset - 8 : offset - 4] != b"\xe0\x7f\x10\x00":
+        raise IngestError(RejectReason.MALFORMED, "the file changed between reading its header and its pixels")
+    if offset + count * rec.bits_allocated // 8 > len(data):
+        raise IngestError(RejectReason.TRUNCATED, "pixel data shorter than the header promises")
+    kind = ("<i" if rec.signed else "<u") + str(rec.bits_allocated // 8)
+    raw = np.frombuffer(data, dtype=kind, count=count, offset=offset).reshape(rec.rows, rec.cols)
+    spare = rec.bits_allocated - rec.bits_stored
+    if spare > 0:
+        unsigned = raw.view(raw.dtype.str.replace("i", "u"))
+        raw = unsigned & ((1 << rec.bits_stored) - 1)
+        if rec.signed:  # sign-extend from the top stored bit
+            raw = (raw.astype(np.int32) ^ (1 << (rec.bits_stored - 1))) - (1 << (rec.bits_stored - 1))
+            raw = raw.astype(kind)
+    return raw
+
+
+def _output_dtype(rec: SliceRecord) -> np.dtype:
     """Smallest type holding every value the modality LUT can produce (HU for CT), exactly.
 
     Integers stay integers when the rescale is an integer shift: the stored range (from
@@ -208,7 +234,7 @@ def _output_dtype(ds: Dataset, rec: SliceRecord) -> np.dtype:
     """
     if rec.slope != 1 or not float(rec.intercept).is_integer():
         return np.dtype(np.float32)
-    lo, hi = _stored_range(ds)
+    lo, hi = _stored_range(rec)
     lo, hi = lo + int(rec.intercept), hi + int(rec.intercept)
     for dtype in (np.uint8, np.int16, np.uint16, np.int32):
         if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
