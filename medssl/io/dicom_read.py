@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
@@ -227,15 +228,17 @@ def numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
     """An element holding ``count`` finite numbers, or None when absent/empty.
 
     A present element that does not hold them is refused, naming its tag (not its value).
+    ``ds``: a pydicom Dataset or a ``dicom_raw.RawItem``.
     """
-    if keyword not in ds:
-        return None
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(keyword) if keyword in ds else None
     if elem is None:
         return None
     try:
-        with lenient_reading():
-            value = ds[keyword].value
+        if isinstance(ds, Dataset):
+            with lenient_reading():
+                value = elem.value if not isinstance(elem, RawDataElement) else ds[keyword].value
+        else:  # a dicom_raw.RawItem: its own lenient decoding
+            value = elem.value
     except Exception:  # noqa: BLE001 - pydicom cannot even convert it; its text may identify someone
         raise IngestError(RejectReason.GEOMETRY, f"element {tag_text(elem.tag)} ({keyword}) does not hold numbers") from None
     if value is None or value == "" or (hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == 0):
@@ -244,9 +247,9 @@ def numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
     try:
         out = tuple(float(v) for v in items)
     except (TypeError, ValueError):
-        raise IngestError(RejectReason.GEOMETRY, f"element {tag_text(ds[keyword].tag)} ({keyword}) does not hold numbers") from None
+        raise IngestError(RejectReason.GEOMETRY, f"element {tag_text(elem.tag)} ({keyword}) does not hold numbers") from None
     if len(out) != count or any(v != v or abs(v) > 1e7 for v in out):
-        raise IngestError(RejectReason.GEOMETRY, f"element {tag_text(ds[keyword].tag)} ({keyword}) holds {len(out)} values, expected {count} finite numbers")
+        raise IngestError(RejectReason.GEOMETRY, f"element {tag_text(elem.tag)} ({keyword}) holds {len(out)} values, expected {count} finite numbers")
     return out
 
 

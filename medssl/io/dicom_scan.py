@@ -79,9 +79,7 @@ def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
     ds, per_frame, span = read_dataset_and_frames(data, stop_before_pixels=True)
     try:
         with lenient_reading():
-            records = _records(item, ds, len(data), per_frame)
-            if span is not None:
-                records = [replace(r, frames_span=span) for r in records]
+            records = _records(item, ds, len(data), per_frame, span)
             if len(records) == 1 and records[0].frame is None:
                 records = [replace(records[0], native_pixels=_native_pixels(ds, data, records[0]))]
             return records
@@ -91,7 +89,7 @@ def scan_file(item: SourceItem, data: bytes) -> list[SliceRecord]:
         raise IngestError(RejectReason.MALFORMED, f"invalid DICOM attribute value ({type(exc).__name__})") from None
 
 
-def _records(item: SourceItem, ds: Dataset, nbytes: int, per_frame: list | None = None) -> list[SliceRecord]:
+def _records(item: SourceItem, ds: Dataset, nbytes: int, per_frame: list | None = None, span: tuple[int, int] | None = None) -> list[SliceRecord]:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return []
@@ -124,6 +122,7 @@ def _records(item: SourceItem, ds: Dataset, nbytes: int, per_frame: list | None 
         bits_allocated=integer(ds.get("BitsAllocated"), 16),
         bits_stored=integer(ds.get("BitsStored"), 0) or integer(ds.get("BitsAllocated"), 16),
         signed=integer(ds.get("PixelRepresentation"), 0) == 1,
+        frames_span=span,
     )
     n_frames = integer(ds.get("NumberOfFrames"), 1)
     if per_frame is not None or "PerFrameFunctionalGroupsSequence" in ds:
