@@ -153,7 +153,7 @@ def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest
     row = {"volume_id": vid, "mask_path": None, "mask_sha256": None, "structures": {}, "classes": list(case.classes), "boxes": boxes, "label_digest": digest, "corrections": []}
     if mask_bytes is not None:
         if len(shape) != 3:
-            raise IngestError(RejectReason.LABEL_INVALID, "label maps are for 3D volumes; this image is 2D")
+            raise IngestError(RejectReason.LABEL_INVALID, f"label maps are for 3D volumes; this image is {'a 2D image' if len(shape) == 2 else f'a 4D series of {shape[3]} frames'}")
         array, names, corrections = label_map(mask_bytes, SourceItem(str(case.mask)).suffix(), shape, affine, table.structures, max_bytes)
         clash = vocabulary.clash(names, "its mask" if table.structures is None else "the table's structures")
         if clash:
