@@ -195,7 +195,27 @@ def _direction(ds: Dataset) -> tuple[float, float, float] | None:
     if all(v is not None for v in vec) and str(ds.get("Manufacturer", "")).upper().startswith("PHILIPS"):
         rl, ap, fh = (number(v.value, 0.0) for v in vec)
         return _unit((rl, ap, fh))  # Philips (RL, AP, FH) runs along patient L, P, H: LPS
+    ge = [_private(ds, t, "GEMS_ACQU_01") for t in (0x001910BB, 0x001910BC, 0x001910BD)]
+    if all(v is not None for v in ge) and "ImageOrientationPatient" in ds:
+        return _ge_direction([number(v, None) for v in ge], ds.ImageOrientationPatient)
     return None
+
+
+def _ge_direction(logical: list, iop) -> tuple[float, float, float] | None:
+    """GE writes the gradient in its logical frame (0019,10BB-BD): along the image's rows, columns
+    and slice normal with the first two negated. Turned into patient LPS here; on the corpus's GE
+    tensor series this equals dcm2niix's .bvec to 1e-7 (tests/io/test_conformance_real.py)."""
+    if None in logical:
+        return None
+    try:
+        row, col = [float(v) for v in iop[:3]], [float(v) for v in iop[3:6]]
+    except (TypeError, ValueError, IndexError):
+        return None
+    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
+    gx, gy, gz = logical
+    if gx == gy == gz == 0:
+        return None
+    return _unit([-gx * r - gy * c + gz * n for r, c, n in zip(row, col, normal)])
 
 
 def _unit(values) -> tuple[float, float, float] | None:

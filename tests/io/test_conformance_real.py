@@ -71,8 +71,9 @@ def test_repeated_acquisitions_are_one_4d_volume_with_frame_times(results):
 
 
 def test_diffusion_b_values_and_vectors_equal_dcm2niix(results):
-    """b-values equal dcm2niix's .bval; b-vectors (patient LPS in the manifest) equal its .bvec once
-    turned into dcm2niix's convention (voxel axes of its image, x flipped for a positive determinant)."""
+    """b-values equal dcm2niix's .bval; b-vectors (unit, patient LPS in the manifest) equal its .bvec
+    once turned into dcm2niix's convention (voxel axes of its image, x flipped for a positive
+    determinant): Siemens XA60 (standard elements) and GE (logical frame, 0019,10BB-BD)."""
     checked = 0
     for result in (only(results, "01_Ax_DWI_TENSOR"), only(results, "XA60")):
         ours = [json.loads(r["frames"]) for r in rows(result) if r["frames"]]
@@ -90,7 +91,7 @@ def test_diffusion_b_values_and_vectors_equal_dcm2niix(results):
                 worst = 0.0
                 for frame, want in zip(frames, bvecs):
                     if frame["b_vector"] is None:
-                        if np.abs(want).max() > 0 and result.series.vendor != "GE":
+                        if np.abs(want).max() > 0:
                             return np.inf
                         continue
                     vox = rot.T @ (np.array(frame["b_vector"]) * [-1, -1, 1])  # LPS -> RAS -> voxel axes
@@ -98,7 +99,7 @@ def test_diffusion_b_values_and_vectors_equal_dcm2niix(results):
                     worst = max(worst, float(np.abs(vox - want).max()))
                 return worst
 
-            assert min(error(f) for f in candidates) < 1e-4, ref.name
+            assert min(error(f) for f in candidates) < 1e-3, ref.name  # the manifest's are unit vectors; GE writes 6 decimals
             checked += 1
     assert checked == 5  # the GE tensor and four XA60 diffusion series
 
