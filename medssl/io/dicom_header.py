@@ -1,0 +1,217 @@
+"""A classic file's header walked here; pydicom converts an element only when it is read.
+
+Scanning a series reads a few dozen elements of each file, but ``pydicom.dcmread`` builds
+all of them (a GE or Philips header holds hundreds with its private groups), ≈2 ms a file:
+most of ingest's time on a series of many single-frame files. :func:`read_header` walks the
+top-level elements of an uncompressed little-endian file (explicit or implicit VR), noting
+only where each lies; :class:`Header` turns one into pydicom's ``RawDataElement`` and
+converts it with pydicom's own ``convert_raw_data_element`` (VR lookup, private
+dictionaries, the file's character set) on first access. Every value is therefore exactly
+what ``dcmread`` gives, so pseudonyms made from them do not depend on the path
+(``tests/io/test_dicom_header.py`` compares both on every corpus file).
+
+Files it does not take return None and go to pydicom, whose refusals stay the authority on
+broken input: no preamble, another transfer syntax, a walk that does not end cleanly at the
+pixel data or the end of the file, enhanced multi-frame objects (their functional groups
+have their own reader, ``dicom_raw``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from functools import lru_cache
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.values import convert_value
+
+from medssl.io.dicom_raw import LONG_VRS
+
+IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+PIXEL_DATA, PER_FRAME, SHARED = 0x7FE00010, 0x52009230, 0x52009229
+_HEAD = struct.Struct("<HHI").unpack_from  # group, element, 4 more bytes (implicit length / explicit VR + 2)
+_U32 = struct.Struct("<I").unpack_from
+_U16 = struct.Struct("<H").unpack_from
+
+
+class Header:
+    """Top-level elements of one file up to its pixel data, converted on first access.
+
+    Answers the part of pydicom's ``Dataset`` interface the record builders use: ``in``,
+    ``get``, ``[]``, ``get_item``, attribute access by keyword, iteration, ``group_dataset``.
+    ``pixel_value_offset``: where a defined-length PixelData value starts, if it is whole.
+    """
+
+    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "is_implicit", "pixel_value_offset")
+
+    def __init__(self, data: bytes, where: dict[int, tuple], file_meta: FileMetaDataset, implicit: bool, pixel_value_offset: int | None) -> None:
+        self._data, self._where, self.file_meta = data, where, file_meta
+        self.is_implicit, self.pixel_value_offset = implicit, pixel_value_offset
+        self._done: dict[int, DataElement] = {}
+        self._encodings = None
+        charset = self._raw(0x00080005)
+        self._encodings = convert_encodings(convert_value("CS", charset) if charset is not None else None)
+
+    def _raw(self, tag: int) -> RawDataElement | None:
+        found = self._where.get(tag)
+        if found is None:
+            return None
+        vr, start, length, end = found
+        return RawDataElement(BaseTag(tag), vr, length, self._data[start:end], start, self.is_implicit, True, True, False)
+
+    def _tag(self, key) -> int | None:
+        if isinstance(key, str):
+            return _keyword_tag(key)
+        if isinstance(key, tuple):
+            return key[0] << 16 | key[1]
+        return int(key)
+
+    def __contains__(self, key) -> bool:
+        return self._tag(key) in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get_item(self, key) -> DataElement | None:
+        tag = self._tag(key)
+        elem = self._done.get(tag)
+        if elem is None:
+            raw = self._raw(tag) if tag is not None else None
+            if raw is None:
+                return None
+            elem = convert_raw_data_element(raw, encoding=self._encodings, ds=self)
+            self._done[tag] = elem
+        return elem
+
+    def __getitem__(self, key) -> DataElement:
+        elem = self.get_item(key)
+        if elem is None:
+            raise KeyError(key)
+        return elem
+
+    def get(self, key, default=None):
+        """As ``Dataset.get``: a keyword gives the value, a tag gives the element."""
+        elem = self.get_item(key)
+        if elem is None:
+            return default
+        return elem.value if isinstance(key, str) else elem
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or _keyword_tag(name) is None:
+            raise AttributeError(name)
+        elem = self.get_item(name)
+        if elem is None:
+            raise AttributeError(name)
+        return elem.value
+
+    def __iter__(self) -> Iterator[DataElement]:
+        return (self.get_item(tag) for tag in list(self._where))
+
+    def group_dataset(self, group: int) -> list[DataElement]:
+        return [self.get_item(tag) for tag in list(self._where) if tag >> 16 == group]
+
+
+@lru_cache(maxsize=1024)
+def _keyword_tag(keyword: str) -> int | None:
+    return tag_for_keyword(keyword)
+
+
+def read_header(data: bytes) -> Header | None:
+    """The header of an uncompressed little-endian classic file, or None (see the module)."""
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    try:
+        meta: dict[int, RawDataElement] = {}
+        offset, n = 132, len(data)
+        while offset + 8 <= n and _U16(data, offset)[0] == 0x0002:
+            group, element, _ = _HEAD(data, offset)
+            vr = data[offset + 4 : offset + 6]
+            length, start = (_U32(data, offset + 8)[0], offset + 12) if vr in LONG_VRS else (_U16(data, offset + 6)[0], offset + 8)
+            if length == 0xFFFFFFFF or start + length > n:
+                return None
+            tag = group << 16 | element
+            meta[tag] = RawDataElement(BaseTag(tag), vr.decode("ascii"), length, data[start : start + length], start, False, True, True, False)
+            offset = start + length
+        file_meta = FileMetaDataset(meta)
+        syntax = str(file_meta.get("TransferSyntaxUID", "")).rstrip("\0 ")
+        if syntax not in (IMPLICIT_LE, EXPLICIT_LE):
+            return None
+        implicit = syntax == IMPLICIT_LE
+        where: dict[int, tuple] = {}
+        previous, pixels = -1, None
+        while offset + 8 <= n:
+            group, element, rest = _HEAD(data, offset)
+            tag = group << 16 | element
+            if implicit:
+                vr, length, start = None, rest, offset + 8
+            else:
+                code = data[offset + 4 : offset + 6]
+                if not (code.isalpha() and code.isupper()):
+                    return None
+                vr = code.decode("ascii")
+                length, start = (_U32(data, offset + 8)[0], offset + 12) if code in LONG_VRS else (rest >> 16, offset + 8)
+            if tag <= previous or group == 0xFFFE:
+                return None  # out of order, or a stray item: pydicom judges
+            previous = tag
+            if tag == PIXEL_DATA:
+                if length != 0xFFFFFFFF and start + length <= n:
+                    pixels = start
+                break
+            if tag in (PER_FRAME, SHARED):
+                return None
+            if length == 0xFFFFFFFF:
+                if not implicit and vr not in ("SQ", "UN"):
+                    return None
+                end = _sequence_end(data, start, implicit)
+                where[tag] = ("SQ" if not implicit else None, start, length, end - 8)  # items, without the delimiter
+                offset = end
+                continue
+            end = start + length
+            if end > n:
+                return None  # a shortfall: pydicom's reader reports it
+            where[tag] = (vr, start, length, end)
+            offset = end
+        else:
+            if offset < n and any(data[offset:]):
+                return None  # a few bytes that may be a cut element header: pydicom judges
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+        return None
+    if not where:
+        return None
+    return Header(data, where, file_meta, implicit, pixels)
+
+
+def _sequence_end(data: bytes, start: int, implicit: bool) -> int:
+    """End offset (after its delimiter) of an undefined-length sequence whose items start at ``start``."""
+    offset, depth, n = start, 0, len(data)
+    while offset + 8 <= n:
+        group, element, length = _HEAD(data, offset)
+        if group == 0xFFFE:
+            if element == 0xE0DD:
+                if depth == 0:
+                    return offset + 8
+                depth -= 1
+            elif element == 0xE00D:
+                depth -= 1
+            elif length != 0xFFFFFFFF:
+                offset += 8 + length
+                continue
+            else:
+                depth += 1
+            offset += 8
+            continue
+        if implicit:
+            head = 8
+        else:
+            code = data[offset + 4 : offset + 6]
+            length, head = (_U32(data, offset + 8)[0], 12) if code in LONG_VRS else (length >> 16, 8)
+        if length == 0xFFFFFFFF:
+            depth += 1
+            offset += head
+        else:
+            offset += head + length
+    raise ValueError("file ends inside a sequence")
