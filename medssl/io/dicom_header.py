@@ -12,8 +12,8 @@ what ``dcmread`` gives, so pseudonyms made from them do not depend on the path
 
 Files it does not take return None and go to pydicom, whose refusals stay the authority on
 broken input: no preamble, another transfer syntax, a walk that does not end cleanly at the
-pixel data or the end of the file, enhanced multi-frame objects (their functional groups
-have their own reader, ``dicom_raw``).
+pixel data or the end of the file. An enhanced object's per-frame functional groups are
+left out (``frames_span``) for their own reader, ``dicom_raw``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
-from medssl.io.dicom_raw import LONG_VRS
+from medssl.errors import IngestError
+
+from medssl.io.dicom_raw import LONG_VRS, frame_sequence
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
-PIXEL_DATA, PER_FRAME, SHARED = 0x7FE00010, 0x52009230, 0x52009229
+PIXEL_DATA, PER_FRAME = 0x7FE00010, 0x52009230
 _HEAD = struct.Struct("<HHI").unpack_from  # group, element, 4 more bytes (implicit length / explicit VR + 2)
 _U32 = struct.Struct("<I").unpack_from
 _U16 = struct.Struct("<H").unpack_from
@@ -43,14 +45,17 @@ class Header:
 
     Answers the part of pydicom's ``Dataset`` interface the record builders use: ``in``,
     ``get``, ``[]``, ``get_item``, attribute access by keyword, iteration, ``group_dataset``.
-    ``pixel_value_offset``: where a defined-length PixelData value starts, if it is whole.
+    ``pixel_value_offset``: where a defined-length PixelData value starts, if it is whole;
+    ``frames_span``: the bytes of an enhanced object's PerFrameFunctionalGroupsSequence,
+    left out of the elements and read by ``dicom_raw`` into ``frame_items``.
     """
 
-    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "is_implicit", "pixel_value_offset")
+    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "frame_items", "frames_span", "is_implicit", "pixel_value_offset")
 
-    def __init__(self, data: bytes, where: dict[int, tuple], file_meta: FileMetaDataset, implicit: bool, pixel_value_offset: int | None) -> None:
+    def __init__(self, data: bytes, where: dict[int, tuple], file_meta: FileMetaDataset, implicit: bool, pixel_value_offset: int | None, frames_span: tuple[int, int] | None = None) -> None:
         self._data, self._where, self.file_meta = data, where, file_meta
-        self.is_implicit, self.pixel_value_offset = implicit, pixel_value_offset
+        self.is_implicit, self.pixel_value_offset, self.frames_span = implicit, pixel_value_offset, frames_span
+        self.frame_items: list | None = None
         self._done: dict[int, DataElement] = {}
         self._encodings = None
         charset = self._raw(0x00080005)
@@ -142,7 +147,7 @@ def read_header(data: bytes) -> Header | None:
             return None
         implicit = syntax == IMPLICIT_LE
         where: dict[int, tuple] = {}
-        previous, pixels = -1, None
+        previous, pixels, frames, frame_items = -1, None, None, None
         while offset + 8 <= n:
             group, element, rest = _HEAD(data, offset)
             tag = group << 16 | element
@@ -161,8 +166,13 @@ def read_header(data: bytes) -> Header | None:
                 if length != 0xFFFFFFFF and start + length <= n:
                     pixels = start
                 break
-            if tag in (PER_FRAME, SHARED):
-                return None
+            if tag == PER_FRAME:  # enhanced: the per-frame groups have their own reader (dicom_raw)
+                if implicit or len(data) <= 1 << 16:
+                    return None
+                frame_items, end = frame_sequence(data, start, length)
+                frames = (offset, end)
+                offset = end
+                continue
             if length == 0xFFFFFFFF:
                 if not implicit and vr not in ("SQ", "UN"):
                     return None
@@ -178,11 +188,13 @@ def read_header(data: bytes) -> Header | None:
         else:
             if offset < n and any(data[offset:]):
                 return None  # a few bytes that may be a cut element header: pydicom judges
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError, IngestError):
         return None
     if not where:
         return None
-    return Header(data, where, file_meta, implicit, pixels)
+    header = Header(data, where, file_meta, implicit, pixels, frames)
+    header.frame_items = frame_items
+    return header
 
 
 def _sequence_end(data: bytes, start: int, implicit: bool) -> int:

@@ -133,6 +133,12 @@ def split_per_frame(data: bytes, span: tuple[int, int] | None = None) -> tuple[b
     return None
 
 
+def frame_sequence(data: bytes, start: int, length: int) -> tuple[list[RawItem], int]:
+    """The items of a PerFrameFunctionalGroupsSequence whose value starts at ``start`` (explicit
+    VR LE), with only the groups ingest reads parsed, and the offset after it."""
+    return _sequence(data, start, length, FRAME_GROUPS)
+
+
 def _frames_span(data: bytes, span: tuple[int, int]) -> bool:
     start, end = span
     if not (0 < start < end <= len(data)) or data[start : start + 6] != b"\x00\x52\x30\x92SQ":

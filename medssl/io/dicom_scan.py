@@ -83,7 +83,7 @@ def scan_file(item: SourceItem, data: bytes, *, fast: bool = True) -> list[Slice
     """
     header = read_header(data) if fast else None
     if header is not None and not _mosaic_header(header):
-        ds, per_frame, span = header, None, None
+        ds, per_frame, span = header, header.frame_items, header.frames_span
     else:
         ds, per_frame, span = read_dataset_and_frames(data, stop_before_pixels=True)
     try:
