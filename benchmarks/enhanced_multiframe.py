@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     d_big = timed(dcm2niix_cmd(big.parent, work / "d"), work / "d", args.runs)
     m_net, d_net = m_big - m_small, max(d_big - d_small, 1e-3)
     print(describe())
-    print(f"| input | frames | medssl s | dcm2niix s | medssl frames/s | dcm2niix frames/s | ratio |")
+    print("| input | frames | medssl s | dcm2niix s | medssl frames/s | dcm2niix frames/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     print(f"| enhanced MR, {args.slices} slices x {args.volumes} volumes, 64x64 | {n} | {m_big:.2f} ({m_net:.2f} net) | {d_big:.2f} ({d_net:.2f} net) | {n / m_net:.0f} | {n / d_net:.0f} | {m_net / d_net:.2f} |")
     print(f"start-up (one 10-frame file): medssl {m_small:.2f} s, dcm2niix {d_small:.2f} s")

@@ -19,19 +19,15 @@ left out (``frames_span``) for their own reader, ``dicom_raw``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from functools import lru_cache
 
 from pydicom.charset import convert_encodings
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
 from medssl.errors import IngestError
-
-from medssl.io.dicom_raw import LONG_VRS, frame_sequence
+from medssl.io.dicom_raw import LONG_VRS, DatasetView, _keyword_tag, frame_sequence
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 PIXEL_DATA, PER_FRAME = 0x7FE00010, 0x52009230
@@ -40,11 +36,10 @@ _U32 = struct.Struct("<I").unpack_from
 _U16 = struct.Struct("<H").unpack_from
 
 
-class Header:
+class Header(DatasetView):
     """Top-level elements of one file up to its pixel data, converted on first access.
 
-    Answers the part of pydicom's ``Dataset`` interface the record builders use: ``in``,
-    ``get``, ``[]``, ``get_item``, attribute access by keyword, iteration, ``group_dataset``.
+    Read through :class:`~medssl.io.dicom_raw.DatasetView`, plus attribute access by keyword.
     ``pixel_value_offset``: where a defined-length PixelData value starts, if it is whole;
     ``frames_span``: the bytes of an enhanced object's PerFrameFunctionalGroupsSequence,
     left out of the elements and read by ``dicom_raw`` into ``frame_items``.
@@ -68,42 +63,18 @@ class Header:
         vr, start, length, end = found
         return RawDataElement(BaseTag(tag), vr, length, self._data[start:end], start, self.is_implicit, True, True, False)
 
-    def _tag(self, key) -> int | None:
-        if isinstance(key, str):
-            return _keyword_tag(key)
-        if isinstance(key, tuple):
-            return key[0] << 16 | key[1]
-        return int(key)
+    def _tags(self) -> dict[int, tuple]:
+        return self._where
 
-    def __contains__(self, key) -> bool:
-        return self._tag(key) in self._where
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def get_item(self, key) -> DataElement | None:
-        tag = self._tag(key)
+    def _lookup(self, tag: int) -> DataElement:
         elem = self._done.get(tag)
         if elem is None:
-            raw = self._raw(tag) if tag is not None else None
-            if raw is None:
-                return None
-            elem = convert_raw_data_element(raw, encoding=self._encodings, ds=self)
+            elem = convert_raw_data_element(self._raw(tag), encoding=self._encodings, ds=self)
             self._done[tag] = elem
         return elem
 
-    def __getitem__(self, key) -> DataElement:
-        elem = self.get_item(key)
-        if elem is None:
-            raise KeyError(key)
-        return elem
-
-    def get(self, key, default=None):
-        """As ``Dataset.get``: a keyword gives the value, a tag gives the element."""
-        elem = self.get_item(key)
-        if elem is None:
-            return default
-        return elem.value if isinstance(key, str) else elem
+    def __len__(self) -> int:
+        return len(self._where)
 
     def __getattr__(self, name: str):
         if name.startswith("_") or _keyword_tag(name) is None:
@@ -112,17 +83,6 @@ class Header:
         if elem is None:
             raise AttributeError(name)
         return elem.value
-
-    def __iter__(self) -> Iterator[DataElement]:
-        return (self.get_item(tag) for tag in list(self._where))
-
-    def group_dataset(self, group: int) -> list[DataElement]:
-        return [self.get_item(tag) for tag in list(self._where) if tag >> 16 == group]
-
-
-@lru_cache(maxsize=1024)
-def _keyword_tag(keyword: str) -> int | None:
-    return tag_for_keyword(keyword)
 
 
 def read_header(data: bytes) -> Header | None:

@@ -51,20 +51,21 @@ class RawElement:
         return self._value
 
 
-class RawItem:
-    """A sequence item: tag -> (VR, value) with a ``Dataset``-like read interface.
+class DatasetView:
+    """The part of pydicom's ``Dataset`` interface the record builders use: ``in``, ``get``,
+    ``[]``, ``get_item``, iteration, ``group_dataset``. Subclasses say which tags they hold
+    (``_tags``) and how one becomes an element (``_lookup``)."""
 
-    Values are kept as (VR, bytes) or ("SQ", [items]) and become :class:`RawElement`
-    objects only when asked for: most of the 800,000 elements of a long enhanced file are
-    never looked at.
-    """
+    __slots__ = ()
 
-    __slots__ = ("elements",)
+    def _tags(self):  # a container of int tags, in file order
+        raise NotImplementedError
 
-    def __init__(self, elements: dict[int, tuple]) -> None:
-        self.elements = elements
+    def _lookup(self, tag: int):
+        raise NotImplementedError
 
-    def _tag(self, key) -> int | None:
+    @staticmethod
+    def _tag(key) -> int | None:
         if isinstance(key, str):
             return _keyword_tag(key)
         if isinstance(key, tuple):
@@ -72,14 +73,13 @@ class RawItem:
         return int(key)
 
     def __contains__(self, key) -> bool:
-        return self._tag(key) in self.elements
+        return self._tag(key) in self._tags()
 
-    def get_item(self, key) -> RawElement | None:
+    def get_item(self, key):
         tag = self._tag(key)
-        found = self.elements.get(tag)
-        return None if found is None else RawElement(tag, found[0], found[1])
+        return None if tag is None or tag not in self._tags() else self._lookup(tag)
 
-    def __getitem__(self, key) -> RawElement:
+    def __getitem__(self, key):
         elem = self.get_item(key)
         if elem is None:
             raise KeyError(key)
@@ -92,11 +92,32 @@ class RawItem:
             return default
         return elem.value if isinstance(key, str) else elem
 
-    def __iter__(self) -> Iterator[RawElement]:
-        return (RawElement(t, vr, raw) for t, (vr, raw) in self.elements.items())
+    def __iter__(self) -> Iterator:
+        return (self._lookup(tag) for tag in list(self._tags()))
 
-    def group_dataset(self, group: int) -> list[RawElement]:
-        return [RawElement(t, vr, raw) for t, (vr, raw) in self.elements.items() if t >> 16 == group]
+    def group_dataset(self, group: int) -> list:
+        return [self._lookup(tag) for tag in list(self._tags()) if tag >> 16 == group]
+
+
+class RawItem(DatasetView):
+    """A sequence item: tag -> (VR, value), read through :class:`DatasetView`.
+
+    Values are kept as (VR, bytes) or ("SQ", [items]) and become :class:`RawElement`
+    objects only when asked for: most of the 800,000 elements of a long enhanced file are
+    never looked at.
+    """
+
+    __slots__ = ("elements",)
+
+    def __init__(self, elements: dict[int, tuple]) -> None:
+        self.elements = elements
+
+    def _tags(self) -> dict[int, tuple]:
+        return self.elements
+
+    def _lookup(self, tag: int) -> RawElement:
+        vr, raw = self.elements[tag]
+        return RawElement(tag, vr, raw)
 
 
 @lru_cache(maxsize=512)
@@ -158,7 +179,7 @@ def _skip_meta(data: bytes) -> int | None:
         if group != 0x0002:
             syntax = data[132:offset]
             return offset if EXPLICIT_LE.encode() in syntax else None
-        tag, vr, length, start = _header(data, offset)
+        _, vr, length, start = _header(data, offset)
         offset = _skip(data, start, vr, length)
     return None
 

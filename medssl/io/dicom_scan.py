@@ -18,9 +18,24 @@ from functools import cache
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
+from medssl.io.dicom_frames import (
+    SliceInfo,
+    SplitKey,
+    classic_info,
+    enhanced_info,
+    philips_scale_slope,
+)
 from medssl.io.dicom_header import Header, read_header
-from medssl.io.dicom_frames import SliceInfo, SplitKey, classic_info, enhanced_info, philips_scale_slope
-from medssl.io.dicom_read import decimals_precision, integer, lenient_reading, number, numbers, read_dataset, read_dataset_and_frames, tag_text
+from medssl.io.dicom_read import (
+    decimals_precision,
+    integer,
+    lenient_reading,
+    number,
+    numbers,
+    read_dataset,
+    read_dataset_and_frames,
+    tag_text,
+)
 from medssl.io.sources import SourceItem
 from medssl.types import RejectReason
 
@@ -29,6 +44,7 @@ __all__ = ["SliceRecord", "read_dataset", "scan_file"]
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
 Vec3 = tuple[float, float, float]
+NO_INFO = SliceInfo(SplitKey(), ())  # a record built without frame facts (immutable: one shared default)
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class SliceRecord:
     slice_thickness: float | None
     slope: float = 1.0
     intercept: float = 0.0
-    info: SliceInfo = SliceInfo(SplitKey(), ())
+    info: SliceInfo = NO_INFO
     acquisition: str = ""
     instance: int = 0
     mosaic_tiles: int = 0  # > 0: a Siemens mosaic holding this many slices

@@ -200,9 +200,10 @@ def _header_json(ds: Dataset) -> tuple[bytes, list[str]]:
     """
     try:
         whole = ds.to_json_dict(bulk_data_threshold=1 << 20, bulk_data_element_handler=_drop_bulk)
+    except Exception:  # noqa: BLE001 - an invalid value somewhere: encode element by element below
+        whole = None
+    if whole is not None:
         return json.dumps(whole, sort_keys=True).encode(), []
-    except Exception:  # noqa: BLE001 - an invalid value somewhere: encode element by element
-        pass
     out: dict = {}
     dropped: list[str] = []
     for elem in list(ds):

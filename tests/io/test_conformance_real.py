@@ -10,6 +10,7 @@ magnitude/phase splits, Philips precise scaling, colour, lenient private values.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_every_vendor_is_covered(results):
 def test_the_conformance_document_reports_this_run(results):
     """docs/conformance.md is generated from a run; its per-series outcomes are this run's."""
     text = dc.DOC.read_text()
-    documented = dict(re.findall(r"^\| `([^`]+)` \| [^|]+ \| [^|]+ \| ([^|]+) \|", text, flags=re.M))
+    documented = dict(re.findall(r"^\| `([^`]+)` \| [^|]+ \| [^|]+ \| ([^|]+) \|", text, flags=re.MULTILINE))
     assert {k: v.strip() for k, v in documented.items()} == {n: r.outcome for n, r in results.items()}
 
 
@@ -67,7 +68,7 @@ def test_repeated_acquisitions_are_one_4d_volume_with_frame_times(results):
     assert (row["ndim"], json.loads(row["shape"])[2:]) == (4, [48, 3])
     frames = json.loads(row["frames"])
     times = [f["time_s"] for f in frames]
-    assert len(frames) == 3 and times[0] == 0 and all(b > a for a, b in zip(times, times[1:]))
+    assert len(frames) == 3 and times[0] == 0 and all(b > a for a, b in itertools.pairwise(times))
 
 
 def test_diffusion_b_values_and_vectors_equal_dcm2niix(results):
@@ -87,7 +88,7 @@ def test_diffusion_b_values_and_vectors_equal_dcm2niix(results):
             candidates = [f for f in ours if len(f) == len(bvals) and np.allclose([x["b_value"] for x in f], bvals)]
             assert candidates, ref.name
 
-            def error(frames) -> float:
+            def error(frames, bvecs=bvecs, rot=rot) -> float:
                 worst = 0.0
                 for frame, want in zip(frames, bvecs):
                     if frame["b_vector"] is None:

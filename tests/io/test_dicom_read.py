@@ -26,7 +26,7 @@ from tests.store.malformed_corpus import _raw_dicom_with as raw_dicom_with
 from tools.dicom_conformance import CORPUS
 
 GE_SLICE = CORPUS / "dcm_qa_ge" / "In" / "05_3D_Ax_T1_MP_RAGE_R22"
-REAL = [get_testdata_file("CT_small.dcm")] + ([str(sorted(GE_SLICE.iterdir())[0])] if GE_SLICE.is_dir() else [])
+REAL = [get_testdata_file("CT_small.dcm")] + ([str(min(GE_SLICE.iterdir()))] if GE_SLICE.is_dir() else [])
 
 
 def pixels(data: bytes) -> np.ndarray:
