@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
 from medssl.errors import IngestError
-from medssl.io.dicom_raw import LONG_VRS, DatasetView, _keyword_tag, frame_sequence
+from medssl.io.dicom_raw import LONG_VRS, DatasetView, _keyword_tag, frame_sequence, skip_sequence
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 PIXEL_DATA, PER_FRAME = 0x7FE00010, 0x52009230
@@ -136,7 +136,7 @@ def read_header(data: bytes) -> Header | None:
             if length == 0xFFFFFFFF:
                 if not implicit and vr not in ("SQ", "UN"):
                     return None
-                end = _sequence_end(data, start, implicit)
+                end = skip_sequence(data, start, length, implicit)
                 where[tag] = ("SQ" if not implicit else None, start, length, end - 8)  # items, without the delimiter
                 offset = end
                 continue
@@ -155,35 +155,3 @@ def read_header(data: bytes) -> Header | None:
     header = Header(data, where, file_meta, implicit, pixels, frames)
     header.frame_items = frame_items
     return header
-
-
-def _sequence_end(data: bytes, start: int, implicit: bool) -> int:
-    """End offset (after its delimiter) of an undefined-length sequence whose items start at ``start``."""
-    offset, depth, n = start, 0, len(data)
-    while offset + 8 <= n:
-        group, element, length = _HEAD(data, offset)
-        if group == 0xFFFE:
-            if element == 0xE0DD:
-                if depth == 0:
-                    return offset + 8
-                depth -= 1
-            elif element == 0xE00D:
-                depth -= 1
-            elif length != 0xFFFFFFFF:
-                offset += 8 + length
-                continue
-            else:
-                depth += 1
-            offset += 8
-            continue
-        if implicit:
-            head = 8
-        else:
-            code = data[offset + 4 : offset + 6]
-            length, head = (_U32(data, offset + 8)[0], 12) if code in LONG_VRS else (length >> 16, 8)
-        if length == 0xFFFFFFFF:
-            depth += 1
-            offset += head
-        else:
-            offset += head + length
-    raise ValueError("file ends inside a sequence")

@@ -261,7 +261,7 @@ def _item(data: bytes, start: int, length: int, keep: frozenset[int] | None = No
         tag = group << 16 | element
         if vr == b"SQ" or (value_length == 0xFFFFFFFF and vr == b"UN"):
             if keep is not None and tag not in keep and group != 0x2005:  # Philips keeps its scale slope in 2005
-                offset = _skip_sequence(data, value_start, value_length)
+                offset = skip_sequence(data, value_start, value_length)
                 continue
             children, offset = _sequence(data, value_start, value_length)
             elements[tag] = ("SQ", children)
@@ -277,39 +277,40 @@ def _item(data: bytes, start: int, length: int, keep: frozenset[int] | None = No
     return RawItem(elements), end
 
 
-def _skip_sequence(data: bytes, start: int, length: int) -> int:
-    """The end offset of a sequence, stepping over its elements without keeping any."""
+def skip_sequence(data: bytes, start: int, length: int, implicit: bool = False) -> int:
+    """The end offset of a sequence whose value starts at ``start`` (after its delimiter when
+    of undefined length), stepping over its elements without keeping any."""
     if length != 0xFFFFFFFF:
         return start + length
     offset, depth, n = start, 0, len(data)
-    while offset < n:  # depth counts open undefined-length items and sequences inside this one
+    while offset + 8 <= n:  # depth counts open undefined-length items and sequences inside this one
         group, element = _TAG(data, offset)
+        (rest,) = _U32(data, offset + 4)
         if group == 0xFFFE:
-            (item_length,) = _U32(data, offset + 4)
             if element == 0xE0DD:
                 if depth == 0:
                     return offset + 8
                 depth -= 1
             elif element == 0xE00D:
                 depth -= 1
-            elif item_length != 0xFFFFFFFF:  # a defined-length item: jump over it
-                offset += 8 + item_length
+            elif rest != 0xFFFFFFFF:  # a defined-length item: jump over it
+                offset += 8 + rest
                 continue
             else:
                 depth += 1
             offset += 8
             continue
-        vr = data[offset + 4 : offset + 6]
-        if vr in LONG_VRS:
-            (value_length,) = _U32(data, offset + 8)
-            if value_length == 0xFFFFFFFF:
-                depth += 1
-                offset += 12
-                continue
-            offset += 12 + value_length
+        if implicit:
+            value_length, head = rest, 8
+        elif data[offset + 4 : offset + 6] in LONG_VRS:
+            value_length, head = _U32(data, offset + 8)[0], 12
         else:
-            (value_length,) = _U16(data, offset + 6)
-            offset += 8 + value_length
+            value_length, head = rest >> 16, 8
+        if value_length == 0xFFFFFFFF:
+            depth += 1
+            offset += head
+        else:
+            offset += head + value_length
     raise IngestError(RejectReason.TRUNCATED, "file ends inside an undefined-length sequence")
 
 
