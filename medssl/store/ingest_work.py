@@ -220,9 +220,12 @@ def _deid_header(header: Dataset) -> Dataset:
     """A de-identified copy of the first image's header, without its pixels."""
     ds = Dataset()
     ds.file_meta = copy.deepcopy(header.file_meta) if hasattr(header, "file_meta") else Dataset()
-    for elem in header:
-        if elem.tag.group != 0x7FE0:  # deep copies: deidentify edits in place, the original must stay intact
-            ds.add(copy.deepcopy(elem))
+    drop_private = not _CTX.deid.keep_private  # the profile removes every private element then: skip them unread
+    for raw in header.elements():  # raw elements: nothing is converted before it is chosen
+        group = raw.tag >> 16
+        if group == 0x7FE0 or (drop_private and group % 2 == 1):
+            continue
+        ds.add(copy.deepcopy(header[raw.tag]))  # deep copies: deidentify edits in place, the original must stay intact
     return deidentify(ds, _PSEUDO, _CTX.deid)
 
 
