@@ -22,7 +22,7 @@ import struct
 
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
@@ -76,6 +76,14 @@ class Header(DatasetView):
     def __len__(self) -> int:
         return len(self._where)
 
+    def to_dataset(self) -> Dataset:
+        """A pydicom Dataset of the same raw elements, pixel data included: pydicom converts each
+        element only when read (de-identification reads the public ones; private groups stay bytes)."""
+        ds = Dataset({tag: self._raw(tag) for tag in self._where})
+        ds.file_meta = self.file_meta
+        ds.set_original_encoding(self.is_implicit, True, self._encodings)
+        return ds
+
     def __getattr__(self, name: str):
         if name.startswith("_") or _keyword_tag(name) is None:
             raise AttributeError(name)
@@ -125,6 +133,7 @@ def read_header(data: bytes) -> Header | None:
             if tag == PIXEL_DATA:
                 if length != 0xFFFFFFFF and start + length <= n:
                     pixels = start
+                    where[tag] = (vr, start, length, start + length)  # kept for to_dataset(), not read by scans
                 break
             if tag == PER_FRAME:  # enhanced: the per-frame groups have their own reader (dicom_raw)
                 if implicit or len(data) <= 1 << 16:

@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
 from medssl.io.dicom_frames import FrameParams
+from medssl.io.dicom_header import read_header
 from medssl.io.dicom_read import lenient_reading, read_dataset_and_frames
 from medssl.io.dicom_scan import SliceRecord
 from medssl.io.dicom_stack import Stack
@@ -167,7 +168,11 @@ def _decode(records: tuple[SliceRecord, ...], read_bytes, target, layout: tuple[
         if header is not None and first.native_pixels is not None and len(members) == 1:
             frames = _native(data, first)  # plain pixels after the first file: no header parse
         else:
-            ds, _, _ = read_dataset_and_frames(data, stop_before_pixels=False, span=first.frames_span)  # groups: read at scan
+            fast = read_header(data) if first.native_pixels is not None or first.frames_span is not None else None
+            if fast is not None and fast.pixel_value_offset is not None:
+                ds = fast.to_dataset()  # elements stay raw until read
+            else:
+                ds, _, _ = read_dataset_and_frames(data, stop_before_pixels=False, span=first.frames_span)  # groups: read at scan
             frames = _pixels(ds, first)
             header = ds if header is None else header  # the first record's file comes first
             del ds
