@@ -30,7 +30,7 @@ from medssl.errors import IngestError
 from medssl.io.dicom_raw import LONG_VRS, DatasetView, _keyword_tag, frame_sequence, skip_sequence
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
-PIXEL_DATA, PER_FRAME = 0x7FE00010, 0x52009230
+PIXEL_DATA, PER_FRAME, SHARED = 0x7FE00010, 0x52009230, 0x52009229
 _HEAD = struct.Struct("<HHI").unpack_from  # group, element, 4 more bytes (implicit length / explicit VR + 2)
 _U32 = struct.Struct("<I").unpack_from
 _U16 = struct.Struct("<H").unpack_from
@@ -45,12 +45,13 @@ class Header(DatasetView):
     left out of the elements and read by ``dicom_raw`` into ``frame_items``.
     """
 
-    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "frame_items", "frames_span", "is_implicit", "pixel_value_offset")
+    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "frame_items", "frames_span", "shared_items", "is_implicit", "pixel_value_offset")
 
     def __init__(self, data: bytes, where: dict[int, tuple], file_meta: FileMetaDataset, implicit: bool, pixel_value_offset: int | None, frames_span: tuple[int, int] | None = None) -> None:
         self._data, self._where, self.file_meta = data, where, file_meta
         self.is_implicit, self.pixel_value_offset, self.frames_span = implicit, pixel_value_offset, frames_span
         self.frame_items: list | None = None
+        self.shared_items: list | None = None  # SharedFunctionalGroupsSequence items as dicom_raw reads them
         self._done: dict[int, DataElement] = {}
         self._encodings = None
         charset = self._raw(0x00080005)
@@ -115,7 +116,7 @@ def read_header(data: bytes) -> Header | None:
             return None
         implicit = syntax == IMPLICIT_LE
         where: dict[int, tuple] = {}
-        previous, pixels, frames, frame_items = -1, None, None, None
+        previous, pixels, frames, frame_items, shared_items = -1, None, None, None, None
         while offset + 8 <= n:
             group, element, rest = _HEAD(data, offset)
             tag = group << 16 | element
@@ -142,6 +143,8 @@ def read_header(data: bytes) -> Header | None:
                 frames = (offset, end)
                 offset = end
                 continue
+            if tag == SHARED and not implicit:  # read for the records by dicom_raw too (kept for the header)
+                shared_items = frame_sequence(data, start, length)[0]
             if length == 0xFFFFFFFF:
                 if not implicit and vr not in ("SQ", "UN"):
                     return None
@@ -162,5 +165,5 @@ def read_header(data: bytes) -> Header | None:
     if not where:
         return None
     header = Header(data, where, file_meta, implicit, pixels, frames)
-    header.frame_items = frame_items
+    header.frame_items, header.shared_items = frame_items, shared_items
     return header

@@ -256,7 +256,11 @@ def _enhanced_records(ds: Dataset, base: dict, n_frames: int, per_frame) -> list
     """One record per frame; ``per_frame``: pydicom Datasets or ``dicom_raw.RawItem`` trees (same reads)."""
     if len(per_frame) != n_frames:
         raise IngestError(RejectReason.MALFORMED, f"{len(per_frame)} per-frame groups for {n_frames} frames")
-    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else Dataset()
+    shared_raw = getattr(ds, "shared_items", None) if isinstance(ds, Header) else None
+    if shared_raw:  # the fast header read them from the bytes: no pydicom sequence to build
+        shared = shared_raw[0]
+    else:
+        shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else Dataset()
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     precise = philips_scale_slope(ds)
     philips = str(ds.get("Manufacturer", "")).upper().startswith("PHILIPS")
