@@ -20,6 +20,7 @@ None and the caller falls back to pydicom, so this is a fast path, never a secon
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -51,18 +52,20 @@ class RawElement:
         return self._value
 
 
-class DatasetView:
+class DatasetView(ABC):
     """The part of pydicom's ``Dataset`` interface the record builders use: ``in``, ``get``,
     ``[]``, ``get_item``, iteration, ``group_dataset``. Subclasses say which tags they hold
     (``_tags``) and how one becomes an element (``_lookup``)."""
 
     __slots__ = ()
 
-    def _tags(self):  # a container of int tags, in file order
-        raise NotImplementedError
+    @abstractmethod
+    def _tags(self):
+        """A container of the int tags held, in file order."""
 
+    @abstractmethod
     def _lookup(self, tag: int):
-        raise NotImplementedError
+        """The element of a tag that ``_tags`` holds."""
 
     @staticmethod
     def _tag(key) -> int | None:
