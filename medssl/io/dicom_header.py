@@ -27,7 +27,14 @@ from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 
 from medssl.errors import IngestError
-from medssl.io.dicom_raw import LONG_VRS, DatasetView, _keyword_tag, frame_sequence, skip_sequence
+from medssl.io.dicom_raw import (
+    LONG_VRS,
+    SMALL_FILE,
+    DatasetView,
+    _keyword_tag,
+    frame_sequence,
+    skip_sequence,
+)
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 PIXEL_DATA, PER_FRAME, SHARED = 0x7FE00010, 0x52009230, 0x52009229
@@ -45,7 +52,7 @@ class Header(DatasetView):
     left out of the elements and read by ``dicom_raw`` into ``frame_items``.
     """
 
-    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "frame_items", "frames_span", "shared_items", "is_implicit", "pixel_value_offset")
+    __slots__ = ("_data", "_done", "_encodings", "_where", "file_meta", "frame_items", "frames_span", "is_implicit", "pixel_value_offset", "shared_items")
 
     def __init__(self, data: bytes, where: dict[int, tuple], file_meta: FileMetaDataset, implicit: bool, pixel_value_offset: int | None, frames_span: tuple[int, int] | None = None) -> None:
         self._data, self._where, self.file_meta = data, where, file_meta
@@ -76,6 +83,12 @@ class Header(DatasetView):
 
     def __len__(self) -> int:
         return len(self._where)
+
+    @property
+    def pixel_value_length(self) -> int:
+        """Declared length of a whole PixelData value (0 when there is none)."""
+        pixel = self._where.get(PIXEL_DATA) if self.pixel_value_offset is not None else None
+        return 0 if pixel is None else pixel[2]
 
     def to_dataset(self) -> Dataset:
         """A pydicom Dataset of the same raw elements, pixel data included: pydicom converts each
@@ -137,7 +150,7 @@ def read_header(data: bytes) -> Header | None:
                     where[tag] = (vr, start, length, start + length)  # kept for to_dataset(), not read by scans
                 break
             if tag == PER_FRAME:  # enhanced: the per-frame groups have their own reader (dicom_raw)
-                if implicit or len(data) <= 1 << 16:
+                if implicit or len(data) <= SMALL_FILE:
                     return None
                 frame_items, end = frame_sequence(data, start, length)
                 frames = (offset, end)

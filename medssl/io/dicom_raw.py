@@ -31,6 +31,7 @@ from medssl.types import RejectReason
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 PER_FRAME = 0x52009230
+SMALL_FILE = 1 << 16  # below this, pydicom reads functional groups about as fast: the fast paths leave such files to it
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 BINARY = {"FD": "d", "FL": "f", "UL": "I", "US": "H", "SL": "i", "SS": "h", "UV": "Q", "SV": "q", "AT": "I"}

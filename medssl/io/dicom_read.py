@@ -82,9 +82,9 @@ def read_dataset_and_frames(data: bytes, *, stop_before_pixels: bool, span: tupl
     otherwise the dataset as :func:`read_dataset` gives it, None and None. With ``span``
     (from the scan of the same file) the groups are cut out unparsed (items: None).
     """
-    from medssl.io.dicom_raw import split_per_frame
+    from medssl.io.dicom_raw import SMALL_FILE, split_per_frame
 
-    split = split_per_frame(data, span) if len(data) > 1 << 16 else None  # small files: pydicom is quick
+    split = split_per_frame(data, span) if len(data) > SMALL_FILE else None
     if split is None:
         return read_dataset(data, stop_before_pixels=stop_before_pixels), None, None
     rest, items, found = split

@@ -194,21 +194,11 @@ def _native_pixels(ds: Dataset, data: bytes, rec: SliceRecord) -> int | None:
     if syntax not in NATIVE_LE or rec.samples_per_pixel != 1 or rec.bits_allocated not in (8, 16) or rec.mosaic_tiles:
         return None
     needed = rec.rows * rec.cols * rec.bits_allocated // 8
-    if isinstance(ds, Header):
-        offset = ds.pixel_value_offset
-        return offset if offset is not None and offset + needed <= len(data) and _value_length(data, offset) >= needed else None
+    if isinstance(ds, Header):  # the walk kept the PixelData element only when its value is whole
+        return ds.pixel_value_offset if ds.pixel_value_length >= needed else None
     from medssl.io.dicom_read import pixel_value_offset
 
     return pixel_value_offset(ds, data, needed)
-
-
-def _value_length(data: bytes, value_offset: int) -> int:
-    """The declared length of the PixelData value starting at ``value_offset`` (explicit or implicit VR)."""
-    if data[value_offset - 12 : value_offset - 8] == b"\xe0\x7f\x10\x00" and data[value_offset - 8 : value_offset - 6] in (b"OB", b"OW"):
-        return int.from_bytes(data[value_offset - 4 : value_offset], "little")
-    if data[value_offset - 8 : value_offset - 4] == b"\xe0\x7f\x10\x00":
-        return int.from_bytes(data[value_offset - 4 : value_offset], "little")
-    return -1
 
 
 def _precision(ds: Dataset) -> float:
@@ -256,7 +246,7 @@ def _enhanced_records(ds: Dataset, base: dict, n_frames: int, per_frame) -> list
     """One record per frame; ``per_frame``: pydicom Datasets or ``dicom_raw.RawItem`` trees (same reads)."""
     if len(per_frame) != n_frames:
         raise IngestError(RejectReason.MALFORMED, f"{len(per_frame)} per-frame groups for {n_frames} frames")
-    shared_raw = getattr(ds, "shared_items", None) if isinstance(ds, Header) else None
+    shared_raw = ds.shared_items if isinstance(ds, Header) else None
     if shared_raw:  # the fast header read them from the bytes: no pydicom sequence to build
         shared = shared_raw[0]
     else:
