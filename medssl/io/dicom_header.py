@@ -38,7 +38,9 @@ from medssl.io.dicom_raw import (
 
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 PIXEL_DATA, PER_FRAME, SHARED = 0x7FE00010, 0x52009230, 0x52009229
-_HEAD = struct.Struct("<HHI").unpack_from  # group, element, 4 more bytes (implicit length / explicit VR + 2)
+_HEAD = struct.Struct("<HHI").unpack_from  # group, element, 4 more bytes
+_ELEMENT = struct.Struct("<HH2sH").unpack_from  # group, element, explicit VR, short length (implicit: length's low half, high half)
+SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _U32 = struct.Struct("<I").unpack_from
 _U16 = struct.Struct("<H").unpack_from
 
@@ -69,7 +71,7 @@ class Header(DatasetView):
         if found is None:
             return None
         vr, start, length, end = found
-        return RawDataElement(BaseTag(tag), vr, length, self._data[start:end], start, self.is_implicit, True, True, False)
+        return RawDataElement(BaseTag(tag), vr and vr.decode("ascii"), length, self._data[start:end], start, self.is_implicit, True, True, False)
 
     def _tags(self) -> dict[int, tuple]:
         return self._where
@@ -128,51 +130,10 @@ def read_header(data: bytes) -> Header | None:
         if syntax not in (IMPLICIT_LE, EXPLICIT_LE):
             return None
         implicit = syntax == IMPLICIT_LE
-        where: dict[int, tuple] = {}
-        previous, pixels, frames, frame_items, shared_items = -1, None, None, None, None
-        while offset + 8 <= n:
-            group, element, rest = _HEAD(data, offset)
-            tag = group << 16 | element
-            if implicit:
-                vr, length, start = None, rest, offset + 8
-            else:
-                code = data[offset + 4 : offset + 6]
-                if not (code.isalpha() and code.isupper()):
-                    return None
-                vr = code.decode("ascii")
-                length, start = (_U32(data, offset + 8)[0], offset + 12) if code in LONG_VRS else (rest >> 16, offset + 8)
-            if tag <= previous or group == 0xFFFE:
-                return None  # out of order, or a stray item: pydicom judges
-            previous = tag
-            if tag == PIXEL_DATA:
-                if length != 0xFFFFFFFF and start + length <= n:
-                    pixels = start
-                    where[tag] = (vr, start, length, start + length)  # kept for to_dataset(), not read by scans
-                break
-            if tag == PER_FRAME:  # enhanced: the per-frame groups have their own reader (dicom_raw)
-                if implicit or len(data) <= SMALL_FILE:
-                    return None
-                frame_items, end = frame_sequence(data, start, length)
-                frames = (offset, end)
-                offset = end
-                continue
-            if tag == SHARED and not implicit:  # read for the records by dicom_raw too (kept for the header)
-                shared_items = frame_sequence(data, start, length)[0]
-            if length == 0xFFFFFFFF:
-                if not implicit and vr not in ("SQ", "UN"):
-                    return None
-                end = skip_sequence(data, start, length, implicit)
-                where[tag] = ("SQ" if not implicit else None, start, length, end - 8)  # items, without the delimiter
-                offset = end
-                continue
-            end = start + length
-            if end > n:
-                return None  # a shortfall: pydicom's reader reports it
-            where[tag] = (vr, start, length, end)
-            offset = end
-        else:
-            if offset < n and any(data[offset:]):
-                return None  # a few bytes that may be a cut element header: pydicom judges
+        walked = _walk(data, offset, implicit)
+        if walked is None:
+            return None
+        where, pixels, frames, frame_items, shared_items = walked
     except (struct.error, IndexError, ValueError, UnicodeDecodeError, IngestError):
         return None
     if not where:
@@ -180,3 +141,67 @@ def read_header(data: bytes) -> Header | None:
     header = Header(data, where, file_meta, implicit, pixels, frames)
     header.frame_items, header.shared_items = frame_items, shared_items
     return header
+
+
+def _walk(data: bytes, offset: int, implicit: bool):
+    """Top-level elements from ``offset`` to the pixel data: ``(where, pixels, frames,
+    frame_items, shared_items)``, or None for anything pydicom should judge.
+
+    The inner loop of every classic file's scan (a GE header holds ~350 elements): one
+    ``unpack`` per element, the VR kept as bytes, the rare cases (sequences, enhanced
+    groups, pixel data: all tags >= (5200,9229)) tested once per element.
+    """
+    where: dict[int, tuple] = {}
+    previous, pixels, frames, frame_items, shared_items = -1, None, None, None, None
+    n = len(data)
+    explicit = not implicit
+    while offset + 8 <= n:
+        group, element, code, short = _ELEMENT(data, offset)
+        tag = group << 16 | element
+        if tag <= previous:
+            return None  # out of order: pydicom judges
+        previous = tag
+        if explicit:
+            if code in LONG_VRS:
+                length, start = _U32(data, offset + 8)[0], offset + 12
+            elif code in SHORT_VRS:
+                length, start = short, offset + 8
+            elif code.isalpha() and code.isupper():  # a VR this table does not know: short form, as pydicom reads it
+                length, start = short, offset + 8
+            else:
+                return None
+            vr = code
+        else:
+            vr, length, start = None, short << 16 | _U16(data, offset + 4)[0], offset + 8
+        if tag >= SHARED:
+            if group == 0xFFFE:
+                return None  # a stray item: pydicom judges
+            if tag == PIXEL_DATA:
+                if length != 0xFFFFFFFF and start + length <= n:
+                    pixels = start
+                    where[tag] = (vr, start, length, start + length)  # kept for to_dataset(), not read by scans
+                return where, pixels, frames, frame_items, shared_items
+            if tag == PER_FRAME:  # enhanced: the per-frame groups have their own reader (dicom_raw)
+                if implicit or n <= SMALL_FILE:
+                    return None
+                frame_items, end = frame_sequence(data, start, length)
+                frames = (offset, end)
+                offset = end
+                continue
+            if tag == SHARED and explicit:  # read for the records by dicom_raw too (kept for the header)
+                shared_items = frame_sequence(data, start, length)[0]
+        if length == 0xFFFFFFFF:
+            if explicit and code not in (b"SQ", b"UN"):
+                return None
+            end = skip_sequence(data, start, length, implicit)
+            where[tag] = (b"SQ" if explicit else None, start, length, end - 8)  # items, without the delimiter
+            offset = end
+            continue
+        end = start + length
+        if end > n:
+            return None  # a shortfall: pydicom's reader reports it
+        where[tag] = (vr, start, length, end)
+        offset = end
+    if offset < n and any(data[offset:]):
+        return None  # a few bytes that may be a cut element header: pydicom judges
+    return where, pixels, frames, frame_items, shared_items
