@@ -1,8 +1,13 @@
-"""Resume: kill -9 a pretraining process after its step-3 checkpoint, resume, get the same losses.
+"""Resume: stop a pretraining run after its step-3 checkpoint, resume, get the same losses.
 
-Runs ``medssl pretrain`` (``pretrain_main``) in subprocesses on the step-keyed synthetic data
-module (tests/methods/synthetic.py), so the model, optimiser, schedule, EMA teacher, step
-counters and the method's own sampling must all come back exactly.
+Runs ``medssl pretrain`` (``pretrain_main``) on the step-keyed synthetic data module
+(tests/methods/synthetic.py), so the model, optimiser, schedule, EMA teacher, step counters
+and the method's own sampling must all come back exactly.
+
+The default suite stops runs in-process (an exception after the checkpoint, or a real SIGTERM
+to the test process while Lightning's handler is installed) and resumes them in-process, a
+few seconds each. The ``slow`` twins do the same to subprocesses (kill -9, SIGTERM from
+outside, exit status 143), ~20-40 s each on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import yaml
 
 from medssl.errors import ConfigError
 from medssl.methods.cli import pretrain_main
+from medssl.training.cli import SIGTERM_EXIT
 from tests.methods.synthetic import TINY_BACKBONES, TINY_HEADS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,12 +103,52 @@ def losses(folder: Path) -> dict[int, float]:
     }
 
 
+def with_callback(config: Path, class_path: str, **init_args) -> Path:
+    """A copy of ``config`` (``stopping.yaml`` beside it) whose trainer also runs that callback."""
+    data = yaml.safe_load(config.read_text())
+    data["trainer"]["callbacks"].append({"class_path": class_path, "init_args": init_args})
+    out = config.with_name("stopping.yaml")
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def assert_same_losses_after(step: int, whole: Path, resumed: Path) -> None:
+    """Both runs logged steps 1..6 and agree on every step after ``step`` to 1e-6."""
+    expected, got = losses(whole), losses(resumed)
+    assert sorted(expected) == sorted(got) == [1, 2, 3, 4, 5, 6]
+    for s in range(step + 1, 7):
+        assert got[s] == pytest.approx(expected[s], abs=1e-6, rel=0), (s, got, expected)
+
+
 @pytest.mark.parametrize(
     "method",
     [
         "voco",  # EMA teacher
         "swav",  # prototypes frozen for the first steps, multi-crop sampling
-        pytest.param("simclr", marks=pytest.mark.slow),
+    ],
+)
+def test_a_run_stopped_after_its_step_3_checkpoint_resumes_to_the_same_losses(method, tmp_path):
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    whole.mkdir(), stopped.mkdir()
+    assert pretrain_main(["-c", str(write_config(whole, method))]) == 0
+
+    config = write_config(stopped, method)
+    crashing = with_callback(config, "tests.methods.run_helpers.CrashAtStep", step=3)
+    with pytest.raises(RuntimeError, match="crash before step 4"):
+        pretrain_main(["-c", str(crashing)])
+    assert sorted(losses(stopped)) == [1, 2, 3]
+    checkpoint = next((stopped / "runs").rglob("step=3.ckpt"))
+    assert pretrain_main(["-c", str(config), "--ckpt_path", str(checkpoint)]) == 0
+    assert_same_losses_after(3, whole, stopped)
+
+
+@pytest.mark.slow  # three subprocesses per method, ~20 s each on 2 cores
+@pytest.mark.parametrize(
+    "method",
+    [
+        "voco",  # EMA teacher
+        "swav",  # prototypes frozen for the first steps, multi-crop sampling
+        "simclr",
     ],
 )
 def test_kill_9_after_a_checkpoint_then_resume_gives_the_same_losses(method, tmp_path):
@@ -166,6 +212,31 @@ def test_resuming_from_a_missing_checkpoint_is_an_error(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "losses.jsonl").exists()
 
 
+def test_sigterm_saves_a_checkpoint_returns_143_and_the_run_resumes_to_the_same_losses(tmp_path):
+    """A real SIGTERM reaches Lightning's handler in this process during step 2: the step
+    finishes, ``sigterm-step=2.ckpt`` is written, the command returns 143, and the resumed run
+    continues as if never stopped."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    whole.mkdir(), stopped.mkdir()
+    assert pretrain_main(["-c", str(write_config(whole, "simclr"))]) == 0
+
+    config = write_config(stopped, "simclr")
+    handler = signal.getsignal(signal.SIGTERM)
+    terminated = with_callback(config, "tests.methods.run_helpers.SigtermAtStep", step=1)
+    assert pretrain_main(["-c", str(terminated)]) == SIGTERM_EXIT
+    assert signal.getsignal(signal.SIGTERM) == handler  # Lightning put the old handler back
+    saved = sorted((stopped / "runs").rglob("sigterm-step=*.ckpt"))
+    assert [p.name for p in saved] == ["sigterm-step=2.ckpt"]
+    import torch
+
+    assert torch.load(saved[0], weights_only=True)["global_step"] == 2
+    assert sorted(losses(stopped)) == [1, 2]  # nothing trained after the saved step
+
+    assert pretrain_main(["-c", str(config), "--ckpt_path", str(saved[0])]) == 0
+    assert_same_losses_after(2, whole, stopped)
+
+
+@pytest.mark.slow  # two subprocesses, ~25 s on 2 cores
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_the_run_resumes(tmp_path):
     config = write_config(tmp_path, "simclr")
     data = yaml.safe_load(config.read_text())
@@ -220,23 +291,45 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_the_run_resumes(tmp_p
     assert max(losses(tmp_path)) == step + 2
 
 
-def test_resume_with_the_real_data_module_continues_the_same_crop_stream(tmp_path):
+def real_data_config(folder: Path, store: Path, pause_at: int | None = None) -> Path:
+    """``write_config`` for SimCLR on the store's own PretrainDataModule instead of the stub."""
+    config = write_config(folder, "simclr", pause_at=pause_at)
+    data = yaml.safe_load(config.read_text())
+    data["data"] = {
+        "class_path": "medssl.data.pretrain.PretrainDataModule",
+        "init_args": {"store": str(store), "crop_size": [16, 16, 8], "batch_size": 2, "num_workers": 0, "views": 2, "val_fraction": 0.0, "progress": False},
+    }
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def test_the_real_data_module_resumed_in_process_serves_the_crops_of_the_run_that_never_stopped(tmp_path):
     """The store's own PretrainDataModule (cache, crops, augmentation), not a step-keyed stub:
-    a run killed after its step-3 checkpoint and resumed sees the crops of the run that never
-    stopped (Lightning restarts a plain loader's epoch; StepSampler keys batches by step)."""
+    Lightning restarts a plain loader's epoch on resume; StepSampler keys batches by step, so
+    the resumed run's losses equal the uninterrupted run's."""
+    from tests.data.synthetic_store import mixed_specs, write_store
+
+    store = write_store(tmp_path / "store", mixed_specs(n_patients=3, per_patient=2))
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    whole.mkdir(), stopped.mkdir()
+    assert pretrain_main(["-c", str(real_data_config(whole, store))]) == 0
+    config = real_data_config(stopped, store)
+    with pytest.raises(RuntimeError, match="crash before step 4"):
+        pretrain_main(["-c", str(with_callback(config, "tests.methods.run_helpers.CrashAtStep", step=3))])
+    checkpoint = next((stopped / "runs").rglob("step=3.ckpt"))
+    assert pretrain_main(["-c", str(config), "--ckpt_path", str(checkpoint)]) == 0
+    assert_same_losses_after(3, whole, stopped)
+
+
+@pytest.mark.slow  # three subprocesses, ~40 s on 2 cores
+def test_resume_with_the_real_data_module_continues_the_same_crop_stream(tmp_path):
+    """The twin of the test above with a killed (-9) subprocess."""
     from tests.data.synthetic_store import mixed_specs, write_store
 
     store = write_store(tmp_path / "store", mixed_specs(n_patients=3, per_patient=2))
 
     def config_for(folder: Path, pause_at: int | None = None) -> Path:
-        config = write_config(folder, "simclr", pause_at=pause_at)
-        data = yaml.safe_load(config.read_text())
-        data["data"] = {
-            "class_path": "medssl.data.pretrain.PretrainDataModule",
-            "init_args": {"store": str(store), "crop_size": [16, 16, 8], "batch_size": 2, "num_workers": 0, "views": 2, "val_fraction": 0.0, "progress": False},
-        }
-        config.write_text(yaml.safe_dump(data))
-        return config
+        return real_data_config(folder, store, pause_at)
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
