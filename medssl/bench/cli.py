@@ -19,6 +19,7 @@ from medssl.bench.label_efficiency import HEADLINE, HarnessConfig, read_results,
 from medssl.bench.probe import compare_encoders, probe_table, write_probe_report
 from medssl.bench.report import markdown_table, write_report
 from medssl.errors import ConfigError
+from medssl.types import TaskKind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     le = sub.add_parser("label-efficiency", help="pretrained vs from-scratch fine-tuning at several label fractions")
     le.add_argument("--store", required=True, help="a store with labels (medssl ingest --labels)")
     le.add_argument("--out", required=True, help="folder for runs/, results.csv, table.md, plot.png")
-    le.add_argument("--tasks", nargs="+", default=["segmentation"], choices=sorted(HEADLINE))
+    le.add_argument("--tasks", nargs="+", default=[str(TaskKind.SEGMENTATION)], choices=sorted(str(t) for t in TaskKind))
     le.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.5, 1.0])
     le.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     le.add_argument("--encoder", action="extend", nargs="+", default=[], metavar="NAME=ARTIFACT", help="pretrained encoder(s) to compare (repeatable)")

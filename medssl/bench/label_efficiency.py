@@ -20,11 +20,12 @@ from pathlib import Path
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import ConfigError
 from medssl.tasks.cli import build_cli
+from medssl.types import TaskKind
 
 log = logging.getLogger("medssl.bench")
 FIELDS = ("task", "init", "fraction", "seed", "train_cases", "metric", "value")
 # the metric that summarises each task in the table and the plot (all metrics go to the CSV)
-HEADLINE = {"segmentation": "dice", "detection": "froc_cpm", "classification": "auroc"}
+HEADLINE = {TaskKind.SEGMENTATION: "dice", TaskKind.DETECTION: "froc_cpm", TaskKind.CLASSIFICATION: "auroc"}
 TASK_CONFIGS = {t: f"configs/finetune/{t}.yaml" for t in HEADLINE}
 
 
@@ -34,7 +35,7 @@ class HarnessConfig:
 
     store: str
     out: str
-    tasks: Sequence[str] = ("segmentation",)
+    tasks: Sequence[TaskKind] = (TaskKind.SEGMENTATION,)  # plain strings are parsed
     fractions: Sequence[float] = (0.1, 0.5, 1.0)
     seeds: Sequence[int] = (0, 1, 2)
     encoders: dict[str, str] = field(default_factory=dict)
@@ -47,7 +48,8 @@ class HarnessConfig:
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in HEADLINE]
         if unknown:
-            raise ConfigError(f"unknown task(s) {unknown}; expected some of {sorted(HEADLINE)}")
+            raise ConfigError(f"unknown task(s) {unknown}; expected some of {', '.join(HEADLINE)}")
+        object.__setattr__(self, "tasks", tuple(TaskKind(t) for t in self.tasks))
         bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
         if bad:
             raise ConfigError(f"label fractions must lie in (0, 1], got {bad}")
@@ -82,7 +84,7 @@ def run_harness(config: HarnessConfig) -> Path:
     return results
 
 
-def _one_run(config: HarnessConfig, task: str, init: str, artifact: str | None, fraction: float, seed: int) -> tuple[dict[str, float], int]:
+def _one_run(config: HarnessConfig, task: TaskKind, init: str, artifact: str | None, fraction: float, seed: int) -> tuple[dict[str, float], int]:
     argv: list[str] = []
     for path in (*config.trainer_configs, config.task_configs.get(task, TASK_CONFIGS[task])):
         argv += ["-c", str(path)]

@@ -13,19 +13,19 @@ import numpy as np
 
 from medssl.data.boxes import empty_boxes
 from medssl.data.label_cache import CachedLabels
+from medssl.types import TaskKind
 
-TASKS = ("segmentation", "detection", "classification")
 LUT_SIZE = 2**16  # label maps are uint8 or uint16
 
 
-def select_structures(known: dict[int, str], names: Sequence[str] | None, task: str) -> list[int]:
+def select_structures(known: dict[int, str], names: Sequence[str] | None, task: TaskKind) -> list[int]:
     """Label values of the structures ``names`` (sorted by value).
 
     Default: every structure (segmentation), those whose name contains ``"lesion"`` (detection).
     """
     by_name = {name: value for value, name in known.items()}
     if names is None:
-        chosen = [v for v, n in known.items() if task != "detection" or "lesion" in n.lower()]
+        chosen = [v for v, n in known.items() if task != TaskKind.DETECTION or "lesion" in n.lower()]
         if not chosen:
             raise ValueError(f"no structure to {task} by default (detection takes names containing 'lesion'); pass structures from {sorted(by_name)}")
         return sorted(chosen)

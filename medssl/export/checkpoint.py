@@ -2,8 +2,11 @@
 
 A checkpoint written by :class:`medssl.methods.SSLMethod` carries, besides Lightning's
 ``state_dict``, a ``"medssl"`` record: method, backbone name and kwargs, the prefix of the
-backbone's weights in the state_dict, the store it trained on. Checkpoints without the record
-fall back to the ``backbone`` / ``backbone_kwargs`` hyperparameters.
+backbone's weights in the state_dict, the store it trained on; a fine-tuning task adds its heads
+(``{name: {"kind", "spec", "prefix"}}``, read as :class:`~medssl.types.HeadSpec` plus weights)
+and joint 2D/3D pretraining its slice aggregator (the "heads" entry of kind
+``slice_aggregator``). Checkpoints without the record fall back to the ``backbone`` /
+``backbone_kwargs`` hyperparameters.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import torch
 
 from medssl.errors import MedsslError
+from medssl.inference.artifact import AGGREGATOR
+from medssl.types import HeadSpec
 
 
 class ExportError(MedsslError):
@@ -33,7 +38,10 @@ class CheckpointContents:
     store: str | None
     global_step: int
     task: str | None = None
-    heads: dict[str, dict[str, Any]] | None = None  # {name: {"kind", "spec", "state_dict"}} (fine-tuned models)
+    heads: dict[str, HeadSpec] | None = None  # fine-tuned models' task heads
+    head_states: dict[str, dict[str, torch.Tensor]] | None = None  # each head's weights, by head name
+    aggregator: dict[str, Any] | None = None  # a joint 2D/3D encoder's slice aggregator: constructor kwargs
+    aggregator_state: dict[str, torch.Tensor] | None = None
     labels: list[str] | None = None
     label_values: list[int] | None = None  # the training masks' value of each label
     modalities: list[str] | None = None  # modalities of the volumes the task trained on
@@ -73,13 +81,20 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     }
     if not state:
         raise ExportError(f"checkpoint {path}: no tensor under '{prefix}' in its state_dict")
-    heads = {}
+    heads, states, aggregator, aggregator_state = {}, {}, None, None
     for name, head in (record.get("heads") or {}).items():
         head_prefix = head.get("prefix", f"heads.{name}.")
-        head_state = {k[len(head_prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(head_prefix)}
-        if not head_state:
+        states[name] = {k[len(head_prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(head_prefix)}
+        if not states[name]:
             raise ExportError(f"checkpoint {path}: head {name!r} has no tensor under '{head_prefix}'")
-        heads[name] = {"kind": head["kind"], "spec": _plain(dict(head.get("spec") or {})), "state_dict": head_state}
+        kwargs = _plain(dict(head.get("spec") or {}))
+        if head.get("kind") == AGGREGATOR:
+            aggregator, aggregator_state = kwargs, states.pop(name)
+            continue
+        try:
+            heads[name] = HeadSpec(head.get("kind"), kwargs)
+        except ValueError as exc:
+            raise ExportError(f"checkpoint {path}: head {name!r}: {exc}") from None
     return CheckpointContents(
         method=str(record.get("method", "unknown")),
         backbone_name=str(record["backbone"]),
@@ -89,6 +104,9 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         global_step=int(checkpoint.get("global_step", 0)),
         task=record.get("task"),
         heads=heads or None,
+        head_states=states or None,
+        aggregator=aggregator,
+        aggregator_state=aggregator_state,
         labels=record.get("labels"),
         label_values=record.get("label_values"),
         modalities=record.get("modalities"),

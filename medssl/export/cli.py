@@ -4,15 +4,14 @@ Rebuilds the checkpoint's backbone (``create_backbone`` + strict weight loading,
 checkpoint that does not match its own record is refused), attaches the store's plan when
 ``plan.json`` is found (``--store``, else the store the checkpoint recorded), writes
 ``model.safetensors`` + ``artifact.json`` and prints one summary line. A fine-tuning
-checkpoint's heads go in too: each head's spec (its ``kind`` plus constructor arguments)
-into the JSON, its weights under ``heads.<name>.``; its label names into ``labels``, their
+checkpoint's heads go in too: each head's :class:`~medssl.types.HeadSpec` (its ``kind`` plus
+constructor arguments) into the JSON, its weights under ``heads.<name>.``; its label names into ``labels``, their
 mask values into ``label_values`` and the modalities it trained on into ``modalities``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -52,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_plan(store: str | Path | None) -> dict | None:
-    """The store's plan as a JSON dict, or None when there is no ``plan.json``."""
+def find_plan(store: str | Path | None) -> Plan | None:
+    """The store's plan, or None when there is no ``plan.json``."""
     if store is None or not (Path(store) / PLAN_FILE).is_file():
         return None
-    return json.loads(Plan.load(store).to_json())
+    return Plan.load(store)
 
 
 def export_checkpoint(
@@ -79,10 +78,8 @@ def export_checkpoint(
             PLAN_FILE,
             plan_store,
         )
-    heads = {
-        name: {"spec": {"kind": h["kind"], **h["spec"]}, "state_dict": h["state_dict"]}
-        for name, h in (contents.heads or {}).items()
-    }
+    heads = {name: (spec, contents.head_states[name]) for name, spec in (contents.heads or {}).items()}
+    aggregator = None if contents.aggregator is None else (contents.aggregator, contents.aggregator_state)
     source = {
         "method": contents.method,
         "task": contents.task,
@@ -95,6 +92,7 @@ def export_checkpoint(
         backbone_kwargs=contents.backbone_kwargs,
         state_dict=encoder.state_dict(),
         heads=heads or None,
+        aggregator=aggregator,
         labels=contents.labels,
         label_values=contents.label_values,
         modalities=contents.modalities,
@@ -111,6 +109,6 @@ def export_main(argv: list[str]) -> int:
     n = sum(t.numel() for t in artifact.tensors.values())
     print(
         f"exported {artifact.meta['extra']['source']['method']} step {artifact.meta['extra']['source']['global_step']}: "
-        f"{artifact.backbone_name} ({n / 1e6:.2f} M parameters), plan {'included' if artifact.plan else 'absent'} -> {out}"
+        f"{artifact.backbone_name} ({n / 1e6:.2f} M parameters), plan {'included' if artifact.plan is not None else 'absent'} -> {out}"
     )
     return 0

@@ -20,13 +20,13 @@ from medssl.heads.detector import (
 )
 from medssl.heads.pyramid import ScalePyramid, unetr_strides
 from medssl.heads.seg_decoder import SegmentationDecoder
+from medssl.types import TaskKind
 
-HEAD_KINDS = ("segmentation", "detection", "classification")
 # segmentation keywords that come from the encoder, never from the spec
 ENCODER_KEYS = ("feature_channels", "feature_strides", "spatial_dims", "in_channels")
 
 
-def build_head(kind: str, spec: dict[str, Any], encoder_info: nn.Module) -> nn.Module:
+def build_head(kind: TaskKind | str, spec: dict[str, Any], encoder_info: nn.Module) -> nn.Module:
     """Build the head of ``kind`` from its JSON ``spec`` on the encoder ``encoder_info``.
 
     ``encoder_info`` is the encoder (a medssl backbone, or any module with its attributes
@@ -50,13 +50,14 @@ def build_head(kind: str, spec: dict[str, Any], encoder_info: nn.Module) -> nn.M
     Raises:
         ValueError: unknown ``kind``, or a spec that does not fit the head (named in the message).
     """
-    if kind not in HEAD_KINDS:
-        raise ValueError(f"unknown head kind {kind!r}; known: {', '.join(HEAD_KINDS)}")
+    if kind not in tuple(TaskKind):
+        raise ValueError(f"unknown head kind {kind!r}; known: {', '.join(TaskKind)}")
+    kind = TaskKind(kind)
     if not isinstance(spec, dict):
         raise TypeError(f"a {kind} head spec must be a dict, got {type(spec).__name__}")
-    if kind == "detection":
+    if kind is TaskKind.DETECTION:
         return detector_from_spec(encoder_info, spec)
-    if kind == "segmentation":
+    if kind is TaskKind.SEGMENTATION:
         repeated = sorted(set(spec) & set(ENCODER_KEYS))
         if repeated:
             raise ValueError(
@@ -92,7 +93,6 @@ def _call(constructor: type[nn.Module], kind: str, kwargs: dict[str, Any]) -> nn
 
 
 __all__ = [
-    "HEAD_KINDS",
     "AtssRetinaNetDetector",
     "BackboneFPN",
     "ScalePyramid",

@@ -1,7 +1,9 @@
 """The model artifact: ``model.safetensors`` + ``artifact.json`` (DESIGN.md section 3).
 
 ``artifact.json`` (format :data:`ARTIFACT_FORMAT`) holds what is needed to rebuild and feed
-the model: backbone name and kwargs, head specs, the preprocessing plan, label names,
+the model: backbone name and kwargs, head specs (``"heads"``: ``{name: {"kind": ..., **kwargs}}``,
+read as :class:`~medssl.types.HeadSpec`), the preprocessing plan (read as
+:class:`~medssl.store.plan.Plan`), label names,
 ``label_values`` (the training masks' value of each label, parallel to ``labels``; absent in
 older artifacts: the class index is the value), ``modalities`` (those it was trained on;
 absent: the plan's), metrics, ``weights_sha256`` of ``model.safetensors``, ``created_at``
@@ -10,15 +12,17 @@ and the medssl version.
 under ``heads.<head>.<name>``. A joint 2D/3D encoder stores its slice aggregator as the entry
 ``slice_aggregator`` of "heads" (kind ``"slice_aggregator"``, weights under
 ``heads.slice_aggregator.``): it is not a task head, so :attr:`Artifact.heads` leaves it out
-and :attr:`Artifact.aggregator` / :attr:`Artifact.aggregator_state` give it.
+and :attr:`Artifact.aggregator` / :attr:`Artifact.aggregator_state` give it. Head specs and the
+plan are parsed once, on first use; a record that does not parse is an :class:`ArtifactError`.
 
 Loading reads the weights file once into memory, checks its sha256 against the JSON before
 parsing anything, and parses it with safetensors only: loading never unpickles. Both files
 are written atomically (temporary sibling, fsync, rename), weights first: a write cut short
 leaves either the old artifact or a digest mismatch that loading refuses.
 
-Imports torch, safetensors, json and hashlib (plus the standard library and medssl's atomic
-writer and error type): the server uses this module without methods or lightning.
+Imports torch, safetensors, json and hashlib (plus the standard library, medssl's atomic
+writer, error and value types and the store's plan): the server uses this module without
+methods or lightning.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,8 @@ from safetensors.torch import save as save_safetensors
 from medssl import __version__
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
-from medssl.types import OutputClass
+from medssl.store.plan import Plan
+from medssl.types import HeadSpec, OutputClass
 
 ARTIFACT_FORMAT = 1
 MAX_LABEL_VALUE = 65535  # label maps are uint8 or uint16
@@ -80,14 +86,18 @@ class Artifact:
             raise KeyError(f"artifact {self.path}: no head {name!r}; heads: {sorted(self.heads)}")
         return _strip(self.tensors, f"{HEADS_PREFIX}{name}.")
 
-    @property
-    def heads(self) -> dict[str, Any]:
+    @cached_property
+    def heads(self) -> dict[str, HeadSpec]:
         """Task heads by name (the slice aggregator is not one: :attr:`aggregator`)."""
-        return {
-            k: v
-            for k, v in (self.meta.get("heads") or {}).items()
-            if not (isinstance(v, dict) and v.get("kind") == AGGREGATOR)
-        }
+        heads = {}
+        for name, record in (self.meta.get("heads") or {}).items():
+            if isinstance(record, dict) and record.get("kind") == AGGREGATOR:
+                continue
+            try:
+                heads[name] = HeadSpec.from_json(record)
+            except (TypeError, ValueError) as exc:
+                raise ArtifactError(f"artifact {self.path}: head {name!r}: {exc}") from None
+        return heads
 
     @property
     def aggregator(self) -> dict[str, Any] | None:
@@ -103,9 +113,16 @@ class Artifact:
             raise KeyError(f"artifact {self.path}: no {AGGREGATOR}")
         return _strip(self.tensors, f"{HEADS_PREFIX}{AGGREGATOR}.")
 
-    @property
-    def plan(self) -> dict[str, Any] | None:
-        return self.meta.get("plan")
+    @cached_property
+    def plan(self) -> Plan | None:
+        """The preprocessing plan, or None when the artifact was exported without one."""
+        record = self.meta.get("plan")
+        if record is None:
+            return None
+        try:
+            return Plan.from_dict(record)
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"artifact {self.path}: plan unusable ({exc})") from None
 
     @property
     def labels(self) -> list[str] | None:
@@ -129,7 +146,7 @@ class Artifact:
         """Modalities the model was trained on: ``modalities``, else the plan's normalisation keys."""
         recorded = self.meta.get("modalities")
         if recorded is None:
-            recorded = sorted(((self.plan or {}).get("normalisation") or {}).keys())
+            recorded = sorted(self.plan.normalisation) if self.plan is not None else []
         return tuple(str(m).upper() for m in recorded)
 
     @property
@@ -156,8 +173,9 @@ def save_artifact(
     backbone_name: str,
     backbone_kwargs: Mapping[str, Any],
     state_dict: Mapping[str, torch.Tensor],
-    heads: Mapping[str, Mapping[str, Any]] | None = None,
-    plan: Mapping[str, Any] | None = None,
+    heads: Mapping[str, tuple[HeadSpec, Mapping[str, torch.Tensor]]] | None = None,
+    aggregator: tuple[Mapping[str, Any], Mapping[str, torch.Tensor]] | None = None,
+    plan: Plan | None = None,
     labels: list[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -168,9 +186,12 @@ def save_artifact(
 
     Args:
         state_dict: the encoder's state_dict.
-        heads: ``{head name: {"spec": JSON dict, "state_dict": tensors}}``; only the specs
-            go into the JSON.
-        plan, labels, metrics, extra: JSON values recorded as given (``extra`` under "extra").
+        heads: ``{head name: (spec, state_dict)}``; the specs go into the JSON, the weights
+            under ``heads.<name>.``.
+        aggregator: a joint 2D/3D encoder's slice aggregator, ``(constructor kwargs, state_dict)``
+            (the "heads" entry :data:`AGGREGATOR`).
+        plan: the preprocessing plan.
+        labels, metrics, extra: JSON values recorded as given (``extra`` under "extra").
         label_values: the training masks' value of each label (parallel to ``labels``).
         modalities: modalities the model was trained on (DICOM codes; ``OT`` for none).
     """
@@ -178,13 +199,15 @@ def save_artifact(
     check_label_values(label_values, labels, "artifact")
     tensors = {BACKBONE_PREFIX + k: v for k, v in state_dict.items()}
     specs: dict[str, Any] = {}
-    for name, head in (heads or {}).items():
-        if "." in name or not name:
-            raise ArtifactError(f"head name {name!r}: use a non-empty name without dots")
-        specs[name] = dict(head.get("spec") or {})
-        tensors.update(
-            {f"{HEADS_PREFIX}{name}.{k}": v for k, v in (head.get("state_dict") or {}).items()}
-        )
+    for name, (spec, weights) in (heads or {}).items():
+        if "." in name or not name or name == AGGREGATOR:
+            raise ArtifactError(f"head name {name!r}: use a non-empty name without dots, other than {AGGREGATOR!r}")
+        specs[name] = spec.to_json()
+        tensors.update({f"{HEADS_PREFIX}{name}.{k}": v for k, v in weights.items()})
+    if aggregator is not None:
+        spec, weights = aggregator
+        specs[AGGREGATOR] = {**spec, "kind": AGGREGATOR}
+        tensors.update({f"{HEADS_PREFIX}{AGGREGATOR}.{k}": v for k, v in weights.items()})
     # contiguous CPU copies: safetensors refuses views that share storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     bad = [
@@ -197,7 +220,7 @@ def save_artifact(
         "format": ARTIFACT_FORMAT,
         "backbone": {"name": backbone_name, "kwargs": dict(backbone_kwargs)},
         "heads": specs,
-        "plan": None if plan is None else dict(plan),
+        "plan": None if plan is None else plan.to_dict(),
         "labels": None if labels is None else list(labels),
         "label_values": None if label_values is None else [int(v) for v in label_values],
         "modalities": None if modalities is None else sorted({str(m).upper() for m in modalities}),

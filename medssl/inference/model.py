@@ -1,12 +1,12 @@
 """An artifact's encoder and heads, rebuilt for inference: :class:`InferenceModel`.
 
 The encoder comes from ``build_encoder`` (``create_backbone`` + strict loading); each head
-listed in ``artifact.json`` ("heads": ``{name: {"kind": ..., **spec}}``) from
-``medssl.heads.build_head(kind, spec, encoder)`` (its spec contract per kind) with its weights (``heads.<name>.``) loaded
-strictly. Kinds: ``"segmentation"`` (a U-Net decoder over ``forward_features``),
-``"detection"`` (a RetinaNet that holds the encoder), ``"classification"`` (a guideline-query
-decoder over the last feature map). Everything fails as :class:`ArtifactError` naming the
-artifact, the head and the reason.
+of :attr:`Artifact.heads` (a :class:`~medssl.types.HeadSpec` per name) from
+``medssl.heads.build_head(kind, kwargs, encoder)`` (its spec contract per kind) with its weights
+(``heads.<name>.``) loaded strictly. Kinds (:class:`~medssl.types.TaskKind`): segmentation (a
+U-Net decoder over ``forward_features``), detection (a RetinaNet that holds the encoder),
+classification (a guideline-query decoder over the last feature map). Everything fails as
+:class:`ArtifactError` naming the artifact, the head and the reason.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from medssl.backbones import Backbone
 from medssl.heads import ENCODER_KEYS, build_head
 from medssl.inference.artifact import Artifact, ArtifactError
 from medssl.inference.encoder import build_encoder
-from medssl.types import OutputClass
-
-HEAD_KINDS = ("segmentation", "detection", "classification")
+from medssl.types import HeadSpec, OutputClass, TaskKind
 
 
 def _segmentation_spec(spec: dict[str, Any], encoder: Backbone, where: str) -> dict[str, Any]:
@@ -46,20 +44,22 @@ def _segmentation_spec(spec: dict[str, Any], encoder: Backbone, where: str) -> d
 class InferenceModel(nn.Module):
     """Encoder + named heads in eval mode on one device.
 
-    Attributes: ``encoder``; ``heads`` (``nn.ModuleDict``); ``kinds`` (head name -> kind);
-    ``specs`` (head name -> constructor kwargs); ``device``.
+    Attributes: ``encoder``; ``heads`` (``nn.ModuleDict``); ``specs`` (head name ->
+    :class:`~medssl.types.HeadSpec`, without the encoder's own keys); ``kinds`` (head name ->
+    kind); ``device``.
     """
 
-    def __init__(
-        self, encoder: Backbone, heads: dict[str, nn.Module], kinds: dict[str, str],
-        specs: dict[str, dict[str, Any]],
-    ) -> None:
+    def __init__(self, encoder: Backbone, heads: dict[str, nn.Module], specs: dict[str, HeadSpec]) -> None:
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
-        self.kinds = dict(kinds)
-        self.specs = {k: dict(v) for k, v in specs.items()}
+        self.specs = dict(specs)
         self.meta: dict[str, Any] = {}
+
+    @property
+    def kinds(self) -> dict[str, TaskKind]:
+        """Head name -> kind."""
+        return {name: spec.kind for name, spec in self.specs.items()}
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, device: torch.device | str = "cpu") -> InferenceModel:
@@ -70,21 +70,14 @@ class InferenceModel(nn.Module):
                 "(medssl finetune), then export again"
             )
         encoder = build_encoder(artifact)
-        heads, kinds, specs = {}, {}, {}
-        for name, record in sorted(artifact.heads.items()):
-            if not isinstance(record, dict) or record.get("kind") not in HEAD_KINDS:
-                found = record.get("kind") if isinstance(record, dict) else record
-                raise ArtifactError(
-                    f"artifact {artifact.path}: head {name!r} has kind {found!r}; "
-                    f"expected one of {HEAD_KINDS}"
-                )
-            kind = record["kind"]
-            spec = {k: v for k, v in record.items() if k != "kind"}
+        heads, specs = {}, {}
+        for name, spec in sorted(artifact.heads.items()):
+            kind = spec.kind
             where = f"artifact {artifact.path}: head {name!r}"
-            if kind == "segmentation":
-                spec = _segmentation_spec(spec, encoder, where)
+            if kind is TaskKind.SEGMENTATION:
+                spec = HeadSpec(kind, _segmentation_spec(spec.kwargs, encoder, where))
             try:
-                head = build_head(kind, spec, encoder)
+                head = build_head(kind, spec.kwargs, encoder)
             except (TypeError, ValueError, KeyError) as exc:
                 raise ArtifactError(
                     f"artifact {artifact.path}: cannot build {kind} head {name!r}: {exc}"
@@ -96,10 +89,10 @@ class InferenceModel(nn.Module):
                     f"artifact {artifact.path}: weights do not fit {kind} head {name!r}: "
                     f"{str(exc)[:300]}"
                 ) from None
-            heads[name], kinds[name], specs[name] = head, kind, spec
-        model = cls(encoder, heads, kinds, specs)
+            heads[name], specs[name] = head, spec
+        model = cls(encoder, heads, specs)
         model.meta = dict(artifact.meta)
-        for name in model.names("segmentation"):
+        for name in model.names(TaskKind.SEGMENTATION):
             if model.output_classes(name)[0].value != 0:
                 raise ArtifactError(f"artifact {artifact.path}: head {name!r}: label_values must give background (class 0) the value 0")
         model.to(torch.device(device))
@@ -109,28 +102,28 @@ class InferenceModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def names(self, kind: str) -> list[str]:
+    def names(self, kind: TaskKind) -> list[str]:
         """Names of the heads of ``kind``, sorted."""
         return sorted(n for n, k in self.kinds.items() if k == kind)
 
     def num_classes(self, name: str) -> int:
-        return int(self.specs[name].get("num_classes", 0) or 0)
+        return self.specs[name].num_classes
 
     def class_names(self, name: str) -> list[str]:
         """Output names of head ``name``: segmentation ``[background, structures...]``, detection
         and classification one per class; from the guidelines or ``labels``, else ``class_i``."""
         kind, count = self.kinds[name], self.num_classes(name)
         labels = list(self.meta.get("labels") or [])
-        if kind == "classification":
+        if kind is TaskKind.CLASSIFICATION:
             guidelines = _guidelines(self.meta, name)
             classes = guidelines.get("classes") if isinstance(guidelines, dict) else None
             if isinstance(classes, list) and len(classes) == count:
                 return [str(c.get("name", f"class_{i}")) for i, c in enumerate(classes)]
-        if kind == "detection" and len(labels) == count + 1 and labels[0] == "background":
+        if kind is TaskKind.DETECTION and len(labels) == count + 1 and labels[0] == "background":
             labels = labels[1:]
         if len(labels) == count:
             return [str(v) for v in labels]
-        first = ["background"] if kind == "segmentation" else []
+        first = ["background"] if kind is TaskKind.SEGMENTATION else []
         return first + [f"class_{i}" for i in range(len(first), count)]
 
     def output_classes(self, name: str) -> list[OutputClass]:
@@ -140,9 +133,9 @@ class InferenceModel(nn.Module):
         names = self.class_names(name)
         values = list(self.meta.get("label_values") or [])
         labels = list(self.meta.get("labels") or [])
-        if self.kinds[name] == "detection" and len(values) == len(names) + 1 and labels[:1] == ["background"]:
+        if self.kinds[name] is TaskKind.DETECTION and len(values) == len(names) + 1 and labels[:1] == ["background"]:
             values = values[1:]
-        if self.kinds[name] == "classification" or len(values) != len(names):
+        if self.kinds[name] is TaskKind.CLASSIFICATION or len(values) != len(names):
             values = list(range(len(names)))
         return [OutputClass(i, int(v), n) for i, (v, n) in enumerate(zip(values, names))]
 
@@ -175,7 +168,7 @@ class InferenceModel(nn.Module):
         """Detector ``name`` on ``image [B, C, *S]``: per image ``boxes [M, 6]`` (voxel edges of
         ``image``), ``labels [M]``, ``labels_scores [M]``."""
         detector = self.heads[name]
-        use_inferer = self.specs[name].get("sliding_window_roi") is not None
+        use_inferer = self.specs[name].kwargs.get("sliding_window_roi") is not None
         return detector(image, use_inferer=use_inferer)
 
     def classify(self, name: str, image: Tensor) -> dict[str, Tensor]:
@@ -195,4 +188,4 @@ def _guidelines(meta: dict[str, Any], head: str) -> Any:
     return None
 
 
-__all__ = ["HEAD_KINDS", "InferenceModel"]
+__all__ = ["InferenceModel"]

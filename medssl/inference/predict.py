@@ -28,7 +28,6 @@ share one model safely while their reading and writing overlap.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import threading
 import time
@@ -53,6 +52,7 @@ from medssl.io.seg_writer import write_dicom_seg
 from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.store.plan import CROP_DIVISOR, Plan
+from medssl.types import TaskKind
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -95,20 +95,19 @@ class ArtifactPredictor:
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.artifact = load_artifact(artifact_dir)
-        if not self.artifact.plan:
+        plan = self.artifact.plan  # ArtifactError when the recorded plan does not parse
+        if plan is None:
             raise ArtifactError(
                 f"artifact {self.artifact.path}: no preprocessing plan; export it with --store"
             )
-        try:
-            self.plan = Plan.from_json(json.dumps(self.artifact.plan))
-        except ValueError as exc:
-            raise ArtifactError(f"artifact {self.artifact.path}: plan unusable ({exc})") from None
+        self.plan: Plan = plan
         self.device = resolve_device(device)
         self.model = InferenceModel.from_artifact(self.artifact, self.device)
         flat = self.model.encoder.spatial_dims == 2
-        if flat and set(self.model.kinds.values()) - {"segmentation"}:
+        kinds = sorted({str(k) for k in self.model.kinds.values()})
+        if flat and kinds != [TaskKind.SEGMENTATION]:
             raise ArtifactError(
-                f"artifact {self.artifact.path}: a 2D encoder predicts volumes slice by slice for segmentation only; its heads are {sorted(set(self.model.kinds.values()))}"
+                f"artifact {self.artifact.path}: a 2D encoder predicts volumes slice by slice for segmentation only; its heads are {kinds}"
             )
         # the window of the training crops: 2D encoders segment volumes slice by slice
         self.window = tuple(self.plan.crop_size_2d if flat else self.plan.crop_size)
@@ -127,8 +126,8 @@ class ArtifactPredictor:
         kinds = self.model.kinds
         return {
             "name": self.name,
-            "task": "+".join(sorted(set(kinds.values()))),
-            "heads": dict(sorted(kinds.items())),
+            "task": "+".join(sorted({str(k) for k in kinds.values()})),
+            "heads": {name: str(kind) for name, kind in sorted(kinds.items())},
             "labels": self.artifact.labels,
             "label_values": [c.value for c in self.artifact.output_classes] or None,
             "modalities": list(self.trained_modalities),
@@ -151,10 +150,10 @@ class ArtifactPredictor:
         x = torch.zeros((1, self.model.encoder.in_channels, *self.window), device=self.device)
         with self._lock, torch.inference_mode():
             for name, kind in sorted(self.model.kinds.items()):
-                if kind == "segmentation":
+                if kind is TaskKind.SEGMENTATION:
                     sliding_window(self.model.segmenter(name), x, self.window,
                                    self.overlap, 1, autocast=self.autocast)
-                elif kind == "detection":
+                elif kind is TaskKind.DETECTION:
                     self.model.detect(name, x)
                 else:
                     self.model.classify(name, x)
@@ -185,13 +184,13 @@ class ArtifactPredictor:
         detections: list[dict[str, Any]] = []
         for name, kind in sorted(self.model.kinds.items()):
             tick = time.perf_counter()
-            if kind == "segmentation":
+            if kind is TaskKind.SEGMENTATION:
                 classes = self.model.output_classes(name)
                 label_maps[name] = class_values(self.segment(name, image, grid.input_shape), classes)
                 summary.setdefault("segmentation", {})[name] = structures(
                     label_maps[name], inp.volume.affine, classes
                 )
-            elif kind == "detection":
+            elif kind is TaskKind.DETECTION:
                 found = self._detect(name, image, grid)
                 detections += found
                 summary.setdefault("detection", {})[name] = found
@@ -269,7 +268,7 @@ class ArtifactPredictor:
                        valid=tuple(image.shape[2:]))
         return diagnosis(out, evidence, self.model.class_names(name),
                           self.model.guideline_texts(name),
-                          bool(self.model.specs[name].get("multi_label", False)), on_grid)
+                          bool(self.model.specs[name].kwargs.get("multi_label", False)), on_grid)
 
     def _write_segmentations(
         self, outputs: frozenset[str], inp: InputVolume, label_maps: dict[str, np.ndarray],

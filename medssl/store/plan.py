@@ -102,12 +102,23 @@ class Plan:
         """16 hex digits naming the preprocessing (the cache folder); changes with any field."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
+    def to_dict(self) -> dict:
+        """The plan as JSON-able fields (tuples stay tuples; :meth:`from_dict` reads it back)."""
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1)
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        """A plan from its parsed JSON (``plan.json``, an artifact's ``"plan"``); ValueError if
+        unusable, TypeError if not a JSON object."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a plan must be a JSON object, got {type(data).__name__}")
         version = data.get("version")
         if not isinstance(version, int) or version > PLAN_VERSION:
             raise ValueError(f"plan version {version!r}: this medssl reads versions up to {PLAN_VERSION}")

@@ -1,8 +1,8 @@
 """The shared base of fine-tuning tasks: an encoder (pretrained artifact or from scratch) plus heads.
 
 A task subclasses :class:`FinetuneTask`, builds its heads into ``self.heads`` (an
-``nn.ModuleDict``) and describes each in :meth:`head_specs` (the JSON an artifact needs to
-rebuild it); ``training_step`` reads top to bottom and ends with ``return self.finish_step(terms)``.
+``nn.ModuleDict``) and describes each in :meth:`head_specs` (a :class:`~medssl.types.HeadSpec`:
+what an artifact needs to rebuild it); ``training_step`` reads top to bottom and ends with ``return self.finish_step(terms)``.
 
 The encoder is trained fully (``freeze: none``), not at all (``all``: a linear/decoder probe),
 or in its last ``trainable_layers`` layers only (``partial``); ``layer_decay < 1`` scales
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -24,6 +25,7 @@ from medssl.inference.artifact import load_artifact
 from medssl.inference.encoder import build_encoder
 from medssl.tasks.layer_decay import freeze_below, layer_ids, layer_scales, num_layers
 from medssl.training import GuardedModule
+from medssl.types import HeadSpec, TaskKind
 
 log = logging.getLogger("medssl.finetune")
 CHECKPOINT_KEY = "medssl"  # the record `medssl export` reads (the same key pretraining writes)
@@ -48,7 +50,7 @@ class FinetuneTask(GuardedModule, ABC):
             from the data module; recorded in the artifact so predict writes those values).
     """
 
-    task = "finetune"
+    task: ClassVar[TaskKind]  # each task sets its kind
 
     def __init__(
         self,
@@ -91,8 +93,8 @@ class FinetuneTask(GuardedModule, ABC):
 
     # what subclasses provide ------------------------------------------------------------------
     @abstractmethod
-    def head_specs(self) -> dict[str, dict]:
-        """``{head name: {"kind": ..., "spec": JSON kwargs}}`` for every head in ``self.heads``."""
+    def head_specs(self) -> dict[str, HeadSpec]:
+        """``{head name: HeadSpec}`` for every head in ``self.heads``."""
 
     def label_names(self) -> list[str] | None:
         """Names of the outputs (classes or structures), in output order; recorded in the artifact."""
@@ -145,12 +147,13 @@ class FinetuneTask(GuardedModule, ABC):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         store = getattr(datamodule, "store", None)
         modalities = getattr(datamodule, "modalities", None) or None  # those of the cases it trained on
-        heads = {
-            name: {**spec, "prefix": f"heads.{name}."} for name, spec in self.head_specs().items()
+        heads = {  # plain str and JSON: the record loads with torch.load(weights_only=True)
+            name: {"kind": str(spec.kind), "spec": dict(spec.kwargs), "prefix": f"heads.{name}."}
+            for name, spec in self.head_specs().items()
         }
         checkpoint[CHECKPOINT_KEY] = {
             "method": type(self).__name__,
-            "task": self.task,
+            "task": str(self.task),
             "backbone": self.backbone_name,
             "backbone_kwargs": dict(self.backbone_kwargs),
             "backbone_prefix": "encoder.",

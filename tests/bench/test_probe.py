@@ -12,7 +12,7 @@ from medssl.backbones.slice_stack import SliceAggregator
 from medssl.bench.cli import bench_main
 from medssl.bench.probe import compare_encoders, embed, probe_scores
 from medssl.errors import ConfigError
-from medssl.inference.artifact import AGGREGATOR, load_artifact, save_artifact
+from medssl.inference.artifact import load_artifact, save_artifact
 from medssl.inference.encoder import build_encoder
 from medssl.methods.probe_set import ProbeSet
 
@@ -48,13 +48,13 @@ def artifact_joint(folder):
     torch.manual_seed(2)
     encoder = create_backbone("resenc2d", **KW2D)
     aggregator = SliceAggregator(encoder.num_features, depth=1, num_heads=2)
-    spec = {"kind": AGGREGATOR, "dim": encoder.num_features, "depth": 1, "num_heads": 2, "num_slices": 4, "slice_axis": 2}
+    spec = {"dim": encoder.num_features, "depth": 1, "num_heads": 2, "num_slices": 4, "slice_axis": 2}
     return save_artifact(
         folder,
         backbone_name="resenc2d",
         backbone_kwargs=KW2D,
         state_dict=encoder.state_dict(),
-        heads={AGGREGATOR: {"spec": spec, "state_dict": aggregator.state_dict()}},
+        aggregator=(spec, aggregator.state_dict()),
     )
 
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from medssl.inference.artifact import ARTIFACT_FORMAT, ArtifactError, load_artifact, save_artifact
+from medssl.store.plan import Plan
+from medssl.types import HeadSpec, TaskKind
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,14 +39,16 @@ def save(out: Path, **kwargs) -> Path:
 
 def test_round_trip_keeps_tensors_and_records_everything(tmp_path):
     state = tiny_state()
-    head = {"spec": {"kind": "linear", "classes": 3}, "state_dict": {"weight": torch.randn(3, 4)}}
+    spec = HeadSpec(TaskKind.CLASSIFICATION, {"num_classes": 3})
+    weights = {"weight": torch.randn(3, 4)}
+    plan = Plan(target_spacing=(1.0, 1.0, 2.0), crop_size=(64, 64, 32), crop_size_2d=(64, 64))
     out = save_artifact(
         tmp_path / "a",
         backbone_name="resenc3d",
         backbone_kwargs={"channels": [4, 8]},
         state_dict=state,
-        heads={"dx": head},
-        plan={"crop_size": [64, 64, 32]},
+        heads={"dx": (spec, weights)},
+        plan=plan,
         labels=["no", "yes", "maybe"],
         metrics={"knn_acc": 0.8},
         extra={"note": "x"},
@@ -57,7 +61,7 @@ def test_round_trip_keeps_tensors_and_records_everything(tmp_path):
         == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     )
     assert meta["backbone"] == {"name": "resenc3d", "kwargs": {"channels": [4, 8]}}
-    assert meta["heads"] == {"dx": {"kind": "linear", "classes": 3}} and meta["labels"] == [
+    assert meta["heads"] == {"dx": {"kind": "classification", "num_classes": 3}} and meta["labels"] == [
         "no",
         "yes",
         "maybe",
@@ -67,9 +71,35 @@ def test_round_trip_keeps_tensors_and_records_everything(tmp_path):
     assert artifact.backbone_state.keys() == state.keys()
     for k, v in state.items():
         assert torch.equal(artifact.backbone_state[k], v)
-    assert torch.equal(artifact.head_state("dx")["weight"], head["state_dict"]["weight"])
-    assert artifact.plan == {"crop_size": [64, 64, 32]} and artifact.metrics == {"knn_acc": 0.8}
+    assert torch.equal(artifact.head_state("dx")["weight"], weights["weight"])
+    assert artifact.plan == plan and artifact.metrics == {"knn_acc": 0.8}
+    assert artifact.heads == {"dx": spec}
     assert load_artifact(out / "artifact.json").meta == artifact.meta
+
+
+def test_head_records_and_plan_as_older_medssl_wrote_them_are_read_typed(tmp_path):
+    out = save(tmp_path / "a")
+    meta = json.loads((out / "artifact.json").read_text())
+    plan = Plan(target_spacing=(1.0, 1.0, 2.0), crop_size=(64, 64, 32), crop_size_2d=(64, 64))
+    meta["plan"] = json.loads(plan.to_json())
+    meta["heads"] = {"seg": {"kind": "segmentation", "num_classes": 2, "deep_supervision": False}}
+    (out / "artifact.json").write_text(json.dumps(meta))
+    artifact = load_artifact(out)
+    assert artifact.heads == {"seg": HeadSpec(TaskKind.SEGMENTATION, {"num_classes": 2, "deep_supervision": False})}
+    assert artifact.heads["seg"].to_json() == meta["heads"]["seg"] and artifact.plan == plan
+
+
+def test_an_unknown_head_kind_or_a_broken_plan_is_refused_on_use(tmp_path):
+    out = save(tmp_path / "a")
+    meta = json.loads((out / "artifact.json").read_text())
+    meta["heads"] = {"dx": {"kind": "linear", "classes": 3}}
+    meta["plan"] = {"version": 1, "crop_size": [64, 64, 32]}
+    (out / "artifact.json").write_text(json.dumps(meta))
+    artifact = load_artifact(out)
+    with pytest.raises(ArtifactError, match="head 'dx': head kind 'linear'"):
+        _ = artifact.heads
+    with pytest.raises(ArtifactError, match="plan unusable"):
+        _ = artifact.plan
 
 
 class _TouchOnUnpickle:

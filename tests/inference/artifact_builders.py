@@ -9,7 +9,6 @@ from ties, whatever the random weights before it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from medssl.heads.seg_decoder import SegmentationDecoder
 from medssl.inference.artifact import save_artifact
 from medssl.inference.predict import ArtifactPredictor
 from medssl.store.plan import IntensityNorm, Plan
+from medssl.types import HeadSpec, TaskKind
 
 ENCODER_KWARGS = {"channels": [8, 16], "blocks_per_stage": [1, 1], "strides": [1, 2]}
 SEG_LABELS = ["background", "soft_tissue", "bone"]
@@ -58,8 +58,8 @@ class ThresholdSegmenter(ArtifactPredictor):
         return labels.numpy()
 
 
-def small_plan(target_spacing=(6.0, 6.0, 8.0), crop_size=(32, 32, 16)) -> dict:
-    plan = Plan(
+def small_plan(target_spacing=(6.0, 6.0, 8.0), crop_size=(32, 32, 16)) -> Plan:
+    return Plan(
         target_spacing=tuple(target_spacing),
         crop_size=tuple(crop_size),
         crop_size_2d=(32, 32),
@@ -67,7 +67,6 @@ def small_plan(target_spacing=(6.0, 6.0, 8.0), crop_size=(32, 32, 16)) -> dict:
                                            mean=-300.0, std=500.0)},
         cache_dtype="float32",
     )
-    return json.loads(plan.to_json())
 
 
 def _encoder(seed: int):
@@ -75,7 +74,7 @@ def _encoder(seed: int):
     return create_backbone("resenc3d", **ENCODER_KWARGS).eval()
 
 
-def segmentation_artifact(folder: Path, seed: int = 0, plan: dict | None = None,
+def segmentation_artifact(folder: Path, seed: int = 0, plan: Plan | None = None,
                           labels: list[str] | None = None, label_values: list[int] | None = None,
                           modalities: list[str] | None = None) -> Path:
     """Classes follow intensity: air / soft tissue / bone; a fourth and later class (``labels``
@@ -88,7 +87,7 @@ def segmentation_artifact(folder: Path, seed: int = 0, plan: dict | None = None,
     return save_artifact(
         folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
         state_dict=encoder.state_dict(),
-        heads={"seg": {"spec": {"kind": "segmentation", **spec}, "state_dict": head.state_dict()}},
+        heads={"seg": (HeadSpec(TaskKind.SEGMENTATION, spec), head.state_dict())},
         plan=plan or small_plan(), labels=labels, label_values=label_values, modalities=modalities,
     )
 
@@ -101,11 +100,11 @@ def segmentation_artifact_2d(folder: Path, with_classifier: bool = False) -> Pat
     spec = {"num_classes": 3, "decoder_channels": None, "deep_supervision": False}
     head = build_head("segmentation", spec, encoder)
     _intensity_classes(head)
-    heads = {"seg": {"spec": {"kind": "segmentation", **spec}, "state_dict": head.state_dict()}}
+    heads = {"seg": (HeadSpec(TaskKind.SEGMENTATION, spec), head.state_dict())}
     if with_classifier:
         dx = build_head("classification", {"num_classes": 2, "text_dim": 8, "embed_dim": 16, "num_heads": 2}, encoder)
         dx.set_guidelines(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
-        heads["dx"] = {"spec": {"kind": "classification", **dx.spec()}, "state_dict": dx.state_dict()}
+        heads["dx"] = (HeadSpec(TaskKind.CLASSIFICATION, dx.spec()), dx.state_dict())
     return save_artifact(
         folder, backbone_name="resenc2d", backbone_kwargs=ENCODER_KWARGS,
         state_dict=encoder.state_dict(), heads=heads, plan=small_plan(), labels=SEG_LABELS,
@@ -134,11 +133,11 @@ def detection_artifact(folder: Path, seed: int = 0) -> Path:
         anchor_shapes=[[6, 6, 4]], out_channels=8, score_threshold=0.0,
         detections_per_image=5, candidates_per_level=50,
     )
-    spec = {"kind": "detection", **detector_spec(detector)}
+    spec = HeadSpec(TaskKind.DETECTION, detector_spec(detector))
     return save_artifact(
         folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
         state_dict=encoder.state_dict(),
-        heads={"det": {"spec": spec, "state_dict": detector.state_dict()}},
+        heads={"det": (spec, detector.state_dict())},
         plan=small_plan(), labels=["background", "nodule", "cyst"],
     )
 
@@ -152,8 +151,7 @@ def classification_artifact(folder: Path, seed: int = 0, with_texts: bool = True
     return save_artifact(
         folder, backbone_name="resenc3d", backbone_kwargs=ENCODER_KWARGS,
         state_dict=encoder.state_dict(),
-        heads={"dx": {"spec": {"kind": "classification", **head.spec()},
-                      "state_dict": head.state_dict()}},
+        heads={"dx": (HeadSpec(TaskKind.CLASSIFICATION, head.spec()), head.state_dict())},
         plan=small_plan(), labels=["normal", "lesion"],
         extra={"guidelines": GUIDELINES} if with_texts else None,
     )

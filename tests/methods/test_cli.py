@@ -81,9 +81,7 @@ def test_each_config_pretrains_on_a_store_and_exports_with_its_plan(
         == 0
     )
     artifact = load_artifact(tmp_path / "artifact")
-    assert artifact.plan == yaml.safe_load(
-        Plan.load(store).to_json()
-    )  # found through the recorded store
+    assert artifact.plan == Plan.load(store)  # found through the recorded store
     assert (
         artifact.backbone_name == ("resenc2d" if method == "joint2d3d" else "resenc3d")
         and artifact.meta["extra"]["source"]["global_step"] == 2

@@ -46,7 +46,7 @@ def test_detection_trains_validates_and_exports(labelled_store, tmp_path):
     assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in summary.values())
     artifact = load_artifact(export_checkpoint(tmp_path / "detection" / "run" / "checkpoints" / "last.ckpt", tmp_path / "art", store=labelled_store))
     spec = artifact.heads["det"]
-    assert spec["kind"] == "detection" and spec["num_classes"] == 3
+    assert spec.kind == "detection" and spec.num_classes == 3
     assert artifact.labels == model.label_names()
     assert artifact.label_values == [20, 21, 22]  # the lesions' mask values (LESION_VALUES)
 

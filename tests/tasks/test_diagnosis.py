@@ -63,7 +63,7 @@ def test_diagnosis_trains_validates_and_exports_its_guidelines(dx_store, tmp_pat
     assert rows and all(math.isfinite(float(r["train/guideline"])) and math.isfinite(float(r["train/classification"])) for r in rows)
 
     artifact = load_artifact(export_checkpoint(tmp_path / "diagnosis" / "run" / "checkpoints" / "last.ckpt", tmp_path / "art", store=dx_store))
-    assert artifact.heads["dx"]["kind"] == "classification"
+    assert artifact.heads["dx"].kind == "classification"
     guidelines = artifact.meta["extra"]["guidelines"]
     assert guidelines["texts"] == model.guideline_texts and len(guidelines["sentence_class"]) == dx.num_sentences
     state = artifact.head_state("dx")

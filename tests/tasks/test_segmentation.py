@@ -54,7 +54,7 @@ def test_segmentation_learns_the_phantom_organs_and_exports_a_predicting_artifac
     # 60 steps with a save every 50: last.ckpt still holds the weights training ended with
     assert torch.load(ckpt, weights_only=True)["global_step"] == 60
     artifact = load_artifact(export_checkpoint(ckpt, tmp_path / "artifact", store=labelled_store))
-    assert artifact.heads["seg"]["kind"] == "segmentation"
+    assert artifact.heads["seg"].kind == "segmentation"
     assert artifact.labels == ["background", "lung_right", "lung_left"]
     assert artifact.label_values == [0, 3, 4] and artifact.modalities == ("CT",)
     assert artifact.plan is not None
