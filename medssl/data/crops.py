@@ -21,6 +21,7 @@ from medssl.data.cache import CacheIndex
 from medssl.transforms.pipeline import BatchAugment
 from medssl.transforms.spatial import box_of, crop_box
 from medssl.transforms.views import sample_crop_starts
+from medssl.types import BatchKey
 
 
 def body_coordinates(boxes: torch.Tensor, body_box: Sequence[float]) -> torch.Tensor:
@@ -99,7 +100,13 @@ class CropDataset(Dataset):
         boxes = torch.tensor([box_of(s.tolist(), self.read_size) for s in starts], dtype=torch.long)
         seed = int(torch.randint(0, 2**62, (1,), generator=g))
         volumes = torch.full((len(crops),), i, dtype=torch.long)
-        return {"image": image, "box": boxes, "volume": volumes, "body": body_coordinates(boxes, volume.body_box), "seed": seed}
+        return {
+            BatchKey.IMAGE: image,
+            BatchKey.BOX: boxes,
+            BatchKey.VOLUME: volumes,
+            BatchKey.BODY: body_coordinates(boxes, volume.body_box),
+            BatchKey.SEED: seed,
+        }
 
 
 def make_views(batch: dict, augment: BatchAugment | None, views: int, generator: torch.Generator) -> dict:
@@ -109,11 +116,14 @@ def make_views(batch: dict, augment: BatchAugment | None, views: int, generator:
     (a list of ``views`` tensors ``[N, 1, *crop]``) holds independently augmented copies and
     ``image`` stays as cropped.
     """
-    image = batch["image"]
+    image = batch[BatchKey.IMAGE]
     if views == 0:
-        return {**batch, "image": augment(image, generator) if augment is not None else image}
+        return {**batch, BatchKey.IMAGE: augment(image, generator) if augment is not None else image}
     copies = [augment(image, generator) if augment is not None else image.clone() for _ in range(views)]
-    return {**batch, "views": copies}
+    return {**batch, BatchKey.VIEWS: copies}
+
+
+CONCATENATED = (BatchKey.IMAGE, BatchKey.BOX, BatchKey.VOLUME, BatchKey.BODY)  # per-crop keys
 
 
 class CropCollate:
@@ -123,11 +133,12 @@ class CropCollate:
         self.augment, self.views = augment, views
 
     def __call__(self, items: list[dict]) -> dict:
-        seed = items[0]["seed"]
+        seed = items[0][BatchKey.SEED]
         for item in items[1:]:
-            seed = (seed * 31 + item["seed"]) % 2**62
-        batch = {key: torch.cat([item[key] for item in items]) for key in ("image", "box", "volume", "body")}
-        batch["seed"] = seed
+            seed = (seed * 31 + item[BatchKey.SEED]) % 2**62
+        batch = {key: torch.cat([item[key] for item in items]) for key in CONCATENATED}
+        batch[BatchKey.SEED] = seed
         if self.augment is not None:
-            batch = make_views(batch, self.augment, self.views, torch.Generator().manual_seed(batch.pop("seed")))
+            generator = torch.Generator().manual_seed(batch.pop(BatchKey.SEED))
+            batch = make_views(batch, self.augment, self.views, generator)
         return batch

@@ -24,6 +24,7 @@ from medssl.data.cache import CacheIndex
 from medssl.data.label_cache import LabelCache
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
+from medssl.types import BatchKey
 
 GOLDEN = 0.6180339887498949  # item * GOLDEN mod 1 spreads evenly: a steady foreground share
 LOCATIONS_PER_CLASS = 4096
@@ -100,9 +101,9 @@ class CaseDataset(Dataset):
         return sample_crop_starts(self.index.volumes[i].shape, self.read_size, 1, g)[0].tolist()
 
     def finish(self, item: int, i: int, g: torch.Generator, sample: dict) -> dict:
-        sample["volume"] = i
+        sample[BatchKey.VOLUME] = i
         if not self.fixed:  # validation is never augmented: no seed to augment with
-            sample["seed"] = int(torch.randint(0, 2**62, (1,), generator=g))
+            sample[BatchKey.SEED] = int(torch.randint(0, 2**62, (1,), generator=g))
         return sample
 
 
@@ -152,7 +153,7 @@ class SegmentationCrops(CaseDataset):
                 points = present[classes[int(torch.randint(len(classes), (1,), generator=g))]]
                 centre = points[int(torch.randint(len(points), (1,), generator=g))]
                 start = clamp_start(centre, self.read_size, self.index.volumes[i].shape)
-        sample = {"image": self.read_image(i, start), "label": self.read_label(i, start)}
+        sample = {BatchKey.IMAGE: self.read_image(i, start), BatchKey.LABEL: self.read_label(i, start)}
         return self.finish(item, i, g, sample)
 
 
@@ -193,7 +194,7 @@ class DetectionCrops(CaseDataset):
             centre = np.floor(box[:3] + u * (box[3:] - box[:3])).astype(int)
             start = clamp_start(centre, self.read_size, self.index.volumes[i].shape)
         boxes_t, labels_t = self.targets(i, start)
-        sample = {"image": self.read_image(i, start), "boxes": boxes_t, "labels": labels_t}
+        sample = {BatchKey.IMAGE: self.read_image(i, start), BatchKey.BOXES: boxes_t, BatchKey.LABELS: labels_t}
         return self.finish(item, i, g, sample)
 
 
@@ -228,7 +229,7 @@ class ClassificationCrops(CaseDataset):
         start = clamp_start(np.round(centre).astype(int), self.read_size, self.index.volumes[i].shape)
         target = self.targets[i]
         target_t = torch.tensor(target, dtype=torch.long) if isinstance(target, int) else torch.from_numpy(target)
-        sample = {"image": self.read_image(i, start), "target": target_t}
+        sample = {BatchKey.IMAGE: self.read_image(i, start), BatchKey.TARGET: target_t}
         return self.finish(item, i, g, sample)
 
 
@@ -245,16 +246,16 @@ class WholeVolumes(CaseDataset):
         i = self.volumes[item]
         volume = self.index.volumes[i]
         sample = {
-            "image": torch.from_numpy(np.asarray(self.image(i), dtype=np.float32))[None],
-            "volume_id": volume.volume_id,
-            "spacing": torch.tensor(volume.spacing, dtype=torch.float64),
-            "volume": i,
+            BatchKey.IMAGE: torch.from_numpy(np.asarray(self.image(i), dtype=np.float32))[None],
+            BatchKey.VOLUME_ID: volume.volume_id,
+            BatchKey.SPACING: torch.tensor(volume.spacing, dtype=torch.float64),
+            BatchKey.VOLUME: i,
         }
         if self.lut is not None:
-            sample["label"] = torch.from_numpy(self.lut[np.asarray(self.label_map(i))].astype(np.int64))
+            sample[BatchKey.LABEL] = torch.from_numpy(self.lut[np.asarray(self.label_map(i))].astype(np.int64))
         if self.case_boxes is not None:
             boxes, classes = self.case_boxes[i]
-            sample["boxes"], sample["labels"] = torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(classes.astype(np.int64))
+            sample[BatchKey.BOXES], sample[BatchKey.LABELS] = torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(classes.astype(np.int64))
         return sample
 
 
@@ -266,7 +267,7 @@ class FinetuneCollate:
         batch: dict = {}
         for key in items[0]:
             values = [item[key] for item in items]
-            if key in ("boxes", "labels", "seed"):
+            if key in (BatchKey.BOXES, BatchKey.LABELS, BatchKey.SEED):
                 continue
             if isinstance(values[0], torch.Tensor):
                 batch[key] = torch.stack(values)
@@ -274,11 +275,14 @@ class FinetuneCollate:
                 batch[key] = torch.tensor(values, dtype=torch.long)
             else:
                 batch[key] = values
-        if "boxes" in items[0]:
-            batch["targets"] = [{"boxes": item["boxes"], "labels": item["labels"]} for item in items]
-        if "seed" in items[0]:
-            seed = items[0]["seed"]
+        if BatchKey.BOXES in items[0]:
+            batch[BatchKey.TARGETS] = [
+                {BatchKey.BOXES: item[BatchKey.BOXES], BatchKey.LABELS: item[BatchKey.LABELS]}
+                for item in items
+            ]
+        if BatchKey.SEED in items[0]:
+            seed = items[0][BatchKey.SEED]
             for item in items[1:]:
-                seed = (seed * 31 + item["seed"]) % 2**62
-            batch["seed"] = seed
+                seed = (seed * 31 + item[BatchKey.SEED]) % 2**62
+            batch[BatchKey.SEED] = seed
         return batch

@@ -39,6 +39,7 @@ from medssl.store.manifest import Manifest
 from medssl.store.plan import PLAN_FILE, Plan, is_volume_3d
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
+from medssl.types import BatchKey
 
 log = logging.getLogger("medssl.data")
 
@@ -82,8 +83,8 @@ class ImageCropDataset(Dataset):
             [crop_box(array, s.tolist(), self.crop_size, image.pad_value) for s in starts]
         )
         return {
-            "images": crops,
-            "image_keys": torch.randint(0, 2**40, (self.per_item,), generator=g),
+            BatchKey.IMAGES: crops,
+            BatchKey.IMAGE_KEYS: torch.randint(0, 2**40, (self.per_item,), generator=g),
         }
 
 
@@ -104,11 +105,11 @@ class JointDataset(Dataset):
         out = {}
         if self.stacks is not None:
             stack = self.stacks[item]
-            out.update(
-                slices=stack["slices"],
-                positions=stack["positions"],
-                slice_keys=torch.tensor(stack["key"]),
-            )
+            out.update({
+                BatchKey.SLICES: stack[BatchKey.SLICES],
+                BatchKey.POSITIONS: stack[BatchKey.POSITIONS],
+                BatchKey.SLICE_KEYS: torch.tensor(stack[BatchKey.KEY]),
+            })
         if self.images is not None:
             out.update(self.images[item])
         return out
@@ -117,10 +118,10 @@ class JointDataset(Dataset):
 def collate_joint(items: list[dict]) -> dict:
     """Stacks are stacked ``[B, S, ...]``; image crops concatenated ``[B * per_item, ...]``."""
     batch = {}
-    for key in ("slices", "positions", "slice_keys"):
+    for key in (BatchKey.SLICES, BatchKey.POSITIONS, BatchKey.SLICE_KEYS):
         if key in items[0]:
             batch[key] = torch.stack([it[key] for it in items])
-    for key in ("images", "image_keys"):
+    for key in (BatchKey.IMAGES, BatchKey.IMAGE_KEYS):
         if key in items[0]:
             batch[key] = torch.cat([it[key] for it in items])
     return batch

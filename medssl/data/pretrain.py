@@ -25,6 +25,7 @@ from medssl.data.sampler import resumable_sampler
 from medssl.data.split import split_by_patient
 from medssl.store.plan import PLAN_FILE, Plan, fingerprint, make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
+from medssl.types import BatchKey
 
 log = logging.getLogger("medssl.data")
 AUGMENT_ON = ("auto", "device", "loader", "none")
@@ -114,10 +115,10 @@ class _CropDataModule(LightningDataModule):
     def augment_batch(self, batch: dict) -> dict:
         """Apply the batched augmentation to a collated batch on its device (idempotent: a
         batch augmented in the loader carries no ``seed`` and passes through)."""
-        if "seed" not in batch:
+        if BatchKey.SEED not in batch:
             return batch
         batch = dict(batch)
-        generator = torch.Generator().manual_seed(int(batch.pop("seed")))
+        generator = torch.Generator().manual_seed(int(batch.pop(BatchKey.SEED)))
         return make_views(batch, self.augment, self.views, generator)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

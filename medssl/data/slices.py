@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from medssl.data.cache import CacheIndex
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
+from medssl.types import BatchKey
 
 SAMPLING = ("even", "consecutive")
 
@@ -108,8 +109,8 @@ class SliceStackDataset(Dataset):
                 crop_box(array, box_start, size, volume.pad_value).squeeze(1 + self.slice_axis)
             )
         return {
-            "slices": torch.stack(crops),  # [S, 1, h, w]
-            "positions": index.float() / max(depth - 1, 1),
-            "volume": i,
-            "key": int(torch.randint(0, 2**40, (1,), generator=g)),
+            BatchKey.SLICES: torch.stack(crops),  # [S, 1, h, w]
+            BatchKey.POSITIONS: index.float() / max(depth - 1, 1),
+            BatchKey.VOLUME: i,
+            BatchKey.KEY: int(torch.randint(0, 2**40, (1,), generator=g)),
         }

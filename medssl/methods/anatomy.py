@@ -54,6 +54,7 @@ from medssl.losses import (
 from medssl.methods.alignment import ConditionalAlignment
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.projectors import MLPProjector, Norm
+from medssl.types import BatchKey
 
 log = logging.getLogger("medssl.methods")
 WEIGHTS = ("global", "patch", "anatomy", "alignment", "reconstruction")
@@ -210,9 +211,9 @@ class Anatomy(SSLMethod):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         h = self.hparams
-        image = batch["image"]  # [N, 1, *S]
+        image = batch[BatchKey.IMAGE]  # [N, 1, *S]
         n, size = image.shape[0], tuple(image.shape[2:])
-        views = batch.get("views") or [image, image]
+        views = batch.get(BatchKey.VIEWS) or [image, image]
         if len(views) < 2:
             raise ValueError(
                 f"anatomy needs 2 views per crop (data.views: 0 or >= 2), got {len(views)}"
@@ -235,7 +236,7 @@ class Anatomy(SSLMethod):
         )
 
         # student: masked input patches (SimMIM), tokens, logits
-        keys = batch["index"] if "index" in batch else torch.arange(n) + rank() * n
+        keys = batch[BatchKey.INDEX] if BatchKey.INDEX in batch else torch.arange(n) + rank() * n
         mask = self.patch_masks(keys, 2, p, batch_idx).to(x.device)  # [2N, P]
         voxel_mask = upsample_mask(mask, grid, stride).to(x.dtype)  # [2N, 1, *S]
         masked = x * (1 - voxel_mask) + self.mask_token.to(x.dtype) * voxel_mask
@@ -302,16 +303,16 @@ class Anatomy(SSLMethod):
 
     def body_and_groups(self, batch: dict, n: int) -> tuple[Tensor, Tensor]:
         """``body [N, 3]`` (zeros without the key) and volume ids ``[N]`` (rows without the key)."""
-        device = batch["image"].device
-        if "body" in batch:
-            body = batch["body"].to(device=device, dtype=torch.float32)
+        device = batch[BatchKey.IMAGE].device
+        if BatchKey.BODY in batch:
+            body = batch[BatchKey.BODY].to(device=device, dtype=torch.float32)
         else:
             if not getattr(self, "_warned_body", False):
                 log.warning("batches carry no 'body' key: positives are mined by the teacher alone")
                 self._warned_body = True
             body = torch.zeros(n, 3, device=device)
-        if "volume" in batch:
-            groups = batch["volume"].to(device=device, dtype=torch.long)
+        if BatchKey.VOLUME in batch:
+            groups = batch[BatchKey.VOLUME].to(device=device, dtype=torch.long)
         else:  # each crop its own volume, ids unique over ranks
             groups = torch.arange(n, device=device) + rank() * n
         if body.shape != (n, 3) or groups.shape != (n,):

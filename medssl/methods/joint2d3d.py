@@ -48,6 +48,7 @@ from medssl.methods.projectors import MLPProjector, Norm
 from medssl.methods.region_crops import crop_boxes, random_resized_boxes
 from medssl.methods.simclr import augment_config
 from medssl.transforms.pipeline import BatchAugment
+from medssl.types import BatchKey
 
 AGGREGATOR_HEAD = "slice_aggregator"  # its name in the checkpoint record and the artifact
 
@@ -160,14 +161,14 @@ class Joint2D3D(SSLMethod):
     # views --------------------------------------------------------------------------------
     def joint_batch(self, batch: dict) -> dict:
         """A plain crop batch ``{"image": ...}`` in the joint form (module doc); others as given."""
-        if "image" not in batch or "slices" in batch or "images" in batch:
+        if BatchKey.IMAGE not in batch or BatchKey.SLICES in batch or BatchKey.IMAGES in batch:
             return batch
-        image = batch["image"]
+        image = batch[BatchKey.IMAGE]
         b = image.shape[0]
-        keys = batch.get("index")
+        keys = batch.get(BatchKey.INDEX)
         keys = (torch.arange(b) + self.global_rank * b) if keys is None else keys.cpu().long()
         if image.ndim == 4:
-            return {"images": image, "image_keys": keys}
+            return {BatchKey.IMAGES: image, BatchKey.IMAGE_KEYS: keys}
         if image.ndim != 5:
             raise ValueError(
                 f"image must be [B, 1, H, W] or [B, 1, X, Y, Z], got {tuple(image.shape)}"
@@ -178,31 +179,31 @@ class Joint2D3D(SSLMethod):
             axis, 1
         )  # [B, S, 1, h, w]
         positions = normalised_positions(index, depth).to(image.device).expand(b, -1)
-        return {"slices": slices, "positions": positions, "slice_keys": keys}
+        return {BatchKey.SLICES: slices, BatchKey.POSITIONS: positions, BatchKey.SLICE_KEYS: keys}
 
     def regions_2d(self, batch: dict) -> tuple[Tensor, Tensor, int]:
         """All 2D regions ``[M, 1, H, W]`` (slices first), one box key each, and the slice count."""
         regions, keys, n_slices = [], [], 0
-        if "slices" in batch:
-            slices = batch["slices"]  # [B, S, 1, H, W]
+        if BatchKey.SLICES in batch:
+            slices = batch[BatchKey.SLICES]  # [B, S, 1, H, W]
             if (
                 slices.ndim != 5
                 or slices.shape[1] < 2
-                or batch["positions"].shape != slices.shape[:2]
+                or batch[BatchKey.POSITIONS].shape != slices.shape[:2]
             ):
                 raise ValueError(
-                    f"slices must be [B, S >= 2, 1, H, W] with positions [B, S], got {tuple(slices.shape)} and {tuple(batch['positions'].shape)}"
+                    f"slices must be [B, S >= 2, 1, H, W] with positions [B, S], got {tuple(slices.shape)} and {tuple(batch[BatchKey.POSITIONS].shape)}"
                 )
             n_slices = slices.shape[0] * slices.shape[1]
             regions.append(slices.flatten(0, 1))
             keys.append(
-                batch["slice_keys"].cpu().repeat_interleave(slices.shape[1])
+                batch[BatchKey.SLICE_KEYS].cpu().repeat_interleave(slices.shape[1])
             )  # one box per volume
-        if "images" in batch:
-            regions.append(batch["images"])
-            keys.append(batch["image_keys"].cpu() + (1 << 40))  # images never share a volume's key
+        if BatchKey.IMAGES in batch:
+            regions.append(batch[BatchKey.IMAGES])
+            keys.append(batch[BatchKey.IMAGE_KEYS].cpu() + (1 << 40))  # images never share a volume's key
         if not regions:
-            raise ValueError(f"a joint batch needs 'slices' or 'images', got keys {sorted(batch)}")
+            raise ValueError(f"a joint batch needs 'slices' or 'images', got keys {sorted(map(str, batch))}")
         if len(regions) == 2 and regions[0].shape[1:] != regions[1].shape[1:]:
             raise ValueError(
                 f"slices {tuple(regions[0].shape[1:])} and images {tuple(regions[1].shape[1:])} must share one crop size"
@@ -256,8 +257,8 @@ class Joint2D3D(SSLMethod):
 
         # 3D: the slices of each global view assembled into a volume embedding
         if n_slices:
-            b, s = batch["slices"].shape[:2]
-            positions = batch["positions"].float()
+            b, s = batch[BatchKey.SLICES].shape[:2]
+            positions = batch[BatchKey.POSITIONS].float()
             view_a, view_b = (
                 pooled[:n_slices].unflatten(0, (b, s)),
                 pooled[m : m + n_slices].unflatten(0, (b, s)),
@@ -266,7 +267,7 @@ class Joint2D3D(SSLMethod):
                 [self.aggregator(view_a, positions)[0], self.aggregator(view_b, positions)[0]]
             )
             zv = self.volume_projector(volumes)
-            mask = self.slice_mask(batch["slice_keys"].cpu(), s).to(pooled.device)
+            mask = self.slice_mask(batch[BatchKey.SLICE_KEYS].cpu(), s).to(pooled.device)
             _, tokens = self.aggregator(view_a, positions, mask)
             predicted = self.slice_predictor(tokens.flatten(0, 1)).unflatten(0, (b, s))
             with self.full_precision():

@@ -22,6 +22,7 @@ from medssl.losses import info_nce_loss
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
+from medssl.types import BatchKey
 
 
 class SimCLR(SSLMethod):
@@ -65,8 +66,8 @@ class SimCLR(SSLMethod):
         return [self._augment(images, generator) for _ in range(self.hparams.num_views)]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        views = batch.get("views") or self.make_views(
-            batch["image"], self.step_generator(batch_idx)
+        views = batch.get(BatchKey.VIEWS) or self.make_views(
+            batch[BatchKey.IMAGE], self.step_generator(batch_idx)
         )
         if len(views) != self.hparams.num_views:
             raise ValueError(

@@ -24,6 +24,7 @@ from medssl.methods.projectors import MLPProjector, Norm
 from medssl.methods.region_crops import crop_boxes, random_resized_boxes
 from medssl.methods.simclr import augment_config
 from medssl.transforms.pipeline import BatchAugment
+from medssl.types import BatchKey
 
 
 class SwAV(SSLMethod):
@@ -93,7 +94,7 @@ class SwAV(SSLMethod):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         normalize_prototypes_(self.prototypes)
-        crops = self.multi_crop(batch["image"], self.step_generator(batch_idx))
+        crops = self.multi_crop(batch[BatchKey.IMAGE], self.step_generator(batch_idx))
 
         # encode each resolution in one pass, project, score against the prototypes
         n_global, b = 2, crops[0].shape[0]

@@ -25,6 +25,7 @@ from medssl.losses import overlap_labels, voco_loss
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.methods.region_crops import base_grid, crop_boxes, random_boxes
+from medssl.types import BatchKey
 
 
 class VoCo(SSLMethod):
@@ -92,7 +93,7 @@ class VoCo(SSLMethod):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         h = self.hparams
-        regions = batch["image"]  # [B, 1, *S]
+        regions = batch[BatchKey.IMAGE]  # [B, 1, *S]
         b, shape = regions.shape[0], regions.shape[2:]
         generator = self.step_generator(batch_idx)
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from medssl.heads.detector import build_retinanet, detector_spec
 from medssl.metrics.detection import Detections, froc, mean_average_precision
 from medssl.tasks.base import FinetuneTask
-from medssl.types import HeadSpec, TaskKind
+from medssl.types import BatchKey
 
 
 class Detection(FinetuneTask):
@@ -35,7 +35,7 @@ class Detection(FinetuneTask):
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments.
     """
 
-    task = TaskKind.DETECTION
+    task = "detection"
 
     def __init__(
         self,
@@ -71,14 +71,14 @@ class Detection(FinetuneTask):
         self._truths: list[Detections] = []
         self.val_summary: dict[str, float] = {}
 
-    def head_specs(self) -> dict[str, HeadSpec]:
-        return {"det": HeadSpec(TaskKind.DETECTION, detector_spec(self.heads["det"]))}
+    def head_specs(self) -> dict[str, dict]:
+        return {"det": {"kind": "detection", "spec": detector_spec(self.heads["det"])}}
 
     def label_names(self) -> list[str]:
         return list(self.hparams.class_names or [f"class_{i}" for i in range(self.hparams.num_classes)])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        images, targets = self._pad(batch["image"]), batch["targets"]
+        images, targets = self._pad(batch[BatchKey.IMAGE]), batch[BatchKey.TARGETS]
         losses = self.heads["det"](images, targets)
         terms = {k: v for k, v in losses.items()}
         terms["total"] = sum(losses.values())
@@ -94,10 +94,10 @@ class Detection(FinetuneTask):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         detector = self.heads["det"]
-        outputs = detector(self._pad(batch["image"]))
-        for out, target in zip(outputs, batch["targets"]):
+        outputs = detector(self._pad(batch[BatchKey.IMAGE]))
+        for out, target in zip(outputs, batch[BatchKey.TARGETS]):
             self._preds.append(Detections(out["boxes"].float().cpu().numpy(), out["labels"].cpu().numpy(), out["labels_scores"].float().cpu().numpy()))
-            self._truths.append(Detections(target["boxes"].float().cpu().numpy(), target["labels"].cpu().numpy()))
+            self._truths.append(Detections(target[BatchKey.BOXES].float().cpu().numpy(), target[BatchKey.LABELS].cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._truths:

@@ -29,7 +29,7 @@ from medssl.metrics.classification import classification_metrics
 from medssl.tasks.base import FinetuneTask
 from medssl.text.encoder import TextEncoder, embed_guidelines
 from medssl.text.knowledge_base import load_guidelines
-from medssl.types import HeadSpec, TaskKind
+from medssl.types import BatchKey
 
 
 def name_key(name: str) -> str:
@@ -54,7 +54,7 @@ class Diagnosis(FinetuneTask):
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments.
     """
 
-    task = TaskKind.CLASSIFICATION
+    task = "classification"
 
     def __init__(
         self,
@@ -108,8 +108,8 @@ class Diagnosis(FinetuneTask):
     def multi_label(self) -> bool:
         return self.heads["dx"].multi_label
 
-    def head_specs(self) -> dict[str, HeadSpec]:
-        return {"dx": HeadSpec(TaskKind.CLASSIFICATION, self.heads["dx"].spec())}
+    def head_specs(self) -> dict[str, dict]:
+        return {"dx": {"kind": "classification", "spec": self.heads["dx"].spec()}}
 
     def label_names(self) -> list[str]:
         return list(self.hparams.class_names)
@@ -121,8 +121,8 @@ class Diagnosis(FinetuneTask):
         return self.heads["dx"](self.encoder.forward_features(image)[-1])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        out = self(batch["image"])
-        target = batch["target"]
+        out = self(batch[BatchKey.IMAGE])
+        target = batch[BatchKey.TARGET]
         with torch.autocast(device_type=self.device.type, enabled=False):
             logits = out["logits"].float()
             if self.multi_label:
@@ -137,12 +137,12 @@ class Diagnosis(FinetuneTask):
         return self.finish_step({"total": total, "classification": cls, "guideline": guide})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self(batch["image"])
+        out = self(batch[BatchKey.IMAGE])
         logits = out["logits"].float()
         probs = logits.sigmoid() if self.multi_label else logits.softmax(dim=1)
         prototypes = class_prototypes(out["guideline_embedding"].float(), self.heads["dx"].sentence_class, self.hparams.num_classes)
         zero_shot = zero_shot_logits(out["image_embedding"].float(), prototypes)
-        self._val.append((probs.cpu(), zero_shot.cpu(), batch["target"].cpu()))
+        self._val.append((probs.cpu(), zero_shot.cpu(), batch[BatchKey.TARGET].cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:

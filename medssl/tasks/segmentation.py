@@ -21,7 +21,7 @@ from medssl.inference.sliding_window import sliding_window, sliding_window_by_sl
 from medssl.losses.segmentation import deep_supervision_loss
 from medssl.metrics.segmentation import segmentation_metrics, summarise
 from medssl.tasks.base import FinetuneTask
-from medssl.types import HeadSpec, TaskKind
+from medssl.types import BatchKey
 
 
 class Segmentation(FinetuneTask):
@@ -39,7 +39,7 @@ class Segmentation(FinetuneTask):
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments (encoder, freeze, lr, ...).
     """
 
-    task = TaskKind.SEGMENTATION
+    task = "segmentation"
 
     def __init__(
         self,
@@ -72,8 +72,8 @@ class Segmentation(FinetuneTask):
         self._val: list[dict] = []
         self.val_summary: dict[str, float] = {}
 
-    def head_specs(self) -> dict[str, HeadSpec]:
-        return {"seg": HeadSpec(TaskKind.SEGMENTATION, dict(self.decoder_spec))}
+    def head_specs(self) -> dict[str, dict]:
+        return {"seg": {"kind": "segmentation", "spec": dict(self.decoder_spec)}}
 
     def label_names(self) -> list[str]:
         return list(self.hparams.class_names or ["background", *(f"class_{i}" for i in range(1, self.hparams.num_classes))])
@@ -82,9 +82,9 @@ class Segmentation(FinetuneTask):
         return self.heads["seg"](self.encoder.forward_features(image), image)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        outputs = self(batch["image"])
+        outputs = self(batch[BatchKey.IMAGE])
         hp = self.hparams
-        loss = deep_supervision_loss(outputs, batch["label"], hp.dice_weight, hp.ce_weight)
+        loss = deep_supervision_loss(outputs, batch[BatchKey.LABEL], hp.dice_weight, hp.ce_weight)
         return self.finish_step({"total": loss})
 
     # validation: whole volumes ----------------------------------------------------------------
@@ -110,10 +110,10 @@ class Segmentation(FinetuneTask):
         return tuple(crop) if crop else tuple(image.shape[2:])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.predict_volume(batch["image"])
+        logits = self.predict_volume(batch[BatchKey.IMAGE])
         pred = logits.argmax(dim=1)[0].cpu().numpy()
-        truth = batch["label"][0].cpu().numpy()
-        spacing = [float(s) for s in torch.as_tensor(batch["spacing"]).reshape(-1)[-truth.ndim :]]
+        truth = batch[BatchKey.LABEL][0].cpu().numpy()
+        spacing = [float(s) for s in torch.as_tensor(batch[BatchKey.SPACING]).reshape(-1)[-truth.ndim :]]
         labels = list(range(1, self.hparams.num_classes))
         self._val.append(segmentation_metrics(pred, truth, labels, spacing, self.hparams.nsd_tolerance_mm))
 

@@ -139,11 +139,11 @@ class TextEncoder:
                              f"{type(sentences).__name__}")
         if not self.is_loaded:
             self._load()
-        batch = self._tokenizer(
+        tokens = self._tokenizer(
             list(sentences), padding=True, truncation=True, max_length=self.max_length,
             return_tensors="pt",
         )
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in tokens.items()}
 
     @torch.inference_mode()
     def encode_tokens(self, sentences: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -154,9 +154,9 @@ class TextEncoder:
         """
         if len(sentences) == 0:
             return torch.zeros(0, 0, self.dim), torch.zeros(0, 0, dtype=torch.bool)
-        batch = self._batch(sentences)
-        hidden = self._model(**batch).last_hidden_state
-        return hidden.float().cpu(), batch["attention_mask"].bool().cpu()
+        tokens = self._batch(sentences)  # the tokenizer's dict, not a medssl batch (BatchKey)
+        hidden = self._model(**tokens).last_hidden_state
+        return hidden.float().cpu(), tokens["attention_mask"].bool().cpu()
 
     @torch.inference_mode()
     def encode(self, sentences: Sequence[str], batch_size: int = 32) -> Tensor:

@@ -22,6 +22,7 @@ from medssl.transforms.intensity import (
 )
 from medssl.transforms.spatial import CropOrPad, box_of, crop_box, resample_to_spacing
 from medssl.transforms.views import sample_crop_starts
+from medssl.types import BatchKey
 
 
 class RandFlipd(KeyedRandom):
@@ -73,7 +74,7 @@ class Resampled:
     """Resample each key to ``target_spacing``; the sample's spacing is read from ``spacing_key``
     and replaced by the spacing reached. ``modes`` per key: ``"linear"`` (default) or ``"nearest"``."""
 
-    def __init__(self, keys: Sequence[str], target_spacing: Sequence[float], spacing_key: str = "spacing", modes: Mapping[str, str] | None = None) -> None:
+    def __init__(self, keys: Sequence[str], target_spacing: Sequence[float], spacing_key: str = BatchKey.SPACING, modes: Mapping[str, str] | None = None) -> None:
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self.target, self.spacing_key, self.modes = tuple(float(t) for t in target_spacing), spacing_key, dict(modes or {})
 
@@ -90,7 +91,7 @@ class Resampled:
 class RandCropd:
     """One random ``size`` crop, the same box for every key; the box goes to ``box_key``."""
 
-    def __init__(self, keys: Sequence[str], size: Sequence[int], box_key: str = "box", pad_values: Mapping[str, float] | None = None) -> None:
+    def __init__(self, keys: Sequence[str], size: Sequence[int], box_key: str = BatchKey.BOX, pad_values: Mapping[str, float] | None = None) -> None:
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self.size, self.box_key, self.pad_values = tuple(int(s) for s in size), box_key, dict(pad_values or {})
 
