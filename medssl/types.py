@@ -6,9 +6,10 @@ Everything here is import-free of the heavy packages so every layer may use it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 PathLike: TypeAlias = str | os.PathLike[str]
 
@@ -113,3 +114,62 @@ class OutputClass:
     index: int
     value: int
     name: str
+
+
+# task kinds and head specs ----------------------------------------------------------------
+class TaskKind(StrEnum):
+    """What a fine-tuned head does; its value names the head kind in checkpoints and artifacts.
+
+    A StrEnum: ``TaskKind("detection")`` parses the plain string a config or ``artifact.json``
+    holds, and a member compares equal to (and JSON-encodes as) that string.
+    """
+
+    SEGMENTATION = "segmentation"  # a label map: one class per voxel
+    DETECTION = "detection"  # boxes with a class and a score
+    CLASSIFICATION = "classification"  # one diagnosis per image (single- or multi-label)
+
+    @classmethod
+    def parse(cls, value: object, where: str = "task") -> TaskKind:
+        """``value`` as a member; ValueError naming ``where``, the value and the known kinds."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{where} {value!r}: expected one of {', '.join(cls)}") from None
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One task head as checkpoints and artifacts record it: its kind and constructor arguments.
+
+    ``kwargs``: the head constructor's keyword arguments as JSON primitives (the spec contract
+    of ``medssl.heads.build_head`` per kind, e.g. ``num_classes``). In ``artifact.json``
+    ("heads": ``{name: record}``) a head is the flat record ``{"kind": ..., **kwargs}``:
+    :meth:`to_json` writes it, :meth:`from_json` reads it (and every artifact written before).
+    """
+
+    kind: TaskKind
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", TaskKind.parse(self.kind, "head kind"))
+        if "kind" in self.kwargs:
+            raise ValueError(f"{self.kind} head arguments must not repeat 'kind': {sorted(self.kwargs)}")
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+
+    @property
+    def num_classes(self) -> int:
+        """The head's ``num_classes`` argument (0 when it has none)."""
+        return int(self.kwargs.get("num_classes", 0) or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``artifact.json`` record: ``{"kind": "<kind>", **kwargs}``."""
+        return {"kind": str(self.kind), **self.kwargs}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> HeadSpec:
+        """Read a flat ``{"kind": ..., **kwargs}`` record; ValueError for an unknown kind,
+        TypeError for a record that is not a JSON object."""
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a head record must be a JSON object, got {type(record).__name__}")
+        kwargs = {k: v for k, v in record.items() if k != "kind"}
+        return cls(TaskKind.parse(record.get("kind"), "head kind"), kwargs)

@@ -41,7 +41,6 @@ from torch.utils.data import DataLoader
 from medssl.data.cache import CacheIndex, build_cache, ensure_cache
 from medssl.data.finetune_augment import augment_labelled, finetune_augment
 from medssl.data.finetune_cases import (
-    TASKS,
     case_boxes,
     class_lut,
     classification_targets,
@@ -62,7 +61,7 @@ from medssl.data.split import split_by_patient
 from medssl.store.labels import class_names, read_labels, structure_names
 from medssl.store.plan import Plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
-from medssl.types import BatchKey
+from medssl.types import BatchKey, TaskKind
 
 log = logging.getLogger("medssl.data")
 # No flips or quarter turns by default: the store is RAS-canonical, so mirrored or rotated
@@ -104,8 +103,7 @@ class FinetuneDataModule(LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task '{task}': expected one of {TASKS}")
+        task = TaskKind.parse(task)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims {spatial_dims}: expected 2 or 3")
         if batch_size < 1 or num_workers < 0:
@@ -135,7 +133,7 @@ class FinetuneDataModule(LightningDataModule):
         self.class_values: list[int] | None = None  # the masks' value of each class (set with class_names)
         self.modalities: list[str] = []  # modalities of the cases used (known after setup)
         self.class_names: list[str] = self._vocabulary()  # known before setup: the CLI links it into the task
-        self.multi_label = task == "classification" and any(len(r.classes) != 1 for r in read_labels(self.store).values())
+        self.multi_label = self.task == TaskKind.CLASSIFICATION and any(len(r.classes) != 1 for r in read_labels(self.store).values())
 
     @property
     def num_classes(self) -> int:
@@ -173,10 +171,10 @@ class FinetuneDataModule(LightningDataModule):
         self.modalities = sorted({self.index.volumes[i].modality for i in train + val})
         common = {"crop_size": crop, "slice_axis": slice_axis, "seed": self.seed}
         length = self.samples_per_epoch or len(train)
-        if self.task == "segmentation":
+        if self.task == TaskKind.SEGMENTATION:
             self.train_set = SegmentationCrops(self.index, self.labels, train, length=length, lut=extra, foreground_oversample=self.foreground_oversample, **common)
             self.val_set = WholeVolumes(self.index, self.labels, val, lut=extra) if val else None
-        elif self.task == "detection":
+        elif self.task == TaskKind.DETECTION:
             self.train_set = DetectionCrops(self.index, self.labels, train, length=length, case_boxes=extra, foreground_oversample=self.foreground_oversample, **common)
             self.val_set = WholeVolumes(self.index, self.labels, val, case_boxes=extra) if val else None
         else:
@@ -189,18 +187,18 @@ class FinetuneDataModule(LightningDataModule):
     def _vocabulary(self) -> list[str]:
         """The task's output names from the store's labels table (no cache needed); sets
         ``class_values`` (segmentation: ``[0, *values]``, detection: the values)."""
-        if self.task == "classification":
+        if self.task == TaskKind.CLASSIFICATION:
             return list(class_names(self.store))
         known = structure_names(self.store)
         values = select_structures(known, self.structures, self.task)
         names = [known[v] for v in values]
-        self.class_values = [0, *values] if self.task == "segmentation" else list(values)
-        return ["background", *names] if self.task == "segmentation" else names
+        self.class_values = [0, *values] if self.task == TaskKind.SEGMENTATION else list(values)
+        return ["background", *names] if self.task == TaskKind.SEGMENTATION else names
 
     def _cases(self) -> tuple[list[str], object]:
         """The volume_ids the task can use and its per-case data (lut, boxes or targets); sets ``class_names``."""
         entries = self.labels.entries
-        if self.task == "classification":
+        if self.task == TaskKind.CLASSIFICATION:
             vocabulary = class_names(self.store)
             usable = dict(entries)
             targets, self.multi_label = classification_targets(usable, vocabulary)
@@ -211,8 +209,8 @@ class FinetuneDataModule(LightningDataModule):
         known = structure_names(self.store)
         values = select_structures(known, self.structures, self.task)
         names = [known[v] for v in values]
-        self.class_values = [0, *values] if self.task == "segmentation" else list(values)
-        if self.task == "segmentation":
+        self.class_values = [0, *values] if self.task == TaskKind.SEGMENTATION else list(values)
+        if self.task == TaskKind.SEGMENTATION:
             self.class_names = ["background", *names]
             cases = sorted(vid for vid, e in entries.items() if e.file is not None)
             return self._nonempty(cases, "a label map"), class_lut(values)
@@ -235,7 +233,7 @@ class FinetuneDataModule(LightningDataModule):
         self.setup("validate")
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.batch_size if self.task == "classification" else 1, None)
+        return self._loader(self.val_set, self.batch_size if self.task == TaskKind.CLASSIFICATION else 1, None)
 
     def _loader(self, dataset, batch_size: int, sampler) -> DataLoader:
         return DataLoader(

@@ -14,14 +14,14 @@ import torch
 from medssl.data.boxes import transform_boxes
 from medssl.transforms.geometric import AffineWarp, Flip, Rotate90
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment, Composed
-from medssl.types import BatchKey
+from medssl.types import BatchKey, TaskKind
 
 SPATIAL_TWINS = (Flip, Rotate90, AffineWarp)
 
 
-def finetune_augment(config: AugmentConfig, crop_size: tuple[int, ...], task: str) -> BatchAugment:
+def finetune_augment(config: AugmentConfig, crop_size: tuple[int, ...], task: TaskKind) -> BatchAugment:
     """The pipeline for ``task``'s crops: detection drops the affine warp (boxes would stop being exact)."""
-    if task == "detection":
+    if task == TaskKind.DETECTION:
         config = replace(config, affine_prob=0.0)
     return BatchAugment.from_config(config, crop_size)
 

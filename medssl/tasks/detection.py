@@ -18,7 +18,7 @@ from torch import Tensor
 from medssl.heads.detector import build_retinanet, detector_spec
 from medssl.metrics.detection import Detections, froc, mean_average_precision
 from medssl.tasks.base import FinetuneTask
-from medssl.types import BatchKey
+from medssl.types import BatchKey, HeadSpec, TaskKind
 
 
 class Detection(FinetuneTask):
@@ -35,7 +35,7 @@ class Detection(FinetuneTask):
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments.
     """
 
-    task = "detection"
+    task = TaskKind.DETECTION
 
     def __init__(
         self,
@@ -71,8 +71,8 @@ class Detection(FinetuneTask):
         self._truths: list[Detections] = []
         self.val_summary: dict[str, float] = {}
 
-    def head_specs(self) -> dict[str, dict]:
-        return {"det": {"kind": "detection", "spec": detector_spec(self.heads["det"])}}
+    def head_specs(self) -> dict[str, HeadSpec]:
+        return {"det": HeadSpec(TaskKind.DETECTION, detector_spec(self.heads["det"]))}
 
     def label_names(self) -> list[str]:
         return list(self.hparams.class_names or [f"class_{i}" for i in range(self.hparams.num_classes)])

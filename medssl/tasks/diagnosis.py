@@ -29,7 +29,7 @@ from medssl.metrics.classification import classification_metrics
 from medssl.tasks.base import FinetuneTask
 from medssl.text.encoder import TextEncoder, embed_guidelines
 from medssl.text.knowledge_base import load_guidelines
-from medssl.types import BatchKey
+from medssl.types import BatchKey, HeadSpec, TaskKind
 
 
 def name_key(name: str) -> str:
@@ -54,7 +54,7 @@ class Diagnosis(FinetuneTask):
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments.
     """
 
-    task = "classification"
+    task = TaskKind.CLASSIFICATION
 
     def __init__(
         self,
@@ -108,8 +108,8 @@ class Diagnosis(FinetuneTask):
     def multi_label(self) -> bool:
         return self.heads["dx"].multi_label
 
-    def head_specs(self) -> dict[str, dict]:
-        return {"dx": {"kind": "classification", "spec": self.heads["dx"].spec()}}
+    def head_specs(self) -> dict[str, HeadSpec]:
+        return {"dx": HeadSpec(TaskKind.CLASSIFICATION, self.heads["dx"].spec())}
 
     def label_names(self) -> list[str]:
         return list(self.hparams.class_names)

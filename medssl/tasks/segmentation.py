@@ -21,7 +21,7 @@ from medssl.inference.sliding_window import sliding_window, sliding_window_by_sl
 from medssl.losses.segmentation import deep_supervision_loss
 from medssl.metrics.segmentation import segmentation_metrics, summarise
 from medssl.tasks.base import FinetuneTask
-from medssl.types import BatchKey
+from medssl.types import BatchKey, HeadSpec, TaskKind
 
 
 class Segmentation(FinetuneTask):
@@ -39,7 +39,7 @@ class Segmentation(FinetuneTask):
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments (encoder, freeze, lr, ...).
     """
 
-    task = "segmentation"
+    task = TaskKind.SEGMENTATION
 
     def __init__(
         self,
@@ -72,8 +72,8 @@ class Segmentation(FinetuneTask):
         self._val: list[dict] = []
         self.val_summary: dict[str, float] = {}
 
-    def head_specs(self) -> dict[str, dict]:
-        return {"seg": {"kind": "segmentation", "spec": dict(self.decoder_spec)}}
+    def head_specs(self) -> dict[str, HeadSpec]:
+        return {"seg": HeadSpec(TaskKind.SEGMENTATION, dict(self.decoder_spec))}
 
     def label_names(self) -> list[str]:
         return list(self.hparams.class_names or ["background", *(f"class_{i}" for i in range(1, self.hparams.num_classes))])
