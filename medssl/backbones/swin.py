@@ -44,6 +44,7 @@ from medssl.backbones.windows import (
 )
 
 SWIN_FEATURE_SIZES = {"b": 48, "l": 96, "h": 192}
+SwinSize = Literal["b", "l", "h"]  # the keys of SWIN_FEATURE_SIZES
 # Order in which PatchMerging concatenates the 2x2(x2) neighbours (offsets along D, H, W /
 # H, W); fixed by the published weights' reduction matrices.
 _MERGE_OFFSETS = {
@@ -347,7 +348,7 @@ def _swin(spatial_dims: int, size: str, **options) -> SwinEncoder:  # options: a
 
 @register_backbone("swin3d")
 def swin3d(
-    size: Literal["b", "l", "h"] = "b",
+    size: SwinSize = "b",
     in_channels: int = 1,
     depths: Sequence[int] = (2, 2, 2, 2),
     num_heads: Sequence[int] = (3, 6, 12, 24),
@@ -373,7 +374,7 @@ def swin3d(
 
 @register_backbone("swin2d")
 def swin2d(
-    size: Literal["b", "l", "h"] = "b",
+    size: SwinSize = "b",
     in_channels: int = 1,
     depths: Sequence[int] = (2, 2, 2, 2),
     num_heads: Sequence[int] = (3, 6, 12, 24),

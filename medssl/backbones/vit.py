@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ from medssl.backbones.registry import register_backbone
 
 # size -> (embed_dim, depth, num_heads), as ViT-S/B/L
 VIT_PRESETS = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16)}
+ViTSize = Literal["s", "b", "l"]  # the keys of VIT_PRESETS
+PosEmbed = Literal["learnable", "sincos"]  # learnt on the img_size grid, or fixed sin-cos
 
 
 def sincos_position_embedding(grid: Sequence[int], dim: int) -> Tensor:
@@ -120,7 +122,7 @@ class ViTEncoder(Backbone):
         num_heads: int,
         mlp_ratio: float,
         qkv_bias: bool,
-        pos_embed: Literal["learnable", "sincos"],
+        pos_embed: PosEmbed,
         drop_rate: float,
         attn_drop_rate: float,
         drop_path_rate: float,
@@ -130,7 +132,7 @@ class ViTEncoder(Backbone):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if pos_embed not in ("learnable", "sincos"):
+        if pos_embed not in get_args(PosEmbed):
             raise ValueError(f"pos_embed must be 'learnable' or 'sincos', got {pos_embed!r}")
         size = (img_size,) * spatial_dims if isinstance(img_size, int) else tuple(img_size)
         if len(size) != spatial_dims or any(s % patch_size for s in size):
@@ -230,14 +232,14 @@ def _vit(
 
 @register_backbone("vit3d")
 def vit3d(
-    size: Literal["s", "b", "l"] = "b",
+    size: ViTSize = "b",
     in_channels: int = 1,
     img_size: int | Sequence[int] = 96,
     patch_size: int = 16,
     depth: int | None = None,
     mlp_ratio: float = 4.0,
     qkv_bias: bool = True,
-    pos_embed: Literal["learnable", "sincos"] = "learnable",
+    pos_embed: PosEmbed = "learnable",
     drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
@@ -255,14 +257,14 @@ def vit3d(
 
 @register_backbone("vit2d")
 def vit2d(
-    size: Literal["s", "b", "l"] = "b",
+    size: ViTSize = "b",
     in_channels: int = 1,
     img_size: int | Sequence[int] = 224,
     patch_size: int = 16,
     depth: int | None = None,
     mlp_ratio: float = 4.0,
     qkv_bias: bool = True,
-    pos_embed: Literal["learnable", "sincos"] = "learnable",
+    pos_embed: PosEmbed = "learnable",
     drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,

@@ -33,7 +33,7 @@ from medssl.data.cache2d import (
 )
 from medssl.data.pretrain import load_or_make_plan
 from medssl.data.sampler import resumable_sampler
-from medssl.data.slices import SliceStackDataset
+from medssl.data.slices import SliceSampling, SliceStackDataset
 from medssl.data.split import split_by_patient
 from medssl.store.manifest import Manifest
 from medssl.store.plan import PLAN_FILE, Plan, is_volume_3d
@@ -149,7 +149,7 @@ class JointDataModule(LightningDataModule):
         crop_size: tuple[int, int] | None = None,
         num_slices: int = 8,
         slice_axis: int = 2,
-        slice_sampling: str = "even",
+        slice_sampling: SliceSampling = "even",
         images_per_item: int = 2,
         batch_size: int = 4,
         num_workers: int = 2,

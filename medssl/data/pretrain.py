@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -28,7 +29,8 @@ from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 from medssl.types import BatchKey
 
 log = logging.getLogger("medssl.data")
-AUGMENT_ON = ("auto", "device", "loader", "none")
+AugmentOn = Literal["auto", "device", "loader", "none"]  # where augmentation runs (module doc)
+AUGMENT_ON = get_args(AugmentOn)
 DEFAULT_AUGMENT = AugmentConfig()
 
 
@@ -145,7 +147,7 @@ class PretrainDataModule(_CropDataModule):
         views: int = 2,
         samples_per_epoch: int | None = None,
         augment: AugmentConfig = DEFAULT_AUGMENT,
-        augment_on: str = "auto",
+        augment_on: AugmentOn = "auto",
         cache_workers: int = 1,
         pin_memory: bool = True,
         prefetch_factor: int = 4,
@@ -175,7 +177,7 @@ class PretrainSliceDataModule(_CropDataModule):
         views: int = 2,
         samples_per_epoch: int | None = None,
         augment: AugmentConfig = DEFAULT_AUGMENT,
-        augment_on: str = "auto",
+        augment_on: AugmentOn = "auto",
         cache_workers: int = 1,
         pin_memory: bool = True,
         prefetch_factor: int = 4,

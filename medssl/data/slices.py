@@ -12,6 +12,7 @@ seeds what the method draws per sample. Reads only the chosen slices' boxes from
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,11 +23,12 @@ from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey
 
-SAMPLING = ("even", "consecutive")
+SliceSampling = Literal["even", "consecutive"]  # spread over the depth, or a run from a random start
+SAMPLING = get_args(SliceSampling)
 
 
 def slice_indices(
-    depth: int, count: int, sampling: str, generator: torch.Generator
+    depth: int, count: int, sampling: SliceSampling, generator: torch.Generator
 ) -> torch.Tensor:
     """``[count]`` slice indices in ``0..depth-1`` (repeats when the volume is thinner than ``count``)."""
     if depth < 1 or count < 1:
@@ -58,7 +60,7 @@ class SliceStackDataset(Dataset):
         crop_size: Sequence[int],
         num_slices: int = 8,
         slice_axis: int = 2,
-        sampling: str = "even",
+        sampling: SliceSampling = "even",
         length: int | None = None,
         fixed: bool = False,
         seed: int = 0,

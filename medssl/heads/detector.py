@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -34,7 +35,8 @@ from torch import Tensor, nn
 
 from medssl.heads.pyramid import ScalePyramid, log2_exact, shares_one_stride, unetr_strides
 
-MATCHERS = ("atss", "iou")
+Matcher = Literal["atss", "iou"]  # build_retinanet doc
+MATCHERS = get_args(Matcher)
 
 
 class BackboneFPN(nn.Module):
@@ -144,7 +146,7 @@ def build_retinanet(
     anchor_shapes: Sequence[Sequence[float]],
     out_channels: int = 64,
     extra_level: bool = True,
-    matcher: str = "atss",
+    matcher: Matcher = "atss",
     atss_candidates: int = 4,
     center_in_gt: bool = False,
     fg_iou_threshold: float = 0.5,

@@ -17,6 +17,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ from torch import Tensor
 from medssl.progress import Progress
 
 Predictor = Callable[[Tensor], "Tensor | Sequence[Tensor]"]
-BLENDS = ("gaussian", "constant")
+Blend = Literal["gaussian", "constant"]  # how overlapping windows are weighted
+BLENDS = get_args(Blend)
 # Floor of the weights relative to 1: corners of a gaussian window are ~1e-21, and a voxel
 # seen only by window corners would otherwise be a 0/0 (MONAI clamps at the same value).
 MIN_WEIGHT = 1e-3
@@ -42,7 +44,7 @@ def _per_axis(value: float | Sequence, ndim: int, name: str) -> tuple:
 
 @functools.lru_cache(maxsize=16)
 def _importance_map(
-    roi_size: tuple[int, ...], blend: str, sigma_scale: tuple[float, ...], device: str,
+    roi_size: tuple[int, ...], blend: Blend, sigma_scale: tuple[float, ...], device: str,
     dtype: torch.dtype,
 ) -> Tensor:
     with torch.inference_mode(False):  # a normal tensor, usable inside or outside inference
@@ -59,7 +61,7 @@ def _importance_map(
 
 def importance_map(
     roi_size: Sequence[int],
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     sigma_scale: float | Sequence[float] = 0.125,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -90,7 +92,7 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
 
 def _check_arguments(
     image: Tensor, roi_size: int | Sequence[int], overlap: float | Sequence[float],
-    batch_size: int, blend: str, out_dtype: torch.dtype,
+    batch_size: int, blend: Blend, out_dtype: torch.dtype,
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     if not isinstance(image, Tensor) or image.ndim not in (4, 5):
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -138,7 +140,7 @@ def sliding_window(
     roi_size: int | Sequence[int],
     overlap: float | Sequence[float] = 0.5,
     batch_size: int = 4,
-    blend: str = "gaussian",
+    blend: Blend = "gaussian",
     sigma_scale: float | Sequence[float] = 0.125,
     out_dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,

@@ -31,7 +31,7 @@ the single-process parameter gradient (see :mod:`medssl.losses.distributed`).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +145,7 @@ def info_nce_loss(
     """
     z = stack_views(z, z2)
     check_temperature(temperature)
-    if form not in ("pairs", "joint"):
+    if form not in get_args(InfoNCEForm):
         raise ValueError(f"form must be 'pairs' or 'joint', got {form!r}")
     n_local, n_views, _ = z.shape
     z_global = gather_with_grad(z) if gather else z

@@ -13,7 +13,7 @@ ValueError rather than silently returning 0 (it almost always means a broken mas
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -68,7 +68,7 @@ def masked_reconstruction_loss(
         raise ValueError(
             f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape"
         )
-    if kind not in ("l1", "l2"):
+    if kind not in get_args(ReconstructionKind):
         raise ValueError(f"kind must be 'l1' or 'l2', got {kind!r}")
     full_mask = broadcast_mask(mask, prediction.shape)
     count = full_mask.sum()

@@ -13,12 +13,12 @@ package's :class:`~medssl.transforms.pipeline.BatchAugment`, on the batch's devi
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from medssl.losses import info_nce_loss
+from medssl.losses.infonce import InfoNCEForm
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
@@ -42,7 +42,7 @@ class SimCLR(SSLMethod):
         self,
         num_views: int = 2,
         temperature: float = 0.1,
-        form: Literal["pairs", "joint"] = "pairs",
+        form: InfoNCEForm = "pairs",
         projection_dim: int = 128,
         hidden_dim: int = 2048,
         projector_layers: int = 2,

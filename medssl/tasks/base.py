@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 from torch import nn
 
@@ -29,7 +29,8 @@ from medssl.types import HeadSpec, TaskKind
 
 log = logging.getLogger("medssl.finetune")
 CHECKPOINT_KEY = "medssl"  # the record `medssl export` reads (the same key pretraining writes)
-FREEZE_MODES = ("none", "all", "partial")
+FreezeMode = Literal["none", "all", "partial"]  # which encoder layers stay frozen (class doc)
+FREEZE_MODES = get_args(FreezeMode)
 
 
 class FinetuneTask(GuardedModule, ABC):
@@ -57,7 +58,7 @@ class FinetuneTask(GuardedModule, ABC):
         encoder: str | None = None,
         backbone: str = "resenc3d",
         backbone_kwargs: dict | None = None,
-        freeze: str = "none",
+        freeze: FreezeMode = "none",
         trainable_layers: int = 1,
         layer_decay: float = 1.0,
         encoder_lr_scale: float = 1.0,
