@@ -222,11 +222,11 @@ def stored_frames(store: Path) -> tuple[list[Frame], int, list[tuple[str, str]],
     """Frames of every DICOM-derived volume in ``store``, the volume count, refusals, slices."""
     frames, slices = [], 0
     with Manifest(store / "manifest.sqlite") as manifest:
-        rows = [r for r in manifest.volumes() if r["source_kind"] in DICOM_KINDS]
+        rows = [r for r in manifest.volumes() if r.source_kind in DICOM_KINDS]
         rejected = [(r["code"], r["message"]) for r in manifest.rejected()]
     for row in rows:
-        img = nib.load(store / row["path"])
-        frames += frames_of(img, row["volume_id"][:8])
+        img = nib.load(store / row.path)
+        frames += frames_of(img, row.volume_id[:8])
         slices += int(np.prod(img.shape[2:])) if img.ndim >= 3 else 1
     return frames, len(rows), rejected, slices
 

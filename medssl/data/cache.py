@@ -30,6 +30,7 @@ from medssl.atomic import atomic_write_bytes, atomic_writer, remove_stale_tempor
 from medssl.progress import Progress
 from medssl.store.manifest import Manifest
 from medssl.store.plan import Plan, frame_rows, modality_key
+from medssl.store.volume_row import VolumeRow
 from medssl.store.workers import WorkerPool
 
 log = logging.getLogger("medssl.cache")
@@ -114,7 +115,7 @@ def cache_dir(store: str | Path, plan: Plan) -> Path:
     return Path(store) / "cache" / plan.hash
 
 
-def planned_volumes(store: str | Path, plan: Plan) -> list[dict]:
+def planned_volumes(store: str | Path, plan: Plan) -> list[VolumeRow]:
     """The 3D units the plan selects (volumes thick enough to crop; each frame of a 4D series
     on its own, see :func:`~medssl.store.plan.frame_rows`), in volume_id order."""
     with Manifest(Path(store) / "manifest.sqlite") as manifest:
@@ -131,7 +132,7 @@ def build_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool 
     store = Path(store)
     root = cache_dir(store, plan)
     rows = planned_volumes(store, plan)
-    wanted = {r["volume_id"]: r["sha256"] for r in rows}
+    wanted = {r.volume_id: r.sha256 for r in rows}
     existing = CacheIndex.read(root)
     if existing is not None and not existing.failed and existing.covers(wanted):
         return existing
@@ -154,7 +155,7 @@ def build_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool 
 def ensure_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool = True, timeout_s: float = 24 * 3600.0, poll_s: float = 2.0) -> CacheIndex:
     """The cache index, from any rank: rank 0 builds (if needed); others wait until an index covers the store."""
     root = cache_dir(store, plan)
-    expected = {r["volume_id"]: r["sha256"] for r in planned_volumes(store, plan)}
+    expected = {r.volume_id: r.sha256 for r in planned_volumes(store, plan)}
     index = CacheIndex.read(root)
     if index is not None and index.covers(expected):
         return index
@@ -197,30 +198,31 @@ class exclusive_lock:
         os.close(self.fd)
 
 
-def _done(root: Path, row: dict) -> bool:
+def _done(root: Path, row: VolumeRow) -> bool:
     """Cached, and from the store file the manifest names now (the .json is written last)."""
-    meta = root / f"{row['volume_id']}.json"
-    if not (meta.is_file() and (root / f"{row['volume_id']}.npy").is_file()):
+    meta = root / f"{row.volume_id}.json"
+    if not (meta.is_file() and (root / f"{row.volume_id}.npy").is_file()):
         return False
-    return json.loads(meta.read_text()).get("sha256") == row["sha256"]
+    return json.loads(meta.read_text()).get("sha256") == row.sha256
 
 
-def _run(store: Path, root: Path, plan: Plan, todo: list[dict], workers: int, progress: bool) -> list[str]:
+def _run(store: Path, root: Path, plan: Plan, todo: list[VolumeRow], workers: int, progress: bool) -> list[str]:
     from medssl.data import cache_work
 
     context = (str(store), str(root), plan.to_json())
     return run_volume_jobs("caching", cache_work.cache_volume, todo, cache_work.init_worker, context, workers, progress)
 
 
-def run_volume_jobs(description: str, fn, rows: list[dict], initializer, context: tuple, workers: int, progress: bool) -> list[str]:
-    """``fn(row)`` for each row in a :class:`WorkerPool` (``initializer(*context)`` per worker)
-    with a progress bar; ``fn`` returns a dict with ``"error"`` on failure. Returns the sorted
-    volume_ids that failed or crashed their worker twice (logged)."""
+def run_volume_jobs(description: str, fn, rows: list, initializer, context: tuple, workers: int, progress: bool) -> list[str]:
+    """``fn(row)`` for each row (anything with a ``volume_id``: a :class:`VolumeRow`, a label
+    job) in a :class:`WorkerPool` (``initializer(*context)`` per worker) with a progress bar;
+    ``fn`` returns a dict with ``"error"`` on failure. Returns the sorted volume_ids that failed
+    or crashed their worker twice (logged)."""
     failed: list[str] = []
     jobs = [(fn, (row,)) for row in rows]
 
     def crashed(job) -> dict:
-        return {"volume_id": job[1][0]["volume_id"], "error": "worker crashed twice"}
+        return {"volume_id": job[1][0].volume_id, "error": "worker crashed twice"}
 
     if workers <= 1:
         initializer(*context)  # the inline pool runs jobs here, without an initializer
@@ -234,12 +236,12 @@ def run_volume_jobs(description: str, fn, rows: list[dict], initializer, context
     return sorted(failed)
 
 
-def _write_index(root: Path, plan: Plan, rows: list[dict], failed: list[str]) -> CacheIndex:
+def _write_index(root: Path, plan: Plan, rows: list[VolumeRow], failed: list[str]) -> CacheIndex:
     volumes = []
     for row in rows:
-        if row["volume_id"] in failed or not _done(root, row):
+        if row.volume_id in failed or not _done(root, row):
             continue
-        meta = json.loads((root / f"{row['volume_id']}.json").read_text())
+        meta = json.loads((root / f"{row.volume_id}.json").read_text())
         volumes.append(CachedVolume.from_dict(meta))
     index = CacheIndex(root, plan.hash, plan.cache_dtype, tuple(volumes), tuple(failed))
     payload = {
@@ -280,18 +282,18 @@ def body_box(foreground: np.ndarray, quantile: float = 0.005) -> tuple[float, ..
     return (*lo, *hi)
 
 
-def cached_volume_meta(row: dict, shape: tuple[int, ...], spacing: tuple[float, ...], pad_value: float, body: tuple[float, ...] | None = None) -> dict:
+def cached_volume_meta(row: VolumeRow, shape: tuple[int, ...], spacing: tuple[float, ...], pad_value: float, body: tuple[float, ...] | None = None) -> dict:
     """The ``.json`` sidecar; ``body`` is the body box in cached voxels (default: the whole volume)."""
     body = (0.0, 0.0, 0.0, *(float(s) for s in shape)) if body is None else body
     return {
-        "volume_id": row["volume_id"],
-        "file": f"{row['volume_id']}.npy",
+        "volume_id": row.volume_id,
+        "file": f"{row.volume_id}.npy",
         "shape": [int(s) for s in shape],
         "spacing": [round(float(s), 6) for s in spacing],
-        "modality": modality_key(row.get("modality")),
-        "patient": row.get("patient"),
-        "study": row.get("study"),
+        "modality": modality_key(row.modality),
+        "patient": row.patient,
+        "study": row.study,
         "pad_value": float(pad_value),
-        "sha256": row["sha256"],
+        "sha256": row.sha256,
         "body_box": [round(float(b), 4) for b in body],
     }

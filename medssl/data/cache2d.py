@@ -40,6 +40,7 @@ from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
 from medssl.store.manifest import Manifest
 from medssl.store.plan import VOXEL_BUDGET_2D, Plan, fit_crop_size, modality_key
+from medssl.store.volume_row import VolumeRow
 from medssl.transforms.intensity import NormaliseIntensity
 from medssl.transforms.spatial import resample_to_spacing
 
@@ -102,15 +103,10 @@ def image_cache_dir(store: str | Path, plan: Plan) -> Path:
     return Path(store) / "cache2d" / plan.hash
 
 
-def planned_images(store: str | Path) -> list[dict]:
+def planned_images(store: str | Path) -> list[VolumeRow]:
     """Manifest rows of 2D images, in volume_id order."""
     with Manifest(Path(store) / "manifest.sqlite") as manifest:
-        return [row for row in manifest.volumes() if row.get("ndim") == 2]
-
-
-def _shape(row: dict) -> list[int]:
-    value = row["shape"]
-    return [int(v) for v in (json.loads(value) if isinstance(value, str) else value)]
+        return [row for row in manifest.volumes() if row.ndim == 2]
 
 
 def plan_for_images(store: str | Path, crop_size_2d: tuple[int, int] | None = None) -> Plan:
@@ -118,19 +114,8 @@ def plan_for_images(store: str | Path, crop_size_2d: tuple[int, int] | None = No
     rows = planned_images(store)
     if not rows:
         raise ValueError(f"store {store}: no 2D image to plan from")
-    spacing = np.median(
-        [
-            [
-                float(v)
-                for v in (
-                    json.loads(r["spacing"]) if isinstance(r["spacing"], str) else r["spacing"]
-                )
-            ][:2]
-            for r in rows
-        ],
-        axis=0,
-    )
-    shape = np.median([_shape(r)[:2] for r in rows], axis=0) * 1.0
+    spacing = np.median([r.spacing[:2] for r in rows], axis=0)
+    shape = np.median([r.shape[:2] for r in rows], axis=0) * 1.0
     crop = tuple(crop_size_2d) if crop_size_2d else fit_crop_size(list(shape), VOXEL_BUDGET_2D)
     return Plan(
         target_spacing=(round(float(spacing[0]), 6), round(float(spacing[1]), 6), 1.0),
@@ -163,35 +148,35 @@ def init_image_worker(store: str, root: str, plan_json: str, max_pixels: int) ->
     )
 
 
-def cache_image(row: dict) -> dict:
+def cache_image(row: VolumeRow) -> dict:
     """Cache one 2D manifest row; returns its :class:`CachedImage` fields or ``{"volume_id", "error"}``."""
     store, root, plan, max_pixels = _CTX["store"], _CTX["root"], _CTX["plan"], _CTX["max_pixels"]
-    volume_id = row["volume_id"]
+    volume_id = row.volume_id
     try:
-        shape = _shape(row)
+        shape = list(row.shape)
         pixels = math.prod(shape)
         if len(shape) != 2 or pixels > max_pixels:
             raise ValueError(
                 f"image shape {shape} ({pixels} pixels): expected 2 axes and at most {max_pixels} pixels"
             )
-        image = read_nifti((store / row["path"]).read_bytes(), max_bytes=max_pixels * 8)
+        image = read_nifti((store / row.path).read_bytes(), max_bytes=max_pixels * 8)
         array = image.array
         if array.ndim == 3 and array.shape[2] == 1:  # NIfTI keeps a 2D image as [X, Y, 1]
             array = array[..., 0]
         if array.ndim != 2:
             raise ValueError(f"manifest says 2D, file holds shape {image.array.shape}")
-        array, reached = preprocess_image(array, image.spacing[:2], row.get("modality"), plan)
+        array, reached = preprocess_image(array, image.spacing[:2], row.modality, plan)
         write_array(root / f"{volume_id}.npy", array)
         meta = {
             "volume_id": volume_id,
             "file": f"{volume_id}.npy",
             "shape": [int(s) for s in array.shape],
             "spacing": [round(float(s), 6) for s in reached],
-            "modality": modality_key(row.get("modality")),
-            "patient": row.get("patient"),
-            "study": row.get("study"),
+            "modality": modality_key(row.modality),
+            "patient": row.patient,
+            "study": row.study,
             "pad_value": float(array.min()),
-            "sha256": row["sha256"],
+            "sha256": row.sha256,
         }
         atomic_write_bytes(
             root / f"{volume_id}.json", json.dumps(meta).encode()
@@ -202,11 +187,11 @@ def cache_image(row: dict) -> dict:
 
 
 # building ---------------------------------------------------------------------------------
-def _done(root: Path, row: dict) -> bool:
-    meta = root / f"{row['volume_id']}.json"
-    if not (meta.is_file() and (root / f"{row['volume_id']}.npy").is_file()):
+def _done(root: Path, row: VolumeRow) -> bool:
+    meta = root / f"{row.volume_id}.json"
+    if not (meta.is_file() and (root / f"{row.volume_id}.npy").is_file()):
         return False
-    return json.loads(meta.read_text()).get("sha256") == row["sha256"]
+    return json.loads(meta.read_text()).get("sha256") == row.sha256
 
 
 def build_image_cache(
@@ -220,7 +205,7 @@ def build_image_cache(
     store = Path(store)
     root = image_cache_dir(store, plan)
     rows = planned_images(store)
-    wanted = {r["volume_id"]: r["sha256"] for r in rows}
+    wanted = {r.volume_id: r.sha256 for r in rows}
     existing = ImageIndex.read(root)
     if existing is not None and not existing.failed and existing.covers(wanted):
         return existing
@@ -246,9 +231,9 @@ def build_image_cache(
             else []
         )
         images = [
-            CachedImage.from_dict(json.loads((root / f"{r['volume_id']}.json").read_text()))
+            CachedImage.from_dict(json.loads((root / f"{r.volume_id}.json").read_text()))
             for r in rows
-            if r["volume_id"] not in failed and _done(root, r)
+            if r.volume_id not in failed and _done(root, r)
         ]
         payload = {
             "version": INDEX_VERSION,
@@ -270,7 +255,7 @@ def ensure_image_cache(
 ) -> ImageIndex:
     """The image index from any rank: rank 0 builds if needed, others wait for a covering index."""
     root = image_cache_dir(store, plan)
-    expected = {r["volume_id"]: r["sha256"] for r in planned_images(store)}
+    expected = {r.volume_id: r.sha256 for r in planned_images(store)}
     index = ImageIndex.read(root)
     if index is not None and index.covers(expected):
         return index

@@ -17,6 +17,7 @@ from medssl.errors import MedsslError
 from medssl.inference.preprocess import preprocess
 from medssl.io.nifti import read_nifti
 from medssl.store.plan import Plan, foreground_mask
+from medssl.store.volume_row import VolumeRow
 
 _CTX: dict = {}
 
@@ -27,18 +28,18 @@ def init_worker(store: str, root: str, plan_json: str) -> None:
     _CTX.update(store=Path(store), root=Path(root), plan=Plan.from_json(plan_json))
 
 
-def cache_volume(row: dict) -> dict:
+def cache_volume(row: VolumeRow) -> dict:
     """Cache one manifest row; returns its :class:`CachedVolume` fields, or ``{"volume_id", "error"}``."""
     from medssl.data.cache import body_box, cached_volume_meta, write_array
 
     store, root, plan = _CTX["store"], _CTX["root"], _CTX["plan"]
-    volume_id = row["volume_id"]
+    volume_id = row.volume_id
     try:
-        volume = read_nifti((store / row["path"]).read_bytes())
-        if row.get("frame") is not None:  # one frame of a 4D series
-            volume.array = np.ascontiguousarray(volume.array[..., int(row["frame"])])
-        box = body_box(foreground_mask(np.asarray(volume.array), row.get("modality")))  # before normalising
-        array, reached = preprocess(volume.array, volume.spacing, row.get("modality"), plan)
+        volume = read_nifti((store / row.path).read_bytes())
+        if row.frame is not None:  # one frame of a 4D series
+            volume.array = np.ascontiguousarray(volume.array[..., row.frame])
+        box = body_box(foreground_mask(np.asarray(volume.array), row.modality))  # before normalising
+        array, reached = preprocess(volume.array, volume.spacing, row.modality, plan)
         scale = [s / r for s, r in zip(volume.spacing, reached)] * 2  # store voxels -> cached voxels
         del volume
         write_array(root / f"{volume_id}.npy", array)

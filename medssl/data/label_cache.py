@@ -42,6 +42,7 @@ from medssl.errors import MedsslError
 from medssl.inference.preprocess import preprocess_labels
 from medssl.store.labels import LabelRecord, read_label_map, read_labels
 from medssl.store.plan import Plan
+from medssl.store.volume_row import VolumeRow
 
 log = logging.getLogger("medssl.cache")
 LABEL_INDEX_FILE = "labels.index.json"
@@ -126,23 +127,29 @@ def record_digest(record: LabelRecord, image_sha256: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def label_jobs(store: str | Path, plan: Plan, index: CacheIndex) -> list[dict]:
-    """One job per labelled volume the image cache holds: the record, its manifest row, the cached shape."""
+@dataclass(frozen=True)
+class LabelJob:
+    """One labelled volume to cache: its label record, its manifest row, the cached image's
+    shape ``(X, Y, Z)`` and the digest that makes its entry current (:func:`record_digest`)."""
+
+    volume_id: str
+    record: LabelRecord
+    row: VolumeRow
+    cached_shape: tuple[int, int, int]
+    digest: str
+
+
+def label_jobs(store: str | Path, plan: Plan, index: CacheIndex) -> list[LabelJob]:
+    """One job per labelled volume the image cache holds."""
     records = read_labels(store)
     cached = {v.volume_id: v for v in index.volumes}
-    rows = {r["volume_id"]: r for r in planned_volumes(store, plan)}
+    rows = {r.volume_id: r for r in planned_volumes(store, plan)}
     jobs = []
     for volume_id, record in sorted(records.items()):
         if volume_id not in cached or volume_id not in rows:
             continue  # not planned (2D, thin) or failed to cache: nothing to label
         row = rows[volume_id]
-        jobs.append({
-            "volume_id": volume_id,
-            "record": record,
-            "row": row,
-            "cached_shape": list(cached[volume_id].shape),
-            "digest": record_digest(record, row["sha256"]),
-        })
+        jobs.append(LabelJob(volume_id, record, row, cached[volume_id].shape, record_digest(record, row.sha256)))
     return jobs
 
 
@@ -150,7 +157,7 @@ def build_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers:
     """Cache every labelled volume of ``index`` not cached (or changed) yet; returns the label index."""
     store, root = Path(store), index.root
     jobs = label_jobs(store, plan, index)
-    wanted = {j["volume_id"]: j["digest"] for j in jobs}
+    wanted = {j.volume_id: j.digest for j in jobs}
     existing = LabelCache.read(root)
     if existing is not None and not existing.failed and existing.covers(wanted):
         return existing
@@ -159,7 +166,7 @@ def build_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers:
         if existing is not None and not existing.failed and existing.covers(wanted):
             return existing
         remove_stale_temporaries(root)
-        todo = [j for j in jobs if _entry_digest(root, j["volume_id"]) != j["digest"]]
+        todo = [j for j in jobs if _entry_digest(root, j.volume_id) != j.digest]
         failed: list[str] = []
         if todo:
             context = (str(store), str(root), plan.to_json())
@@ -169,7 +176,7 @@ def build_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers:
 
 def ensure_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers: int = 1, progress: bool = True, timeout_s: float = 24 * 3600.0, poll_s: float = 2.0) -> LabelCache:
     """The label cache from any rank: rank 0 builds (if needed), others wait for an index that covers the store."""
-    wanted = {j["volume_id"]: j["digest"] for j in label_jobs(store, plan, index)}
+    wanted = {j.volume_id: j.digest for j in label_jobs(store, plan, index)}
     cache = LabelCache.read(index.root)
     if cache is not None and cache.covers(wanted):
         return cache
@@ -193,11 +200,11 @@ def _entry_digest(root: Path, volume_id: str) -> str | None:
     return json.loads(meta.read_text()).get("digest") if meta.is_file() else None
 
 
-def _write_label_index(root: Path, jobs: list[dict], failed: list[str]) -> LabelCache:
+def _write_label_index(root: Path, jobs: list[LabelJob], failed: list[str]) -> LabelCache:
     entries = {}
     for job in jobs:
-        vid = job["volume_id"]
-        if vid not in failed and _entry_digest(root, vid) == job["digest"]:
+        vid = job.volume_id
+        if vid not in failed and _entry_digest(root, vid) == job.digest:
             entries[vid] = CachedLabels.from_dict(json.loads(_meta_path(root, vid).read_text()))
     payload = {"version": LABEL_CACHE_VERSION, "entries": [e.to_dict() for e in entries.values()], "failed": list(failed)}
     atomic_write_bytes(root / LABEL_INDEX_FILE, json.dumps(payload, indent=1).encode())
@@ -214,14 +221,14 @@ def init_label_worker(store: str, root: str, plan_json: str) -> None:
     _CTX.update(store=Path(store), root=Path(root), plan=Plan.from_json(plan_json))
 
 
-def cache_labels(job: dict) -> dict:
+def cache_labels(job: LabelJob) -> dict:
     """Cache one volume's labels; returns its :class:`CachedLabels` fields, or ``{"volume_id", "error"}``."""
     store, root, plan = _CTX["store"], _CTX["root"], _CTX["plan"]
-    record, row, volume_id = job["record"], job["row"], job["volume_id"]
+    record, row, volume_id = job.record, job.row, job.volume_id
     try:
-        cached_shape = tuple(int(s) for s in job["cached_shape"])
-        store_affine = np.asarray(_json(row["affine"]), dtype=np.float64)
-        store_shape = tuple(int(s) for s in _json(row["shape"]))
+        cached_shape = job.cached_shape
+        store_affine = np.asarray(row.affine, dtype=np.float64)
+        store_shape = row.shape
         file, components = None, []
         if record.mask_path is not None:
             file = f"{volume_id}.labels.npy"
@@ -253,7 +260,7 @@ def cache_labels(job: dict) -> dict:
             "boxes": boxes,
             "components": components,
             "mask_sha256": record.mask_sha256,
-            "digest": job["digest"],
+            "digest": job.digest,
         })
         atomic_write_bytes(_meta_path(root, volume_id), json.dumps(entry.to_dict()).encode())  # last: marks it done
         return entry.to_dict()
@@ -271,7 +278,3 @@ def preprocessed_label_map(store: Path, record: LabelRecord, store_affine: np.nd
     if tuple(out.shape) != tuple(cached_shape):
         raise ValueError(f"label map of volume {record.volume_id}: preprocessed shape {tuple(out.shape)} differs from the cached image's {tuple(cached_shape)}")
     return out
-
-
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value

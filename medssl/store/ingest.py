@@ -227,7 +227,7 @@ def _crashed(job: Job):
 def _done(manifest: Manifest, volume_id: str, digest: str, summary: IngestSummary) -> bool:
     """Already converted from the same instances, and its file is there."""
     row = manifest.volume(volume_id)
-    if row is not None and row["source_digest"] == digest and (Path(manifest.path).parent / row["path"]).is_file():
+    if row is not None and row.source_digest == digest and (Path(manifest.path).parent / row.path).is_file():
         summary.skipped += 1
         return True
     return False

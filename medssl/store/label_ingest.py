@@ -137,18 +137,18 @@ def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest
     agree (else LABEL_INVALID) and join it."""
     store = Path(manifest.path).parent
     volume = manifest.volume(vid)
-    if volume is None or not (store / volume["path"]).is_file():
+    if volume is None or not (store / volume.path).is_file():
         raise IngestError(RejectReason.LABEL_NO_IMAGE, "its image was refused or is not in the store (see rejected)")
     mask_bytes = None if case.mask is None else SourceItem(str(case.mask)).read_bytes(max_bytes)
     mask_sha = None if mask_bytes is None else hashlib.sha256(mask_bytes).hexdigest()
     boxes = [{"label": b.label, "min": list(b.min), "max": list(b.max)} for b in case.boxes]
-    facts = {"v": DIGEST_VERSION, "mask": mask_sha, "image": volume["sha256"], "structures": table.structures, "classes": case.classes, "boxes": boxes}
+    facts = {"v": DIGEST_VERSION, "mask": mask_sha, "image": volume.sha256, "structures": table.structures, "classes": case.classes, "boxes": boxes}
     digest = pseudo.token(json.dumps(facts, sort_keys=True, default=str), "label")
     old = manifest.label(vid)
     if old is not None and old["label_digest"] == digest and _file_intact(store, old):
         vocabulary.add({int(k): v for k, v in json.loads(old["structures"] or "{}").items()}, f"case {case.row}")
         return False
-    shape, affine = _image_grid(store / volume["path"])
+    shape, affine = _image_grid(store / volume.path)
     _check_boxes(case.boxes, shape, affine)
     row = {"volume_id": vid, "mask_path": None, "mask_sha256": None, "structures": {}, "classes": list(case.classes), "boxes": boxes, "label_digest": digest, "corrections": []}
     if mask_bytes is not None:

@@ -2,7 +2,9 @@
 
 Only the ingest main process writes; each row is committed right after its file is in
 place, so a killed run leaves a manifest that matches the files, and the next run
-continues from there. Every value is a pseudonym or a non-identifying fact.
+continues from there. Every value is a pseudonym or a non-identifying fact. Volume rows are
+written as dicts of column values and read back as :class:`~medssl.store.volume_row.VolumeRow`
+(JSON columns decoded).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
+
+from medssl.store.volume_row import VolumeRow
 
 SCHEMA_VERSION = 1
 
@@ -120,11 +124,13 @@ class Manifest:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # volumes ------------------------------------------------------------------------------
-    def volume(self, volume_id: str) -> dict | None:
+    def volume(self, volume_id: str) -> VolumeRow | None:
         row = self.db.execute("SELECT * FROM volumes WHERE volume_id = ?", (volume_id,)).fetchone()
-        return None if row is None else dict(row)
+        return None if row is None else VolumeRow.from_row(row)
 
     def add_volume(self, row: dict) -> None:
+        """Insert or replace one volume: ``row`` maps column -> value (lists and dicts as JSON);
+        ``VolumeRow.to_row()`` gives one."""
         values = {k: _sql(row.get(k)) for k in VOLUME_COLUMNS}
         values["created_at"] = values["created_at"] or _now()
         unknown = set(row) - set(VOLUME_COLUMNS)
@@ -136,8 +142,8 @@ class Manifest:
                 tuple(values.values()),
             )
 
-    def volumes(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM volumes ORDER BY volume_id")]
+    def volumes(self) -> list[VolumeRow]:
+        return [VolumeRow.from_row(r) for r in self.db.execute("SELECT * FROM volumes ORDER BY volume_id")]
 
     # labels -------------------------------------------------------------------------------
     def label(self, volume_id: str) -> dict | None:

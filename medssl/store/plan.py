@@ -25,6 +25,7 @@ import numpy as np
 from medssl.io.nifti import read_nifti
 from medssl.atomic import atomic_write_bytes
 from medssl.store.manifest import Manifest
+from medssl.store.volume_row import VolumeRow
 
 PLAN_VERSION = 1
 FINGERPRINT_VERSION = 1
@@ -93,7 +94,7 @@ class Plan:
         """The normalisation of a manifest ``modality`` (None → the default)."""
         return self.normalisation.get(modality_key(modality), self.default_normalisation)
 
-    def selects(self, row: dict) -> bool:
+    def selects(self, row: VolumeRow) -> bool:
         """Whether a manifest row is a 3D volume this plan crops from."""
         return is_volume_3d(row, self.min_slices)
 
@@ -155,24 +156,27 @@ def modality_key(modality: str | None) -> str:
     return (modality or OTHER_MODALITY).upper()
 
 
-def is_volume_3d(row: dict, min_slices: int = MIN_SLICES) -> bool:
+def is_volume_3d(row: VolumeRow, min_slices: int = MIN_SLICES) -> bool:
     """A RAS volume at least ``min_slices`` thick: 3D, or a 4D series whose frames are 3D volumes
     (each frame is then cached as one volume: :func:`frame_rows`); 2D images are left out."""
-    if row.get("ndim") not in (3, 4) or row.get("axcodes") not in (None, "RAS"):
+    if row.ndim not in (3, 4) or row.axcodes not in (None, "RAS"):
         return False
-    return min(_floats(row["shape"])[:3]) >= min_slices
+    return min(row.shape[:3]) >= min_slices
 
 
-def frame_rows(row: dict) -> list[dict]:
+def frame_rows(row: VolumeRow) -> list[VolumeRow]:
     """A manifest row as the 3D units training sees: itself, or one per frame of a 4D series.
 
-    A frame's ``volume_id`` is ``<volume_id>.t<frame>`` (its cache file name) and ``frame``
-    its index; patient and study stay those of the series, so splits keep frames together.
+    A frame's ``volume_id`` is ``<volume_id>.t<frame>`` (its cache file name), ``frame`` its
+    index and ``shape`` its 3D shape; patient and study stay those of the series, so splits
+    keep frames together.
     """
-    if row.get("ndim") != 4:
+    if row.ndim != 4:
         return [row]
-    shape = _floats(row["shape"])
-    return [{**row, "volume_id": f"{row['volume_id']}.t{t:04d}", "frame": t, "shape": shape[:3]} for t in range(int(shape[3]))]
+    return [
+        dataclasses.replace(row, volume_id=f"{row.volume_id}.t{t:04d}", frame=t, shape=row.shape[:3])
+        for t in range(row.shape[3])
+    ]
 
 
 def foreground_mask(array: np.ndarray, modality: str | None) -> np.ndarray:
@@ -203,9 +207,9 @@ def fingerprint(
     with Manifest(store / "manifest.sqlite") as manifest:
         rows = manifest.volumes()
     chosen = [r for r in rows if is_volume_3d(r, min_slices)]
-    by_modality: dict[str, list[dict]] = {}
+    by_modality: dict[str, list[VolumeRow]] = {}
     for row in chosen:
-        by_modality.setdefault(modality_key(row["modality"]), []).append(row)
+        by_modality.setdefault(modality_key(row.modality), []).append(row)
     rng = np.random.default_rng(seed)
     modalities = {}
     for modality, group in sorted(by_modality.items()):
@@ -223,13 +227,9 @@ def fingerprint(
     }
 
 
-def _floats(value) -> list[float]:
-    return [float(v) for v in (json.loads(value) if isinstance(value, str) else value)]
-
-
-def _geometry_stats(rows: list[dict]) -> dict:
-    spacing = np.array([_floats(r["spacing"])[:3] for r in rows])
-    shape = np.array([_floats(r["shape"])[:3] for r in rows])
+def _geometry_stats(rows: list[VolumeRow]) -> dict:
+    spacing = np.array([r.spacing[:3] for r in rows], dtype=np.float64)
+    shape = np.array([r.shape[:3] for r in rows], dtype=np.float64)
     extent = spacing * shape
 
     def r(a) -> list[float]:
@@ -247,10 +247,10 @@ def _geometry_stats(rows: list[dict]) -> dict:
     }
 
 
-def _intensity_stats(store: Path, rows: list[dict], modality: str, per_volume: int, rng: np.random.Generator) -> dict:
+def _intensity_stats(store: Path, rows: list[VolumeRow], modality: str, per_volume: int, rng: np.random.Generator) -> dict:
     samples = []
     for row in rows:
-        array = read_nifti((store / row["path"]).read_bytes()).array
+        array = read_nifti((store / row.path).read_bytes()).array
         if array.ndim == 4:  # a series: its first frame speaks for it
             array = array[..., 0]
         values = array[foreground_mask(array, modality)].astype(np.float64, copy=False)

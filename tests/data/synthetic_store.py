@@ -14,6 +14,7 @@ import numpy as np
 
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.store.manifest import Manifest
+from medssl.store.volume_row import VolumeRow
 from tools.phantom import make_ct_phantom, make_mr_phantom
 
 
@@ -69,6 +70,11 @@ def add_row(root: Path, volume_id: str, **fields) -> None:
     """A manifest row without a file (for volumes a plan must leave out: 2D, 4D, thin)."""
     with Manifest(Path(root) / "manifest.sqlite") as manifest:
         manifest.add_volume({"volume_id": volume_id, "path": f"volumes/{volume_id}.nii.gz", "sha256": "0" * 64, **fields})
+
+
+def volume_row(volume_id: str = "x", **columns) -> VolumeRow:
+    """A manifest row read back, without a store: ``columns`` as SQLite holds them (JSON text)."""
+    return VolumeRow.from_row({"volume_id": volume_id, "path": f"volumes/{volume_id}.nii.gz", "sha256": "0" * 64, **columns})
 
 
 def mixed_specs(n_patients: int = 4, per_patient: int = 2) -> list[Spec]:

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medssl.store.manifest import Manifest
+from tests.store import store_view as sv
 from tools import dicom_conformance as dc
 
 pytestmark = pytest.mark.skipif(not dc.corpus_available(), reason=f"the dcm_qa corpus is not at {dc.CORPUS} (see ../shared/DATA.md)")
@@ -33,8 +33,8 @@ def results(tmp_path_factory) -> dict[str, dc.SeriesResult]:
 
 
 def rows(result: dc.SeriesResult) -> list[dict]:
-    with Manifest(result.store / "manifest.sqlite") as manifest:
-        return manifest.volumes()
+    """The store's volume rows as SQLite holds them (JSON columns as text)."""
+    return sv.volumes(result.store)
 
 
 def only(results: dict[str, dc.SeriesResult], fragment: str) -> dc.SeriesResult:

@@ -112,7 +112,7 @@ def test_the_pretraining_cache_takes_each_frame_as_a_3d_volume(tmp_path):
     row = single_volume(store)
     plan = make_plan(fingerprint(store, min_slices=4), crop_size=(16, 16, 4))
     units = planned_volumes(store, plan)
-    assert [u["volume_id"] for u in units] == [f"{row['volume_id']}.t{t:04d}" for t in range(N_FRAMES)]
+    assert [u.volume_id for u in units] == [f"{row['volume_id']}.t{t:04d}" for t in range(N_FRAMES)]
     index = build_cache(store, plan, progress=False)
     assert len(index.volumes) == N_FRAMES and not index.failed
     assert {v.patient for v in index.volumes} == {row["patient"]}  # splits keep a series' frames together

@@ -19,7 +19,7 @@ from medssl.store.plan import (
     make_plan,
     target_spacing,
 )
-from tests.data.synthetic_store import Spec, add_row, phantom_array, write_store
+from tests.data.synthetic_store import Spec, add_row, phantom_array, volume_row, write_store
 
 
 def test_target_spacing_is_the_median(tmp_path):
@@ -110,12 +110,12 @@ def test_2d_and_thin_volumes_are_left_out_and_4d_series_count_by_frame(tmp_path)
     fp = fingerprint(store)
     assert (fp["volumes"], fp["selected"]) == (4, 2)
     plan = make_plan(fp)
-    assert not plan.selects({"ndim": 3, "shape": "[128,128,1]", "axcodes": "RAS"})
-    assert plan.selects({"ndim": 3, "shape": "[40,36,24]", "axcodes": "RAS"})
+    assert not plan.selects(volume_row(ndim=3, shape="[128,128,1]", axcodes="RAS"))
+    assert plan.selects(volume_row(ndim=3, shape="[40,36,24]", axcodes="RAS"))
     series = {"volume_id": "x4d", "ndim": 4, "shape": "[64,64,24,3]", "axcodes": "RAS", "patient": "p"}
-    assert plan.selects(series) and not plan.selects({**series, "shape": "[64,64,1,3]"})
-    frames = frame_rows(series)  # each frame of a 4D series is one 3D unit for training, same patient
-    assert [(f["volume_id"], f["frame"], f["shape"], f["patient"]) for f in frames] == [(f"x4d.t{t:04d}", t, [64.0, 64.0, 24.0], "p") for t in range(3)]
+    assert plan.selects(volume_row(**series)) and not plan.selects(volume_row(**{**series, "shape": "[64,64,1,3]"}))
+    frames = frame_rows(volume_row(**series))  # each frame of a 4D series is one 3D unit for training, same patient
+    assert [(f.volume_id, f.frame, f.shape, f.patient) for f in frames] == [(f"x4d.t{t:04d}", t, (64, 64, 24), "p") for t in range(3)]
 
 
 def test_a_store_without_volumes_cannot_be_planned(tmp_path):
