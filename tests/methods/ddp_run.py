@@ -8,7 +8,8 @@ whose data module gives each of ``devices`` ranks its share of the same global b
 sees it (after DDP's all-reduce). STRATEGY ``ddp`` (default) or ``fsdp``
 (:class:`~medssl.training.fsdp_cpu.CPUFSDPStrategy`, ``use_orig_params``: the gradients written are
 the full ones, gathered from the shards). Run as a script: Lightning's DDP launcher re-executes it
-for rank 1.
+for rank 1. ``main(..., strategy="ddp_fork")`` runs in the calling process instead and forks
+the ranks from it (no new interpreter: the default suite's fast DDP check).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def main(
 def make_strategy(name: str):
     if name == "fsdp":
         return CPUFSDPStrategy(use_orig_params=True)  # original parameters: full gradients
-    if name != "ddp":
-        raise ValueError(f"strategy '{name}': expected ddp or fsdp")
-    return "ddp"
+    if name not in ("ddp", "ddp_fork"):
+        raise ValueError(f"strategy '{name}': expected ddp, ddp_fork or fsdp")
+    return name
 
 
 if __name__ == "__main__":
