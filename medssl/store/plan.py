@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl.io.nifti import read_nifti
 from medssl.atomic import atomic_write_bytes
+from medssl.io.nifti import read_nifti
 from medssl.store.manifest import Manifest
 from medssl.store.volume_row import VolumeRow
 

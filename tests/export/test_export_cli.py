@@ -10,10 +10,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medssl.export import read_checkpoint
-from medssl.inference.encoder import build_encoder
 from medssl.export.checkpoint import ExportError
 from medssl.export.cli import export_main
 from medssl.inference.artifact import load_artifact
+from medssl.inference.encoder import build_encoder
 from medssl.store.plan import Plan
 from tests.methods.synthetic import CROPS, SyntheticCrops, build
 
