@@ -45,9 +45,9 @@ from medssl.losses import (
 )
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
-from medssl.methods.region_crops import crop_boxes, random_resized_boxes
-from medssl.methods.simclr import augment_config
-from medssl.transforms.pipeline import BatchAugment
+from medssl.transforms.multi_crop import MultiCrop
+from medssl.transforms.pipeline import AugmentConfig
+from medssl.transforms.views import random_resized_boxes
 from medssl.types import BatchKey
 
 AGGREGATOR_HEAD = "slice_aggregator"  # its name in the checkpoint record and the artifact
@@ -71,7 +71,8 @@ class Joint2D3D(SSLMethod):
         projection_dim, hidden_dim, projector_layers, projector_norm: projector MLPs.
         augment: ``AugmentConfig`` fields for the 2D crops; ``augment_crops``: apply it at all.
         serve_slices, slice_axis: how the exported 3D encoder samples a volume.
-        **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments (a 2D backbone).
+        backbone: a 2D backbone of the registry.
+        **kwargs: the other :class:`~medssl.methods.base.SSLMethod` arguments.
     """
 
     def __init__(
@@ -101,10 +102,10 @@ class Joint2D3D(SSLMethod):
         augment_crops: bool = True,
         serve_slices: int = 16,
         slice_axis: int = 2,
+        backbone: str = "resenc2d",
         **kwargs,
     ) -> None:
-        kwargs.setdefault("backbone", "resenc2d")
-        super().__init__(**kwargs)
+        super().__init__(backbone=backbone, **kwargs)
         if self.backbone.spatial_dims != 2:
             raise ValueError(
                 f"Joint2D3D needs a 2D backbone (e.g. resenc2d), got {self.hparams.backbone!r} with {self.backbone.spatial_dims} spatial axes"
@@ -130,8 +131,14 @@ class Joint2D3D(SSLMethod):
         self.slice_predictor = MLPProjector(width, hidden_dim, width, 2, projector_norm)
         normalize_prototypes_(self.prototypes)
         normalize_prototypes_(self.volume_prototypes)
-        self.augment_config = augment_config(augment)
-        self._augment: dict[tuple[int, ...], BatchAugment] = {}
+        self.crops = MultiCrop(
+            global_crop_size,
+            local_crop_size,
+            num_local_crops,
+            global_scale,
+            local_scale,
+            AugmentConfig.from_fields(augment) if augment_crops else None,
+        )
 
     # keyed randomness ---------------------------------------------------------------------
     def keyed_generator(self, key: int, salt: int) -> torch.Generator:
@@ -211,24 +218,14 @@ class Joint2D3D(SSLMethod):
         return torch.cat(regions), torch.cat(keys), n_slices
 
     def multi_crop(self, regions: Tensor, keys: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """2 global then ``num_local_crops`` local crops ``[M, 1, *size]``, boxes keyed per region."""
-        h, shape = self.hparams, tuple(regions.shape[2:])
-        global_size = tuple(h.global_crop_size or shape)
-        local_size = tuple(h.local_crop_size or [max(1, s // 2) for s in shape])
-        plan = [(global_size, h.global_scale)] * 2 + [
-            (local_size, h.local_scale)
-        ] * h.num_local_crops
+        """2 global then ``num_local_crops`` local crops ``[M, 1, *size]``, boxes keyed per region
+        (crop ``i``'s boxes salted by ``i``), augmentation drawn from ``generator``."""
         unique, inverse = keys.unique(return_inverse=True)
-        crops = []
-        for salt, (size, scale) in enumerate(plan):
-            boxes = self.keyed_boxes(unique, shape, scale, salt)[inverse][:, None]  # [M, 1, 4]
-            crop = crop_boxes(regions, boxes.to(regions.device), size)[:, 0]
-            if h.augment_crops:
-                if size not in self._augment:
-                    self._augment[size] = BatchAugment.from_config(self.augment_config, size)
-                crop = self._augment[size](crop, generator)
-            crops.append(crop)
-        return crops
+
+        def draw_boxes(shape: tuple[int, ...], scale, index: int) -> Tensor:
+            return self.keyed_boxes(unique, shape, scale, index)[inverse]  # [M, 4]
+
+        return self.crops(regions, generator, draw_boxes)
 
     # the step -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

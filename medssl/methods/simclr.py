@@ -12,8 +12,6 @@ package's :class:`~medssl.transforms.pipeline.BatchAugment`, on the batch's devi
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
@@ -56,7 +54,7 @@ class SimCLR(SSLMethod):
         self.projector = MLPProjector(
             self.backbone.num_features, hidden_dim, projection_dim, projector_layers, projector_norm
         )
-        self.augment_config = augment_config(augment)
+        self.augment_config = AugmentConfig.from_fields(augment)
         self._augment: BatchAugment | None = None
 
     def make_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
@@ -79,15 +77,3 @@ class SimCLR(SSLMethod):
         loss = info_nce_loss(z, temperature=self.hparams.temperature, form=self.hparams.form)
         return self.finish_step({"info_nce": loss, "total": loss})
 
-
-def augment_config(fields: dict | None) -> AugmentConfig:
-    """An :class:`AugmentConfig` from a dict of its fields (lists become tuples); None: defaults."""
-    if not fields:
-        return AugmentConfig()
-    known = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(
-            f"augment: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})

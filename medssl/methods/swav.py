@@ -7,7 +7,8 @@ global batch, statistics all-reduced across ranks).
 From each region ``batch["image"]: [B, 1, *S]`` the method cuts 2 global crops (a fraction
 ``global_scale`` of the region's volume, resized to ``global_crop_size``) and
 ``num_local_crops`` local crops (``local_scale``, resized to ``local_crop_size``), augments
-each crop set batched on the device, and predicts each global crop's codes from every other
+each crop set batched on the device (:class:`~medssl.transforms.multi_crop.MultiCrop`, boxes
+and augmentation drawn from the step generator), and predicts each global crop's codes from every other
 crop. Prototypes are L2-normalised before every step and frozen (no gradient) for the first
 ``freeze_prototypes_steps`` optimiser steps, as in the paper.
 """
@@ -21,9 +22,8 @@ from torch import Tensor, nn
 from medssl.losses import normalize_prototypes_, prototype_scores, swav_loss
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
-from medssl.methods.region_crops import crop_boxes, random_resized_boxes
-from medssl.methods.simclr import augment_config
-from medssl.transforms.pipeline import BatchAugment
+from medssl.transforms.multi_crop import MultiCrop
+from medssl.transforms.pipeline import AugmentConfig
 from medssl.types import BatchKey
 
 
@@ -72,25 +72,14 @@ class SwAV(SSLMethod):
         )
         self.prototypes = nn.Linear(projection_dim, num_prototypes, bias=False)
         normalize_prototypes_(self.prototypes)
-        self.augment_config = augment_config(augment)
-        self._augment: dict[tuple[int, ...], BatchAugment] = {}
-
-    def multi_crop(self, regions: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """2 global then ``num_local_crops`` local crops, each ``[B, 1, *size]``, augmented."""
-        h, shape, b = self.hparams, tuple(regions.shape[2:]), regions.shape[0]
-        global_size = tuple(h.global_crop_size or shape)
-        local_size = tuple(h.local_crop_size or [max(1, s // 2) for s in shape])
-        plan = [(global_size, tuple(h.global_scale))] * 2 + [
-            (local_size, tuple(h.local_scale))
-        ] * h.num_local_crops
-        crops = []
-        for size, scale in plan:
-            boxes = random_resized_boxes(shape, scale, b, generator)[:, None]  # [B, 1, 2d]
-            crop = crop_boxes(regions, boxes, size)[:, 0]  # [B, 1, *size]
-            if size not in self._augment:
-                self._augment[size] = BatchAugment.from_config(self.augment_config, size)
-            crops.append(self._augment[size](crop, generator))
-        return crops
+        self.multi_crop = MultiCrop(
+            global_crop_size,
+            local_crop_size,
+            num_local_crops,
+            global_scale,
+            local_scale,
+            AugmentConfig.from_fields(augment),
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         normalize_prototypes_(self.prototypes)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from medssl.losses import overlap_labels, voco_loss
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.projectors import MLPProjector, Norm
-from medssl.methods.region_crops import base_grid, crop_boxes, random_boxes
+from medssl.transforms.views import base_grid, crop_boxes, random_boxes
 from medssl.types import BatchKey
 
 

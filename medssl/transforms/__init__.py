@@ -1,4 +1,4 @@
-"""Array transforms on torch tensors, their dict wrappers, batched augmentation, view makers.
+"""Array transforms on torch tensors, batched augmentation, boxes and crops, multi-crop, keyed RNG.
 
 Imports torch, numpy and scipy only (DESIGN.md section 2). Shapes: a volume ``[C, *spatial]``,
 a batch ``[B, C, *spatial]``, 2 or 3 spatial axes in the store's RAS voxel order.
@@ -6,20 +6,7 @@ a batch ``[B, C, *spatial]``, 2 or 3 spatial axes in the store's RAS voxel order
 
 from __future__ import annotations
 
-from medssl.transforms.base import KeyedArray, KeyedRandom, RandomBase
-from medssl.transforms.dictionary import (
-    CropOrPadd,
-    NormaliseIntensityd,
-    RandAffined,
-    RandBlurd,
-    RandCropd,
-    RandFlipd,
-    RandGammad,
-    RandNoised,
-    RandRotate90d,
-    RandScaleShiftd,
-    Resampled,
-)
+from medssl.transforms.base import RandomBase
 from medssl.transforms.geometric import (
     AffineWarp,
     Flip,
@@ -40,6 +27,7 @@ from medssl.transforms.intensity import (
     RandScaleShift,
     ScaleShift,
 )
+from medssl.transforms.multi_crop import MultiCrop
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment, Composed
 from medssl.transforms.spatial import (
     CropOrPad,
@@ -50,11 +38,11 @@ from medssl.transforms.spatial import (
     resampled_shape,
 )
 from medssl.transforms.views import (
-    base_grid_crops,
-    box_overlap_fraction,
+    base_grid,
+    crop_boxes,
     grid_boxes,
-    random_crops,
-    random_slices,
+    random_boxes,
+    random_resized_boxes,
     sample_crop_starts,
 )
 
@@ -65,41 +53,29 @@ __all__ = [
     "Blur",
     "Composed",
     "CropOrPad",
-    "CropOrPadd",
     "Flip",
     "Gamma",
-    "KeyedArray",
-    "KeyedRandom",
+    "MultiCrop",
     "Noise",
     "NormaliseIntensity",
-    "NormaliseIntensityd",
     "RandAffine",
-    "RandAffined",
     "RandBlur",
-    "RandBlurd",
-    "RandCropd",
     "RandFlip",
-    "RandFlipd",
     "RandGamma",
-    "RandGammad",
     "RandNoise",
-    "RandNoised",
     "RandRotate90",
-    "RandRotate90d",
     "RandScaleShift",
-    "RandScaleShiftd",
     "RandomBase",
     "Resample",
-    "Resampled",
     "Rotate90",
     "ScaleShift",
-    "base_grid_crops",
-    "box_overlap_fraction",
+    "base_grid",
     "center_crop_or_pad",
     "crop_box",
+    "crop_boxes",
     "grid_boxes",
-    "random_crops",
-    "random_slices",
+    "random_boxes",
+    "random_resized_boxes",
     "resample_to_spacing",
     "resampled_shape",
     "rotation_matrix",

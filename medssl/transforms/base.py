@@ -1,4 +1,4 @@
-"""What every transform shares: batch handling, parameter sampling, dict routing.
+"""What every transform shares: batch handling, parameter sampling.
 
 Layout: a sample is ``[C, *spatial]``, a batch ``[B, C, *spatial]``, with ``spatial_dims``
 (2 or 3) spatial axes; ``[C, D, H, W]`` and a 2D batch ``[B, C, H, W]`` have the same rank,
@@ -11,15 +11,14 @@ on the CPU from a ``torch.Generator`` and moved to the data's device, so the sam
 gives the same parameters on CPU and GPU, one call per batch (noise fields are drawn on
 the data's device from a drawn seed).
 
-Dict wrappers (``...d``) only route: they sample once and apply the same twin to each key
-(MONAI's array/dictionary split), so an image and its label map move together.
+An image and its label map move together by applying one sampled twin to both
+(:func:`medssl.data.finetune_augment.augment_labelled`), not through dict wrappers.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -119,45 +118,3 @@ class RandomBase(ABC):
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         twin = self.sample(batch_size_of(x, self.spatial_dims), generator)
         return apply_batched(twin, x, self.spatial_dims)
-
-
-class KeyedRandom:
-    """Dict wrapper: draws parameters once, applies the same twin to every key in ``keys``.
-
-    ``modes`` gives a key its interpolation (e.g. ``{"label": "nearest"}``) for spatial
-    transforms; intensity transforms ignore it.
-    """
-
-    def __init__(self, keys: Sequence[str], transform: RandomTransform, modes: Mapping[str, str] | None = None) -> None:
-        if isinstance(keys, str):
-            keys = [keys]
-        if not keys:
-            raise ValueError("a dict transform needs at least one key")
-        self.keys = list(keys)
-        self.transform = transform
-        self.modes = dict(modes or {})
-
-    def __call__(self, data: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
-        missing = [k for k in self.keys if k not in data]
-        if missing:
-            raise KeyError(f"keys {missing} not in the sample (it has {sorted(data)})")
-        dims = self.transform.spatial_dims
-        twin = self.transform.sample(batch_size_of(data[self.keys[0]], dims), generator)
-        out = dict(data)
-        for key in self.keys:
-            out[key] = apply_batched(twin, data[key], dims, self.modes.get(key))
-        return out
-
-
-class KeyedArray:
-    """Dict wrapper for a deterministic array transform ``f(x)``: applies it to each key."""
-
-    def __init__(self, keys: Sequence[str], transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.transform = transform
-
-    def __call__(self, data: Mapping[str, torch.Tensor]) -> dict:
-        out = dict(data)
-        for key in self.keys:
-            out[key] = self.transform(data[key])
-        return out

@@ -8,8 +8,8 @@ so the whole pipeline is reproducible from a generator seed like each of its par
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -43,6 +43,20 @@ class AugmentConfig:
     noise_std: tuple[float, float] = (0.0, 0.1)
     blur_prob: float = 0.2
     blur_sigma: tuple[float, float] = (0.5, 1.0)
+
+    @classmethod
+    def from_fields(cls, values: Mapping | None) -> AugmentConfig:
+        """A config from a dict of its fields (a method's ``augment:`` in YAML; lists become
+        tuples, missing fields default); None or empty: the defaults. Unknown fields raise."""
+        if not values:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"augment: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""View makers: random crops with their boxes, base crops on a grid, 2D slices.
+"""Boxes and the crops cut by them: crop starts in a volume, grids of tiles, random and random
+resized boxes in a region, and the batched cut-and-resize every method's views go through.
 
-Boxes are ``[n, 2 * S]`` int64 voxel coordinates ``(start..., end...)`` (end exclusive) in
-the frame of the volume or region they were cut from; VoCo's position labels are the
-overlaps of random-crop boxes with base-crop boxes (:func:`box_overlap_fraction`).
+Boxes are int64 ``(lo_0, ..., lo_{d-1}, hi_0, ..., hi_{d-1})`` voxel coordinates (end
+exclusive) in the frame of the volume or region they were cut from, the convention of
+:func:`medssl.losses.overlap_labels` (VoCo's position labels are overlaps of random boxes
+with grid boxes). Positions are drawn on the CPU from a generator; cutting runs where the
+images are. Used by the data modules (:func:`sample_crop_starts`), by VoCo (grid and random
+boxes) and by multi-crop (:mod:`medssl.transforms.multi_crop`).
 """
 
 from __future__ import annotations
@@ -10,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import product
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from medssl.transforms.spatial import box_of, crop_box
 
-
-def sample_crop_starts(shape: Sequence[int], size: Sequence[int], n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_crop_starts(
+    shape: Sequence[int], size: Sequence[int], n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``[n, S]`` uniform crop starts; the crop stays inside the volume where it fits, else the
     volume sits at a random offset inside the (padded) crop."""
     if len(shape) != len(size):
@@ -27,20 +31,6 @@ def sample_crop_starts(shape: Sequence[int], size: Sequence[int], n: int, genera
         lo, hi = min(0, int(dim) - int(side)), max(0, int(dim) - int(side))
         cols.append(torch.randint(lo, hi + 1, (n,), generator=generator))
     return torch.stack(cols, 1)
-
-
-def random_crops(
-    volume: torch.Tensor | np.ndarray,
-    n: int,
-    size: Sequence[int],
-    generator: torch.Generator | None = None,
-    pad_value: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random crops of ``volume`` ``[C, *S]`` → crops ``[n, C, *size]`` float32, boxes ``[n, 2S]``."""
-    starts = sample_crop_starts(volume.shape[1:], size, n, generator)
-    crops = torch.stack([crop_box(volume, s.tolist(), size, pad_value) for s in starts])
-    boxes = torch.tensor([box_of(s.tolist(), size) for s in starts], dtype=torch.long)
-    return crops, boxes
 
 
 def grid_boxes(shape: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
@@ -59,47 +49,97 @@ def grid_boxes(shape: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
     return torch.tensor(boxes, dtype=torch.long)
 
 
-def base_grid_crops(region: torch.Tensor | np.ndarray, grid: Sequence[int], size: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut ``region`` ``[C, *S]`` into a ``grid`` of base crops (VoCo): crops ``[prod(grid), C, *size]``, boxes.
+def crop_boxes(images: Tensor, boxes: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """Cut ``boxes`` out of ``images`` and resize each to ``size`` (linear; default: the box size).
 
-    ``grid=(n, n)`` on a 3D region tiles the first two axes and keeps the third whole.
-    Tiles are resized (linear) to ``size`` when it differs from the tile (default: ``S // grid``).
+    Args:
+        images: ``[B, C, *S]`` (2 or 3 spatial axes).
+        boxes: ``[B, M, 2*d]`` int boxes inside ``S`` (``[M, 2*d]``: the same boxes for every image).
+        size: output spatial size; required when the boxes differ in size.
+
+    Returns:
+        ``[B, M, C, *size]``.
     """
-    shape = tuple(region.shape[1:])
-    boxes = grid_boxes(shape, grid)
-    full_grid = list(grid) + [1] * (len(shape) - len(grid))
-    size = tuple(int(d) // g for d, g in zip(shape, full_grid)) if size is None else tuple(int(s) for s in size)
-    mode = "trilinear" if len(shape) == 3 else "bilinear"
-    crops = []
-    for box in boxes.tolist():
-        tile = crop_box(region, box[: len(shape)], [e - s for s, e in zip(box[: len(shape)], box[len(shape):])])
-        if tuple(tile.shape[1:]) != size:
-            tile = F.interpolate(tile[None], size=size, mode=mode, align_corners=False)[0]
-        crops.append(tile)
-    return torch.stack(crops), boxes
+    dims = images.ndim - 2
+    if boxes.ndim == 2:
+        boxes = boxes.unsqueeze(0).expand(images.shape[0], -1, -1)
+    if (
+        dims not in (2, 3)
+        or boxes.ndim != 3
+        or boxes.shape[0] != images.shape[0]
+        or boxes.shape[2] != 2 * dims
+    ):
+        raise ValueError(
+            f"images [B, C, *S] with 2 or 3 axes and boxes [B, M, {2 * dims}], got {tuple(images.shape)} and {tuple(boxes.shape)}"
+        )
+    lo, hi = boxes[..., :dims], boxes[..., dims:]
+    bounds = torch.tensor(images.shape[2:])
+    if bool((lo < 0).any() or (hi > bounds).any() or (hi <= lo).any()):
+        raise ValueError(
+            f"every box must lie inside the region {tuple(images.shape[2:])} with hi > lo"
+        )
+    if size is None:
+        sides = (hi - lo).reshape(-1, dims).unique(dim=0)
+        if sides.shape[0] != 1:
+            raise ValueError("boxes of different sizes need an output size")
+        size = sides[0].tolist()
+    size = [int(s) for s in size]
+    mode = "trilinear" if dims == 3 else "bilinear"
+    out = []
+    for b, image_boxes in enumerate(boxes.tolist()):
+        for box in image_boxes:
+            crop = images[(b, slice(None), *(slice(box[a], box[dims + a]) for a in range(dims)))]
+            if list(crop.shape[1:]) != size:
+                crop = F.interpolate(crop[None], size=size, mode=mode, align_corners=False)[0]
+            out.append(crop)
+    return torch.stack(out).reshape(images.shape[0], boxes.shape[1], images.shape[1], *size)
 
 
-def box_overlap_fraction(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """``[n, 2S]`` × ``[m, 2S]`` → ``[n, m]``: the share of each box's volume inside each other box."""
-    if boxes.shape[-1] != others.shape[-1] or boxes.shape[-1] % 2:
-        raise ValueError(f"boxes {tuple(boxes.shape)} and {tuple(others.shape)}: expected [n, 2S] and [m, 2S]")
-    s = boxes.shape[-1] // 2
-    a, b = boxes[:, None, :].double(), others[None, :, :].double()
-    sides = (torch.minimum(a[..., s:], b[..., s:]) - torch.maximum(a[..., :s], b[..., :s])).clamp_min(0)
-    own = (boxes[:, s:] - boxes[:, :s]).double().prod(-1).clamp_min(1e-12)
-    return (sides.prod(-1) / own[:, None]).float()
+def base_grid(shape: Sequence[int], grid_size: int, grid_dims: int) -> Tensor:
+    """VoCo base crops: ``[grid_size ** grid_dims, 2*d]`` boxes tiling the first ``grid_dims``
+    axes of a region of spatial ``shape`` (the others whole), C order."""
+    if not 1 <= grid_dims <= len(shape) or grid_size < 1:
+        raise ValueError(f"grid {grid_size}^{grid_dims} for a region of {len(shape)} axes")
+    return grid_boxes(tuple(shape), [grid_size] * grid_dims)
 
 
-def random_slices(volume: torch.Tensor | np.ndarray, n: int, axis: int = 2, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random 2D slices across spatial ``axis`` of ``volume`` ``[C, X, Y, Z]`` → ``[n, C, *plane]``, indices ``[n]``.
+def random_boxes(
+    shape: Sequence[int], box_size: Sequence[int], batch: int, n: int, generator: torch.Generator
+) -> Tensor:
+    """``[batch, n, 2*d]`` boxes of ``box_size`` at uniform positions inside ``shape``."""
+    if len(shape) != len(box_size) or any(b > s or b < 1 for b, s in zip(box_size, shape)):
+        raise ValueError(f"box size {tuple(box_size)} does not fit in the region {tuple(shape)}")
+    starts = torch.stack(
+        [
+            torch.randint(0, s - b + 1, (batch, n), generator=generator)
+            for s, b in zip(shape, box_size)
+        ],
+        -1,
+    )
+    return torch.cat([starts, starts + torch.tensor(list(box_size))], -1)
 
-    Axis 2 (superior) gives axial slices ``[C, X, Y]`` of a RAS store volume.
-    """
-    if volume.ndim != 4 or axis not in (0, 1, 2):
-        raise ValueError(f"volume of shape {tuple(volume.shape)}, axis {axis}: expected [C, X, Y, Z] and axis 0, 1 or 2")
-    index = torch.randint(0, volume.shape[1 + axis], (n,), generator=generator)
-    slices = []
-    for i in index.tolist():
-        sl = volume[(slice(None),) * (1 + axis) + (i,)]
-        slices.append(torch.from_numpy(np.array(sl, dtype=np.float32)) if isinstance(sl, np.ndarray) else sl.float())
-    return torch.stack(slices), index
+
+def random_resized_boxes(
+    shape: Sequence[int], scale: tuple[float, float], batch: int, generator: torch.Generator
+) -> Tensor:
+    """``[batch, 2*d]`` boxes covering a uniform fraction in ``scale`` of the region's volume
+    (same aspect as the region), at uniform positions: the "random resized crop" of multi-crop."""
+    low, high = scale
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"scale range {scale}: expected 0 < low <= high <= 1")
+    dims = len(shape)
+    fraction = low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)
+    sides = (
+        (torch.tensor(list(shape), dtype=torch.float64)[None] * fraction[:, None] ** (1.0 / dims))
+        .round()
+        .long()
+    )
+    sides = torch.minimum(sides.clamp(min=1), torch.tensor(list(shape)))
+    room = torch.tensor(list(shape))[None] - sides
+    starts = (
+        (torch.rand(batch, dims, generator=generator, dtype=torch.float64) * (room + 1))
+        .floor()
+        .long()
+        .clamp(max=room)
+    )
+    return torch.cat([starts, starts + sides], -1)

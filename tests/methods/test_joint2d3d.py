@@ -14,6 +14,7 @@ from medssl.inference.artifact import load_artifact
 from medssl.inference.encoder import build_encoder
 from medssl.methods.online_probe import OnlineProbe
 from medssl.methods.probe_set import ProbeSet
+from medssl.transforms import AugmentConfig, BatchAugment, crop_boxes
 from tests.data.joint_store import joint_store
 from tests.methods.ddp_cases_joint import JointBatches, tiny_joint
 from tests.methods.test_ddp import assert_ddp_equals_single
@@ -114,6 +115,24 @@ def test_slice_masks_and_boxes_depend_on_the_sample_key_not_the_batch():
     torch.testing.assert_close(model.slice_mask(keys[1:], 8), mask[1:])
     boxes = model.keyed_boxes(keys, (16, 16), (0.4, 1.0), 0)
     torch.testing.assert_close(model.keyed_boxes(keys[:1], (16, 16), (0.4, 1.0), 0), boxes[:1])
+
+
+def test_multi_crop_is_the_loop_it_ran_before_multi_crop_had_one_home():
+    """Boxes keyed per region (crop i salted by i), each crop set augmented from the step
+    generator right after its boxes are cut."""
+    model = tiny_joint(num_local_crops=2)
+    regions = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    keys = torch.tensor([7, 7, 7, 2, 1 << 40])
+    crops = model.multi_crop(regions, keys, torch.Generator().manual_seed(6))
+
+    generator, expected = torch.Generator().manual_seed(6), []
+    unique, inverse = keys.unique(return_inverse=True)
+    plan = [((16, 16), (0.4, 1.0))] * 2 + [((8, 8), (0.05, 0.4))] * 2
+    for salt, (size, scale) in enumerate(plan):
+        boxes = model.keyed_boxes(unique, (16, 16), scale, salt)[inverse][:, None]
+        crop = crop_boxes(regions, boxes, size)[:, 0]
+        expected.append(BatchAugment.from_config(AugmentConfig(), size)(crop, generator))
+    assert all(torch.equal(c, e) for c, e in zip(crops, expected, strict=True))
 
 
 def test_the_online_probe_runs_on_a_2d_probe_set(tmp_path):

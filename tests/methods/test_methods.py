@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from medssl.methods import METHODS, SSLMethod
+from medssl.transforms import AugmentConfig
 from tests.methods.synthetic import CROPS, TINY_BACKBONES, SyntheticCrops, build
 
 
@@ -93,6 +94,19 @@ def test_simclr_uses_the_data_modules_views_or_makes_its_own():
     fit(build("simclr", num_views=3), views=0)
     with pytest.raises(ValueError, match="data.views"):
         fit(build("simclr", num_views=3), views=2)
+
+
+def test_swav_multi_crop_is_the_loop_it_ran_before_multi_crop_had_one_home():
+    from tests.transforms.test_multi_crop import reference_crops
+
+    model = build("swav", global_crop_size=[12, 12, 8], augment={"blur_prob": 0.5})
+    regions = torch.randn(3, 1, 16, 16, 8, generator=torch.Generator().manual_seed(2))
+    crops = model.multi_crop(regions, torch.Generator().manual_seed(4))
+    plan = [((12, 12, 8), (0.4, 1.0))] * 2 + [((8, 8, 4), (0.05, 0.4))] * 2
+    expected = reference_crops(
+        regions, torch.Generator().manual_seed(4), plan, AugmentConfig(blur_prob=0.5)
+    )
+    assert all(torch.equal(c, e) for c, e in zip(crops, expected, strict=True))
 
 
 def test_swav_prototypes_stay_frozen_then_learn_and_stay_normalised():

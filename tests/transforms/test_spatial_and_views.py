@@ -1,4 +1,4 @@
-"""Resampling, crops with boxes, base-crop grids, box overlaps and 2D slices."""
+"""Resampling, crops with boxes, base-crop grids, random and random resized boxes."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import torch
 
 from medssl.transforms import (
     CropOrPad,
-    RandCropd,
-    Resampled,
-    base_grid_crops,
-    box_overlap_fraction,
+    base_grid,
     crop_box,
+    crop_boxes,
     grid_boxes,
-    random_crops,
-    random_slices,
+    random_boxes,
+    random_resized_boxes,
     resample_to_spacing,
     resampled_shape,
+    sample_crop_starts,
 )
 
 
@@ -45,9 +44,6 @@ def test_nearest_resampling_keeps_label_values():
     out, _ = resample_to_spacing(labels, (1.0, 1.0, 3.0), (0.7, 0.7, 1.1), mode="nearest")
     assert out.dtype == torch.uint8
     assert set(out.unique().tolist()) <= set(labels.unique().tolist())
-    data = Resampled(["image", "label"], (2.0, 2.0, 2.0), modes={"label": "nearest"})({"image": labels.float(), "label": labels, "spacing": (1.0, 1.0, 1.0)})
-    assert data["image"].shape == data["label"].shape == (1, 8, 6, 4)
-    assert data["spacing"] == pytest.approx((17 / 8, 13 / 6, 9 / 4))
 
 
 def test_crop_box_pads_outside_the_volume_and_reads_numpy_memory_maps(tmp_path):
@@ -63,12 +59,13 @@ def test_crop_box_pads_outside_the_volume_and_reads_numpy_memory_maps(tmp_path):
 
 @pytest.mark.parametrize("shape", [(20, 18, 16), (10, 30, 5)])
 def test_random_crop_content_matches_its_box(shape):
+    # the data modules' crop path: starts from sample_crop_starts, cut (and padded) by crop_box
     vol = torch.randn(2, *shape)
-    crops, boxes = random_crops(vol, 12, (8, 8, 8), torch.Generator().manual_seed(0), pad_value=-5.0)
-    assert crops.shape == (12, 2, 8, 8, 8) and boxes.shape == (12, 6)
-    for crop, box in zip(crops, boxes.tolist()):
-        start, end = box[:3], box[3:]
-        assert [e - s for s, e in zip(start, end)] == [8, 8, 8]
+    starts = sample_crop_starts(shape, (8, 8, 8), 12, torch.Generator().manual_seed(0))
+    assert starts.shape == (12, 3)
+    for start in starts.tolist():
+        crop, end = crop_box(vol, start, (8, 8, 8), pad_value=-5.0), [s + 8 for s in start]
+        assert crop.shape == (2, 8, 8, 8)
         inside = [slice(max(0, s), min(d, e)) for s, e, d in zip(start, end, shape)]
         local = [slice(i.start - s, i.stop - s) for i, s in zip(inside, start)]
         assert torch.equal(crop[(slice(None), *local)], vol[(slice(None), *inside)])
@@ -79,43 +76,38 @@ def test_random_crop_content_matches_its_box(shape):
                 assert d - 8 <= s <= 0 and (crop == -5.0).any()
 
 
-def test_rand_cropd_cuts_every_key_with_one_box():
-    vol = torch.randn(1, 20, 20, 20)
-    out = RandCropd(["image", "label"], (6, 6, 6))({"image": vol, "label": vol * 2}, torch.Generator().manual_seed(0))
-    s = out["box"][:3].tolist()
-    assert torch.equal(out["image"], vol[:, s[0]:s[0] + 6, s[1]:s[1] + 6, s[2]:s[2] + 6])
-    assert torch.equal(out["label"], 2 * out["image"])
-
-
 def test_base_grid_crops_tile_the_region():
-    region = torch.randn(1, 32, 32, 16)
-    crops, boxes = base_grid_crops(region, (2, 2))
+    region = torch.randn(1, 1, 32, 32, 16)
+    boxes = base_grid((32, 32, 16), 2, 2)
+    crops = crop_boxes(region, boxes)[0]
     assert crops.shape == (4, 1, 16, 16, 16)
     assert boxes.tolist()[3] == [16, 16, 0, 32, 32, 16]
     rebuilt = torch.cat([torch.cat([crops[0], crops[1]], 2), torch.cat([crops[2], crops[3]], 2)], 1)
-    assert torch.equal(rebuilt, region)
-    resized, _ = base_grid_crops(region, (4, 4, 2), size=(16, 16, 16))
+    assert torch.equal(rebuilt, region[0])
+    resized = crop_boxes(region, grid_boxes((32, 32, 16), (4, 4, 2)), size=(16, 16, 16))[0]
     assert resized.shape == (32, 1, 16, 16, 16)
     assert grid_boxes((10,), (3,)).tolist() == [[0, 3], [3, 7], [7, 10]]
     with pytest.raises(ValueError, match="grid"):
-        base_grid_crops(region, (2, 2, 2, 2))
+        base_grid((32, 32, 16), 2, 4)
 
 
-def test_box_overlap_fractions():
-    base = grid_boxes((4, 4), (2, 2))  # four 2x2 tiles
-    crops = torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3], [1, 0, 3, 2], [8, 8, 9, 9]])
-    overlap = box_overlap_fraction(crops, base)
-    assert torch.allclose(overlap[0], torch.tensor([1.0, 0, 0, 0]))
-    assert torch.allclose(overlap[1], torch.tensor([0.25, 0.25, 0.25, 0.25]))
-    assert torch.allclose(overlap[2], torch.tensor([0.5, 0, 0.5, 0]))
-    assert torch.equal(overlap[3], torch.zeros(4))
-    assert torch.allclose(box_overlap_fraction(base, base), torch.eye(4))
+def test_random_boxes_lie_inside_the_region_and_crops_match_them():
+    g = torch.Generator().manual_seed(0)
+    region = torch.randn(2, 1, 12, 10, 8)
+    boxes = random_boxes((12, 10, 8), (4, 5, 8), 2, 6, g)  # [B, N, 6]
+    assert boxes.shape == (2, 6, 6) and (boxes[..., :3] >= 0).all()
+    assert (boxes[..., 3:] - boxes[..., :3] == torch.tensor([4, 5, 8])).all()
+    crops = crop_boxes(region, boxes)
+    lo = boxes[1, 2].tolist()
+    assert torch.equal(crops[1, 2], region[1, :, lo[0] : lo[3], lo[1] : lo[4], lo[2] : lo[5]])
+    with pytest.raises(ValueError, match="does not fit"):
+        random_boxes((12, 10, 8), (13, 5, 8), 1, 1, g)
 
 
-def test_random_slices_are_slices_of_the_volume():
-    vol = np.random.default_rng(0).standard_normal((1, 6, 7, 8)).astype(np.float32)
-    for axis in (0, 1, 2):
-        slices, index = random_slices(vol, 5, axis, torch.Generator().manual_seed(axis))
-        for sl, i in zip(slices, index.tolist()):
-            assert torch.equal(sl, torch.from_numpy(np.take(vol, i, axis=1 + axis)))
-    assert random_slices(torch.from_numpy(vol), 3)[0].shape == (3, 1, 6, 7)
+def test_random_resized_boxes_cover_a_fraction_of_the_region_in_its_aspect():
+    boxes = random_resized_boxes((40, 20), (0.25, 0.25), 5, torch.Generator().manual_seed(0))
+    sides = boxes[:, 2:] - boxes[:, :2]
+    assert (sides == torch.tensor([20, 10])).all()  # a quarter of the area, same aspect
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= torch.tensor([40, 20])).all()
+    with pytest.raises(ValueError, match="scale range"):
+        random_resized_boxes((40, 20), (0.0, 0.5), 1, torch.Generator())
