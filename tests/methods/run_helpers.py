@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -57,17 +56,3 @@ class CrashAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError(f"crash before step {self.step + 1} (test)")
-
-
-class SigtermAtStep(Callback):
-    """Before the batch that would start step ``step + 1``: send this process SIGTERM, as a
-    scheduler would (in-process, so only when Lightning's handler is installed)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
-                raise RuntimeError("no SIGTERM handler installed: the signal would end the test process")
-            signal.raise_signal(signal.SIGTERM)

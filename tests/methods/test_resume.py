@@ -222,7 +222,7 @@ def test_sigterm_saves_a_checkpoint_returns_143_and_the_run_resumes_to_the_same_
 
     config = write_config(stopped, "simclr")
     handler = signal.getsignal(signal.SIGTERM)
-    terminated = with_callback(config, "tests.methods.run_helpers.SigtermAtStep", step=1)
+    terminated = with_callback(config, "tests.training.tiny.SigtermBeforeStep", step=1)
     assert pretrain_main(["-c", str(terminated)]) == SIGTERM_EXIT
     assert signal.getsignal(signal.SIGTERM) == handler  # Lightning put the old handler back
     saved = sorted((stopped / "runs").rglob("sigterm-step=*.ckpt"))
