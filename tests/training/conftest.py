@@ -16,5 +16,6 @@ def _quiet_and_seeded() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings(
-        "ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps|litlogger|val_dataloader).*"
+        "ignore",
+        message=".*(does not have many workers|LeafSpec|log_every_n_steps|litlogger|val_dataloader).*",
     )

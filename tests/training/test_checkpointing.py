@@ -27,7 +27,9 @@ class Unpicklable:
         raise pickle.PicklingError("not this one")
 
 
-def test_atomic_checkpoint_round_trips_and_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+def test_atomic_checkpoint_round_trips_and_a_failed_write_keeps_the_previous_file(
+    tmp_path, monkeypatch
+):
     io, path = AtomicCheckpointIO(), tmp_path / "ckpts" / "last.ckpt"
     io.save_checkpoint({"global_step": 3, "w": torch.arange(4.0)}, path)
     assert torch.load(path, weights_only=True)["global_step"] == 3
@@ -59,7 +61,9 @@ def test_resume_path_is_none_or_an_existing_file(tmp_path):
     for keyword in ("last", "best", "hpc", "registry"):
         with pytest.raises(ConfigError, match="give the checkpoint file itself"):
             resolve_ckpt_path(keyword)
-    with pytest.raises(ConfigError, match="no such checkpoint file; refusing to start from scratch"):
+    with pytest.raises(
+        ConfigError, match="no such checkpoint file; refusing to start from scratch"
+    ):
         resolve_ckpt_path(str(tmp_path / "missing.ckpt"))
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         resolve_ckpt_path(str(tmp_path))  # a folder is not a checkpoint
@@ -67,20 +71,30 @@ def test_resume_path_is_none_or_an_existing_file(tmp_path):
 
 def test_checkpoint_dir_is_model_checkpoints_dirpath_else_the_run_folder(tmp_path):
     with_dirpath = quiet_trainer(
-        default_root_dir=tmp_path, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "mine")]
+        default_root_dir=tmp_path,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "mine")],
     )
     assert checkpoint_dir(with_dirpath) == tmp_path / "mine"
     assert checkpoint_dir(quiet_trainer(default_root_dir=tmp_path)) == tmp_path / "checkpoints"
 
 
 def test_last_ckpt_holds_the_final_step_when_it_was_not_a_save_step(tmp_path):
-    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, save_last=True, filename="{step}")
+    saver = ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1, save_last=True, filename="{step}"
+    )
     trainer = quiet_trainer(
-        max_steps=6, enable_checkpointing=True, callbacks=[saver, FinalCheckpoint()], plugins=[AtomicCheckpointIO()]
+        max_steps=6,
+        enable_checkpointing=True,
+        callbacks=[saver, FinalCheckpoint()],
+        plugins=[AtomicCheckpointIO()],
     )
     model = TinyRegression()
     trainer.fit(model, datamodule=TinyData(num_batches=8))
-    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt", "step=4.ckpt"]  # no last-v1.ckpt
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == [
+        "last.ckpt",
+        "step=4.ckpt",
+    ]  # no last-v1.ckpt
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6
     for name, value in model.state_dict().items():

@@ -68,20 +68,26 @@ def test_sigterm_returns_143_with_a_checkpoint_and_the_run_resumes_from_it(tmp_p
     stopping = config(
         tmp_path,
         max_steps=50,
-        callbacks=[{"class_path": "tests.training.tiny.SigtermBeforeStep", "init_args": {"step": 1}}],
+        callbacks=[
+            {"class_path": "tests.training.tiny.SigtermBeforeStep", "init_args": {"step": 1}}
+        ],
     )
     assert fit_main(build, ["-c", str(stopping), "--run_name", "r"], "tiny") == SIGTERM_EXIT
     saved = tmp_path / "runs" / "tinyregression" / "r" / "checkpoints" / "sigterm-step=2.ckpt"
     assert torch.load(saved, weights_only=True)["global_step"] == 2
 
-    resumed = build(["-c", str(config(tmp_path, max_steps=4)), "--run_name", "r", "--ckpt_path", str(saved)])
+    resumed = build(
+        ["-c", str(config(tmp_path, max_steps=4)), "--run_name", "r", "--ckpt_path", str(saved)]
+    )
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(saved))
     assert resumed.trainer.global_step == 4
 
 
 def test_a_missing_resume_checkpoint_fails_before_anything_is_built(tmp_path):
     with pytest.raises(ConfigError, match="no such checkpoint file"):
-        fit_main(build, ["-c", str(config(tmp_path)), "--ckpt_path", str(tmp_path / "gone.ckpt")], "tiny")
+        fit_main(
+            build, ["-c", str(config(tmp_path)), "--ckpt_path", str(tmp_path / "gone.ckpt")], "tiny"
+        )
     assert not (tmp_path / "runs").exists()
 
 
@@ -92,8 +98,19 @@ def test_mixed_precision_on_a_cpu_falls_back_to_32_bit_with_a_warning(tmp_path):
 
 
 def test_an_fsdp_strategy_keeps_its_own_checkpoint_io(tmp_path):
-    cli = build(["-c", str(config(tmp_path, strategy={"class_path": "medssl.training.fsdp_cpu.CPUFSDPStrategy"}))])
-    assert isinstance(cli.trainer.strategy, CPUFSDPStrategy)  # sharded state is gathered its own way
+    cli = build(
+        [
+            "-c",
+            str(
+                config(
+                    tmp_path, strategy={"class_path": "medssl.training.fsdp_cpu.CPUFSDPStrategy"}
+                )
+            ),
+        ]
+    )
+    assert isinstance(
+        cli.trainer.strategy, CPUFSDPStrategy
+    )  # sharded state is gathered its own way
     assert not isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 

@@ -41,7 +41,9 @@ class Probe(TinyRegression):
 
     def on_train_start(self) -> None:
         model = self.trainer.strategy.model
-        self.wrapped_on = model.compute_device if isinstance(model, FullyShardedDataParallel) else None
+        self.wrapped_on = (
+            model.compute_device if isinstance(model, FullyShardedDataParallel) else None
+        )
 
 
 def train(out: Path, devices: int, weight_decay: float) -> None:
@@ -57,7 +59,9 @@ def train(out: Path, devices: int, weight_decay: float) -> None:
         use_distributed_sampler=False,
         callbacks=[saver],
     )
-    trainer.fit(model, datamodule=TinyData(batch_size=GLOBAL_BATCH, num_batches=STEPS, ranks=devices))
+    trainer.fit(
+        model, datamodule=TinyData(batch_size=GLOBAL_BATCH, num_batches=STEPS, ranks=devices)
+    )
     if devices > 1:
         assert model.wrapped_on == torch.device("cpu")
 
@@ -82,7 +86,12 @@ def _rank(rank: int, out: Path, port: int, weight_decay: float) -> None:
     "weight_decay",
     [
         0.0,
-        pytest.param(0.1, marks=pytest.mark.xfail(strict=True, reason="flat FSDP parameters get no weight decay (module doc)")),
+        pytest.param(
+            0.1,
+            marks=pytest.mark.xfail(
+                strict=True, reason="flat FSDP parameters get no weight decay (module doc)"
+            ),
+        ),
     ],
 )
 def test_two_cpu_ranks_save_the_full_standard_checkpoint_one_process_would(tmp_path, weight_decay):
@@ -90,13 +99,21 @@ def test_two_cpu_ranks_save_the_full_standard_checkpoint_one_process_would(tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     train(tmp_path / "single", devices=1, weight_decay=weight_decay)
-    mp.start_processes(_rank, args=(tmp_path / "fsdp", port, weight_decay), nprocs=2, start_method="fork", join=True)
+    mp.start_processes(
+        _rank,
+        args=(tmp_path / "fsdp", port, weight_decay),
+        nprocs=2,
+        start_method="fork",
+        join=True,
+    )
     assert not dist.is_initialized()  # the group lived in the forked ranks only
 
     single = torch.load(tmp_path / "single" / "last.ckpt", weights_only=True)
     sharded = torch.load(tmp_path / "fsdp" / "last.ckpt", weights_only=True)
     assert sharded["global_step"] == single["global_step"] == STEPS
-    assert set(sharded["state_dict"]) == set(TinyRegression().state_dict())  # no flat or wrapped names
+    assert set(sharded["state_dict"]) == set(
+        TinyRegression().state_dict()
+    )  # no flat or wrapped names
     for name, value in single["state_dict"].items():
         torch.testing.assert_close(sharded["state_dict"][name], value, atol=1e-5, rtol=0, msg=name)
     TinyRegression().load_state_dict(sharded["state_dict"], strict=True)
@@ -105,11 +122,17 @@ def test_two_cpu_ranks_save_the_full_standard_checkpoint_one_process_would(tmp_p
     # order (decayed first), the FSDP layout in the module's order; compare by name
     model = TinyRegression()
     names = {id(p): n for n, p in model.named_parameters()}
-    by_group = [names[id(p)] for group in decay_groups(model.named_parameters(), 0.01) for p in group["params"]]
+    by_group = [
+        names[id(p)]
+        for group in decay_groups(model.named_parameters(), 0.01)
+        for p in group["params"]
+    ]
     by_module = list(names.values())
     (expected,), (got,) = single["optimizer_states"], sharded["optimizer_states"]
     assert sorted(got["state"]) == list(range(len(by_module)))
     for index, name in enumerate(by_module):
         for key in ("exp_avg", "exp_avg_sq"):
             want = expected["state"][by_group.index(name)][key]
-            torch.testing.assert_close(got["state"][index][key], want, atol=1e-5, rtol=0, msg=f"{name}.{key}")
+            torch.testing.assert_close(
+                got["state"][index][key], want, atol=1e-5, rtol=0, msg=f"{name}.{key}"
+            )

@@ -18,8 +18,15 @@ def test_finite_terms_and_gradients_pass():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_a_non_finite_term_names_the_step_and_every_term(bad):
-    terms = {"position": torch.tensor(0.5), "regularization": torch.tensor(bad), "total": torch.tensor(bad)}
-    with pytest.raises(NonFiniteLossError, match=r"step 7: loss is not finite \(position=0.5, regularization=-?(nan|inf), total=-?(nan|inf)\)") as error:
+    terms = {
+        "position": torch.tensor(0.5),
+        "regularization": torch.tensor(bad),
+        "total": torch.tensor(bad),
+    }
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 7: loss is not finite \(position=0.5, regularization=-?(nan|inf), total=-?(nan|inf)\)",
+    ) as error:
         check_loss_terms(terms, step=7)
     assert isinstance(error.value, MedsslError)
     assert "every checkpoint of this run holds finite weights" in str(error.value)

@@ -22,7 +22,9 @@ def test_finish_step_logs_every_term_under_its_prefix_and_trains_on_the_total():
     trainer.fit(model, datamodule=TinyData())
     assert {"train/mse", "train/total"} <= set(trainer.logged_metrics)
     assert "loss" in trainer.progress_bar_metrics and "loss" not in trainer.logged_metrics
-    assert float(trainer.logged_metrics["train/total"]) == float(trainer.logged_metrics["train/mse"])
+    assert float(trainer.logged_metrics["train/total"]) == float(
+        trainer.logged_metrics["train/mse"]
+    )
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
@@ -33,7 +35,11 @@ class NaNTargetsAt(TinyData):
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y = batch
-        return (x, torch.full_like(y, float("nan"))) if self.trainer.global_step == self.nan_step else (x, y)
+        return (
+            (x, torch.full_like(y, float("nan")))
+            if self.trainer.global_step == self.nan_step
+            else (x, y)
+        )
 
 
 def test_a_nan_term_stops_the_run_at_its_step_before_any_update():
@@ -44,9 +50,13 @@ def test_a_nan_term_stops_the_run_at_its_step_before_any_update():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append([p.detach().clone() for p in pl_module.parameters()])
 
-    with pytest.raises(NonFiniteLossError, match=r"step 2: loss is not finite \(mse=nan, total=nan\)"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 2: loss is not finite \(mse=nan, total=nan\)"
+    ):
         quiet_trainer(max_steps=6, callbacks=[Snapshot()]).fit(model, datamodule=NaNTargetsAt(2))
-    assert all(torch.equal(a, b) for a, b in zip(seen[-1], model.parameters()))  # step 2 never stepped
+    assert all(
+        torch.equal(a, b) for a, b in zip(seen[-1], model.parameters())
+    )  # step 2 never stepped
 
 
 @pytest.mark.parametrize("check", [True, False])
@@ -55,7 +65,9 @@ def test_the_gradient_check_follows_its_hyperparameter(check):
     model.net[0].weight.register_hook(lambda grad: grad * float("nan"))
     trainer = quiet_trainer(max_steps=1)
     if check:
-        with pytest.raises(NonFiniteLossError, match=r"step 0: non-finite gradient \(e\.g\. net\.0\.weight\)"):
+        with pytest.raises(
+            NonFiniteLossError, match=r"step 0: non-finite gradient \(e\.g\. net\.0\.weight\)"
+        ):
             trainer.fit(model, datamodule=TinyData())
         assert bool(torch.isfinite(model.net[0].weight).all())
     else:  # the switch exists for fp16 loss scaling, which skips such steps itself
@@ -65,7 +77,9 @@ def test_the_gradient_check_follows_its_hyperparameter(check):
 
 def test_after_optimizer_step_runs_once_per_real_step_not_per_micro_batch():
     model = TinyRegression()
-    quiet_trainer(max_steps=3, accumulate_grad_batches=2).fit(model, datamodule=TinyData(num_batches=8))
+    quiet_trainer(max_steps=3, accumulate_grad_batches=2).fit(
+        model, datamodule=TinyData(num_batches=8)
+    )
     assert model.optimizer_steps == 3
 
 

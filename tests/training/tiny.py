@@ -71,7 +71,9 @@ class TinyData(LightningDataModule):
             return DataLoader(data, batch_size=self.batch_size, shuffle=False)
         share = self.batch_size // self.ranks
         first = self.trainer.global_rank * share
-        mine = [b * self.batch_size + first + j for b in range(self.num_batches) for j in range(share)]
+        mine = [
+            b * self.batch_size + first + j for b in range(self.num_batches) for j in range(share)
+        ]
         return DataLoader(Subset(data, mine), batch_size=share, shuffle=False)
 
 
@@ -98,5 +100,7 @@ class SigtermBeforeStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
-                raise RuntimeError("no SIGTERM handler installed: the signal would end the test process")
+                raise RuntimeError(
+                    "no SIGTERM handler installed: the signal would end the test process"
+                )
             signal.raise_signal(signal.SIGTERM)
