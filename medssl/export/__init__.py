@@ -1,4 +1,4 @@
-"""``medssl export``: a pretraining checkpoint -> an artifact (model.safetensors + artifact.json).
+"""``medssl export``: a pretraining or fine-tuning checkpoint -> an artifact (model.safetensors + artifact.json).
 
 Imports backbones, the store's plan and ``medssl.inference.artifact``; never lightning (a
 checkpoint is read with ``torch.load(weights_only=True)``: plain tensors and primitives).

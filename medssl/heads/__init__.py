@@ -1,7 +1,12 @@
-"""Heads on an encoder's multi-scale features: segmentation decoders, a detector, a diagnosis classifier.
+"""Heads on an encoder's multi-scale features: segmentation decoders, a detector, a diagnosis decoder.
 
-Pure torch (and MONAI network blocks): never lightning, nibabel or pydicom. A head is built
-from a JSON spec (its constructor's keyword arguments), so an artifact can rebuild it.
+:mod:`seg_decoder` (U-Net decoder over :mod:`pyramid`'s UNETR-style projections),
+:mod:`detector` (RetinaNet with ATSS matching), :mod:`guideline_decoder` (guideline sentences
+as queries: the diagnosis head). Torch, plus MONAI where a head is built from MONAI's parts:
+``monai.apps.detection`` for the detector, ``monai.networks`` blocks for the decoders, in
+those three modules only; never lightning or an I/O library (import contracts in
+pyproject.toml). A head is built from a JSON spec (its constructor's keyword arguments), so
+an artifact can rebuild it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Shared Lightning plumbing of pretraining (``medssl.methods``) and fine-tuning (``medssl.tasks``).
 
-The non-finite guard, atomic and SIGTERM checkpoints, the learning-rate schedule, the
-guarded module base and the LightningCLI both commands use. Nothing here knows a method or
-a task.
+The non-finite guard (:mod:`guard`), atomic, SIGTERM and final checkpoints
+(:mod:`checkpointing`), the guarded module base with AdamW and the warm-up/cosine schedule
+(:mod:`module`), the LightningCLI both commands use (:mod:`cli`) and FSDP on CPU processes
+(:mod:`fsdp_cpu`). Nothing here knows a method or a task; tests/training/ runs it on a tiny
+regression model.
 """
 
 from __future__ import annotations
