@@ -137,3 +137,17 @@ def test_bf16_on_a_cpu_falls_back_to_fp32_with_a_warning(store, tmp_path):
         )
     assert cli.trainer.precision == "32-true"
     assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+
+
+def test_joint2d3d_without_a_backbone_builds_its_2d_default(store, tmp_path):
+    """The default ``resenc2d`` is in Joint2D3D's own signature (``--print_config`` of the shipped
+    config, which names none, shows it: the parametrized test above), and the CLI builds it."""
+    shipped = yaml.safe_load((CONFIGS / "pretrain" / "joint2d3d.yaml").read_text())
+    assert "backbone" not in shipped["model"]["init_args"]
+    overlay = yaml.safe_load((CONFIGS / "pretrain" / "smoke2d.yaml").read_text())
+    del overlay["model"]["init_args"]["backbone"]
+    (tmp_path / "smoke2d.yaml").write_text(yaml.safe_dump(overlay))
+    args = smoke_args("joint2d3d", store, tmp_path / "runs")
+    args[args.index(str(CONFIGS / "pretrain" / "smoke2d.yaml"))] = str(tmp_path / "smoke2d.yaml")
+    cli = build_cli(args)
+    assert cli.model.hparams.backbone == "resenc2d" and cli.model.backbone.spatial_dims == 2
