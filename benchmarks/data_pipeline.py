@@ -77,8 +77,8 @@ def forever(loader):
 
 
 def setup_medssl(store: Path, args) -> dict:
-    from medssl.data.cache import build_cache
     from medssl.data.pretrain import PretrainDataModule
+    from medssl.preprocess.volume_cache import build_cache
     from medssl.store.plan import fingerprint, make_plan
 
     shutil.rmtree(store / "cache", ignore_errors=True)
@@ -106,8 +106,8 @@ def measure_dtypes(store: Path, plan) -> dict:
     """Crops/s reading 96³ crops (no augmentation, one process, warm page cache) from each cache dtype."""
     import dataclasses
 
-    from medssl.data.cache import build_cache
     from medssl.data.crops import CropDataset
+    from medssl.preprocess.volume_cache import build_cache
 
     out = {}
     for dtype in ("float16", "float32"):

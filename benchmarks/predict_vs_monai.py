@@ -36,8 +36,8 @@ from medssl.heads import build_head
 from medssl.inference.artifact import save_artifact
 from medssl.inference.predict import ArtifactPredictor
 from medssl.inference.predictor import PredictionRequest
-from medssl.inference.preprocess import preprocess
 from medssl.io.volume import Volume, nifti_gz_bytes
+from medssl.preprocess.stage import preprocess
 from medssl.store.plan import IntensityNorm, Plan
 
 ENCODERS = {

@@ -1,3 +1,5 @@
-"""Datasets and LightningDataModules: the preprocessing cache, pretraining crops and slices."""
+"""Datasets and LightningDataModules over the preprocessing caches (:mod:`medssl.preprocess`):
+pretraining crops and slices, joint 2D/3D, fine-tuning sets. Reads memory maps; builds a cache
+only through its ``build_*``/``ensure_*`` functions."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.cache import CacheIndex
+from medssl.preprocess.volume_cache import CacheIndex
 from medssl.transforms.pipeline import BatchAugment
 from medssl.transforms.spatial import box_of, crop_box
 from medssl.transforms.views import sample_crop_starts
@@ -28,7 +28,7 @@ def body_coordinates(boxes: torch.Tensor, body_box: Sequence[float]) -> torch.Te
     """Crop centres ``[N, 3]`` in body coordinates: ``(centre - lo) / (hi - lo)`` per axis.
 
     ``boxes``: ``[N, 6]`` crop boxes ``(start..., end...)`` in cached voxels; ``body_box``:
-    ``(lo..., hi...)`` of :attr:`~medssl.data.cache.CachedVolume.body_box`.
+    ``(lo..., hi...)`` of :attr:`~medssl.preprocess.volume_cache.CachedVolume.body_box`.
     """
     if boxes.ndim != 2 or boxes.shape[1] != 6 or len(body_box) != 6:
         raise ValueError(f"boxes must be [N, 6] and body_box 6 numbers, got {tuple(boxes.shape)} and {len(body_box)}")

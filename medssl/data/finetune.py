@@ -1,7 +1,7 @@
 """The fine-tuning LightningDataModule: labelled crops for segmentation, detection or classification.
 
 ``prepare_data`` (global rank 0) makes the plan if missing and builds the image and label
-caches (:mod:`medssl.data.cache`, :mod:`medssl.data.label_cache`); ``setup`` (every rank)
+caches (:mod:`medssl.preprocess.volume_cache`, :mod:`medssl.preprocess.label_cache`); ``setup`` (every rank)
 reads them, picks the cases the task can use, splits them by patient (train/val never
 share a patient) and keeps a seeded, nested ``label_fraction`` of the training cases (the
 label-efficiency harness). Batches (B = ``batch_size``; ``crop`` = ``crop_size``, 3 or 2
@@ -38,7 +38,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from medssl.data.cache import CacheIndex, build_cache, ensure_cache
 from medssl.data.finetune_augment import augment_labelled, finetune_augment
 from medssl.data.finetune_cases import (
     case_boxes,
@@ -54,10 +53,11 @@ from medssl.data.finetune_sets import (
     SegmentationCrops,
     WholeVolumes,
 )
-from medssl.data.label_cache import LabelCache, build_label_cache, ensure_label_cache
 from medssl.data.pretrain import load_or_make_plan
 from medssl.data.sampler import resumable_sampler
 from medssl.data.split import split_by_patient
+from medssl.preprocess.label_cache import LabelCache, build_label_cache, ensure_label_cache
+from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
 from medssl.store.labels import class_names, read_labels, structure_names
 from medssl.store.plan import Plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment

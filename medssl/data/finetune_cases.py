@@ -1,6 +1,6 @@
 """Which cases and classes a fine-tuning run uses: structure selection, targets, the labelled fraction.
 
-Pure functions of the label cache's entries (:class:`~medssl.data.label_cache.CachedLabels`),
+Pure functions of the label cache's entries (:class:`~medssl.preprocess.label_cache.CachedLabels`),
 so the data module only wires them together.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medssl.data.boxes import empty_boxes
-from medssl.data.label_cache import CachedLabels
+from medssl.preprocess.geometry import empty_boxes
+from medssl.preprocess.label_cache import CachedLabels
 from medssl.types import TaskKind
 
 LUT_SIZE = 2**16  # label maps are uint8 or uint16

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.boxes import boxes_in_crop, empty_boxes
-from medssl.data.cache import CacheIndex
-from medssl.data.label_cache import LabelCache
+from medssl.data.boxes import boxes_in_crop
+from medssl.preprocess.geometry import empty_boxes
+from medssl.preprocess.label_cache import LabelCache
+from medssl.preprocess.volume_cache import CacheIndex
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey

@@ -5,8 +5,8 @@ Batch (``Joint2D3D``'s input): ``slices [B, S, 1, h, w]``, ``positions [B, S]``,
 ``image_keys [B * images_per_item]`` when it has 2D images (a store with only one kind
 gives only that part; every batch of a run has the same parts, so DDP ranks run the same
 graph). Slices and images share the in-plane ``crop_size`` (default: the plan's
-``crop_size_2d``). Volumes come from the 3D preprocessing cache (:mod:`medssl.data.cache`),
-2D images from the 2D cache (:mod:`medssl.data.cache2d`), both memory-mapped; augmentation
+``crop_size_2d``). Volumes come from the volume cache (:mod:`medssl.preprocess.volume_cache`),
+2D images from the 2D image cache (:mod:`medssl.preprocess.image_cache`), both memory-mapped; augmentation
 runs in the method on the device. Train/validation split by patient pseudonym on each side;
 the training sampler is a :class:`~medssl.data.sampler.StepSampler`, so a resumed run reads
 what an uninterrupted one would.
@@ -23,20 +23,19 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from medssl.data.cache import build_cache, ensure_cache, planned_volumes
-from medssl.data.cache2d import (
-    ImageIndex,
-    build_image_cache,
-    ensure_image_cache,
-    plan_for_images,
-    planned_images,
-)
 from medssl.data.pretrain import load_or_make_plan
 from medssl.data.sampler import resumable_sampler
 from medssl.data.slices import SliceSampling, SliceStackDataset
 from medssl.data.split import split_by_patient
+from medssl.preprocess.image_cache import (
+    ImageIndex,
+    build_image_cache,
+    ensure_image_cache,
+    planned_images,
+)
+from medssl.preprocess.volume_cache import build_cache, ensure_cache, planned_volumes
 from medssl.store.manifest import Manifest
-from medssl.store.plan import PLAN_FILE, Plan, is_volume_3d
+from medssl.store.plan import PLAN_FILE, Plan, is_volume_3d, plan_for_images
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey

@@ -20,10 +20,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from medssl.data.cache import CacheIndex, build_cache, ensure_cache
 from medssl.data.crops import CropCollate, CropDataset, make_views
 from medssl.data.sampler import resumable_sampler
 from medssl.data.split import split_by_patient
+from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
 from medssl.store.plan import PLAN_FILE, Plan, fingerprint, make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 from medssl.types import BatchKey

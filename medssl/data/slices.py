@@ -6,7 +6,7 @@ to the same in-plane box of ``crop_size`` (padded with the volume's ``pad_value`
 box leaves it), with their normalised positions along the axis:
 ``{"slices": [S, 1, h, w], "positions": [S] in [0, 1], "volume": int, "key": int}``. ``key``
 seeds what the method draws per sample. Reads only the chosen slices' boxes from
-:class:`~medssl.data.cache.CacheIndex` memory maps.
+:class:`~medssl.preprocess.volume_cache.CacheIndex` memory maps.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.cache import CacheIndex
+from medssl.preprocess.volume_cache import CacheIndex
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from medssl.data.cache import CachedVolume
+from medssl.preprocess.volume_cache import CachedVolume
 
 
 def patient_group(volume: CachedVolume) -> str:

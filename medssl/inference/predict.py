@@ -1,9 +1,9 @@
 """``ArtifactPredictor``: an artifact behind the :class:`~medssl.inference.predictor.Predictor` protocol.
 
 One prediction: read the upload with the ingest readers (``inputs.read_input``), preprocess
-it with the artifact's plan (``preprocess.preprocess``: the same function that built the
-training cache), run every head, bring results back to the input's world geometry, write
-the outputs asked for. Per head kind:
+it with the artifact's plan (:func:`medssl.preprocess.stage.preprocess`: the same function
+that built the training cache), run every head, bring results back to the input's world
+geometry, write the outputs asked for. Per head kind:
 
 * segmentation: ``sliding_window`` (window = the plan's crop size, Gaussian blending, bf16
   autocast on CUDA, fp32 on CPU), argmax, label map resampled onto the input grid (nearest;
@@ -45,12 +45,12 @@ from medssl.inference.modality import check_modality, parse_modality
 from medssl.inference.model import InferenceModel
 from medssl.inference.overlay import write_overlay
 from medssl.inference.predictor import OUTPUT_KINDS, Prediction, PredictionRequest
-from medssl.inference.preprocess import preprocess
 from medssl.inference.sliding_window import sliding_window, sliding_window_by_slice
 from medssl.inference.summary import class_values, diagnosis, input_summary, structures
 from medssl.io.seg_writer import write_dicom_seg
 from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
+from medssl.preprocess.stage import preprocess
 from medssl.store.plan import CROP_DIVISOR, Plan
 from medssl.types import TaskKind
 

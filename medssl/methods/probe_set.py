@@ -8,8 +8,8 @@ source volume, so kNN and linear probes train and test on different volumes) wit
 names in its metadata. Loading never unpickles.
 
 :func:`build_probe_set` makes one from a store's own labels (``medssl probe-set``): the cached
-volumes (:mod:`medssl.data.cache`) and their label maps on the same grid
-(:mod:`medssl.data.label_cache`). It probes the labelled volumes that pretraining holds out:
+volumes (:mod:`medssl.preprocess.volume_cache`) and their label maps on the same grid
+(:mod:`medssl.preprocess.label_cache`). It probes the labelled volumes that pretraining holds out:
 the validation side of :func:`~medssl.data.split.split_by_patient` with the data module's
 ``val_fraction`` and ``seed``, so no probe crop comes from a patient the encoder trained on.
 When fewer than two labelled volumes lie there it uses every labelled volume, with a warning.
@@ -28,11 +28,11 @@ import torch
 from safetensors.torch import load_file, safe_open, save
 
 from medssl.atomic import atomic_write_bytes
-from medssl.data.cache import ensure_cache
-from medssl.data.label_cache import ensure_label_cache
 from medssl.data.pretrain import load_or_make_plan
 from medssl.data.split import split_by_patient
 from medssl.errors import ConfigError
+from medssl.preprocess.label_cache import ensure_label_cache
+from medssl.preprocess.volume_cache import ensure_cache
 from medssl.progress import Progress
 from medssl.store.labels import read_labels
 

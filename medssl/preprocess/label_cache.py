@@ -1,17 +1,17 @@
 """The label cache: each labelled, cached volume's label map on exactly its cached image grid.
 
-Beside the image cache (:mod:`medssl.data.cache`) in ``STORE/cache/<plan_hash>/``:
+Beside the volume cache (:mod:`medssl.preprocess.volume_cache`) in ``STORE/cache/<plan_hash>/``:
 ``<volume_id>.labels.npy`` (``[X, Y, Z]`` uint8/uint16, the store's label map through
-:func:`~medssl.inference.preprocess.preprocess_labels`: nearest-neighbour onto the grid of
+:func:`~medssl.preprocess.stage.preprocess_labels`: nearest-neighbour onto the grid of
 ``<volume_id>.npy``) and ``<volume_id>.labels.json`` (the cached grid's affine, structures,
-classes, and the store's world boxes converted to cached voxels, see :mod:`medssl.data.boxes`),
-then ``labels.index.json`` last. A record with classes or boxes but no map gets a ``.json``
+classes, and the store's world boxes converted to cached voxels, see
+:mod:`medssl.preprocess.geometry`), then ``labels.index.json`` last. A record with classes or boxes but no map gets a ``.json``
 only.
 
 A volume is redone when its record (map sha256, structures, classes, boxes) or its store
-volume changes; a changed record with the same map sha256 rewrites only the ``.json``. The
-build runs in the image cache's worker pool, writes atomically, resumes after a kill and
-holds the cache folder's lock.
+volume changes; a changed record with the same map sha256 rewrites only the ``.json``. Built
+once (:mod:`medssl.preprocess.build_once`), like the volume cache: in worker processes,
+atomically, resuming after a kill, under the cache folder's lock.
 """
 
 from __future__ import annotations
@@ -19,32 +19,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import multiprocessing
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medssl.atomic import atomic_write_bytes, remove_stale_temporaries
-from medssl.data.boxes import cached_affine, component_boxes, world_to_voxel_boxes
-from medssl.data.cache import (
-    CacheIndex,
-    distributed_rank,
-    exclusive_lock,
-    planned_volumes,
-    run_volume_jobs,
-    write_array,
-)
+from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
-from medssl.inference.preprocess import preprocess_labels
+from medssl.preprocess.build_once import (
+    POLL_S,
+    WAIT_TIMEOUT_S,
+    BuildOnce,
+    Worker,
+    index_covers,
+    read_index_json,
+    write_array,
+    write_index_json,
+)
+from medssl.preprocess.geometry import cached_affine, component_boxes, world_to_voxel_boxes
+from medssl.preprocess.stage import preprocess_labels
+from medssl.preprocess.volume_cache import CacheIndex, planned_volumes
 from medssl.store.labels import LabelRecord, read_label_map, read_labels
 from medssl.store.plan import Plan
 from medssl.store.volume_row import VolumeRow
 
-log = logging.getLogger("medssl.cache")
 LABEL_INDEX_FILE = "labels.index.json"
 LABEL_CACHE_VERSION = 1
 
@@ -106,16 +106,13 @@ class LabelCache:
         return np.load(self.root / entry.file, mmap_mode="r")
 
     def covers(self, wanted: dict[str, str]) -> bool:
-        have = {vid: e.digest for vid, e in self.entries.items()}
-        return set(have) | set(self.failed) == set(wanted) and all(wanted[v] == d for v, d in have.items())
+        """Whether this index holds exactly ``wanted`` (volume_id → :func:`record_digest`)."""
+        return index_covers({vid: e.digest for vid, e in self.entries.items()}, self.failed, wanted)
 
     @classmethod
     def read(cls, root: Path) -> LabelCache | None:
-        path = Path(root) / LABEL_INDEX_FILE
-        if not path.is_file():
-            return None
-        data = json.loads(path.read_text())
-        if data.get("version") != LABEL_CACHE_VERSION:
+        data = read_index_json(Path(root) / LABEL_INDEX_FILE, LABEL_CACHE_VERSION)
+        if data is None:
             return None
         entries = {e["volume_id"]: CachedLabels.from_dict(e) for e in data["entries"]}
         return cls(Path(root), entries, tuple(data.get("failed", ())))
@@ -155,40 +152,45 @@ def label_jobs(store: str | Path, plan: Plan, index: CacheIndex) -> list[LabelJo
 
 def build_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers: int = 1, progress: bool = True) -> LabelCache:
     """Cache every labelled volume of ``index`` not cached (or changed) yet; returns the label index."""
-    store, root = Path(store), index.root
-    jobs = label_jobs(store, plan, index)
-    wanted = {j.volume_id: j.digest for j in jobs}
-    existing = LabelCache.read(root)
-    if existing is not None and not existing.failed and existing.covers(wanted):
-        return existing
-    with exclusive_lock(root):
-        existing = LabelCache.read(root)
-        if existing is not None and not existing.failed and existing.covers(wanted):
-            return existing
-        remove_stale_temporaries(root)
-        todo = [j for j in jobs if _entry_digest(root, j.volume_id) != j.digest]
-        failed: list[str] = []
-        if todo:
-            context = (str(store), str(root), plan.to_json())
-            failed = run_volume_jobs("caching labels", cache_labels, todo, init_label_worker, context, workers, progress)
-        return _write_label_index(root, jobs, failed)
+    return LabelCacheBuilder(store, plan, index).build(workers, progress)
 
 
-def ensure_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers: int = 1, progress: bool = True, timeout_s: float = 24 * 3600.0, poll_s: float = 2.0) -> LabelCache:
+def ensure_label_cache(store: str | Path, plan: Plan, index: CacheIndex, workers: int = 1, progress: bool = True, timeout_s: float = WAIT_TIMEOUT_S, poll_s: float = POLL_S) -> LabelCache:
     """The label cache from any rank: rank 0 builds (if needed), others wait for an index that covers the store."""
-    wanted = {j.volume_id: j.digest for j in label_jobs(store, plan, index)}
-    cache = LabelCache.read(index.root)
-    if cache is not None and cache.covers(wanted):
-        return cache
-    if distributed_rank() == 0:
-        return build_label_cache(store, plan, index, workers, progress)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(poll_s)
-        cache = LabelCache.read(index.root)
-        if cache is not None and cache.covers(wanted):
-            return cache
-    raise TimeoutError(f"label cache {index.root}: no complete index after {timeout_s:.0f} s; is rank 0 building it?")
+    return LabelCacheBuilder(store, plan, index).ensure(workers, progress, timeout_s, poll_s)
+
+
+class LabelCacheBuilder(BuildOnce[LabelCache, LabelJob]):
+    """The label cache beside the volume cache ``index``: one job per labelled, cached volume."""
+
+    name = "label cache"
+    description = "caching labels"
+
+    def __init__(self, store: str | Path, plan: Plan, index: CacheIndex) -> None:
+        super().__init__(index.root, label_jobs(store, plan, index))
+        self.store, self.plan = Path(store), plan
+
+    def key(self, job: LabelJob) -> str:
+        return job.digest
+
+    def read_index(self) -> LabelCache | None:
+        return LabelCache.read(self.root)
+
+    def done(self, job: LabelJob) -> bool:
+        return _entry_digest(self.root, job.volume_id) == job.digest
+
+    def worker(self) -> Worker:
+        return Worker(cache_labels, init_label_worker, (str(self.store), str(self.root), self.plan.to_json()))
+
+    def write_index(self, failed: list[str]) -> LabelCache:
+        entries = {
+            job.volume_id: CachedLabels.from_dict(json.loads(_meta_path(self.root, job.volume_id).read_text()))
+            for job in self.jobs
+            if job.volume_id not in failed and self.done(job)
+        }
+        payload = {"version": LABEL_CACHE_VERSION, "entries": [e.to_dict() for e in entries.values()], "failed": list(failed)}
+        write_index_json(self.root / LABEL_INDEX_FILE, payload)
+        return LabelCache(self.root, entries, tuple(failed))
 
 
 def _meta_path(root: Path, volume_id: str) -> Path:
@@ -198,17 +200,6 @@ def _meta_path(root: Path, volume_id: str) -> Path:
 def _entry_digest(root: Path, volume_id: str) -> str | None:
     meta = _meta_path(root, volume_id)
     return json.loads(meta.read_text()).get("digest") if meta.is_file() else None
-
-
-def _write_label_index(root: Path, jobs: list[LabelJob], failed: list[str]) -> LabelCache:
-    entries = {}
-    for job in jobs:
-        vid = job.volume_id
-        if vid not in failed and _entry_digest(root, vid) == job.digest:
-            entries[vid] = CachedLabels.from_dict(json.loads(_meta_path(root, vid).read_text()))
-    payload = {"version": LABEL_CACHE_VERSION, "entries": [e.to_dict() for e in entries.values()], "failed": list(failed)}
-    atomic_write_bytes(root / LABEL_INDEX_FILE, json.dumps(payload, indent=1).encode())
-    return LabelCache(root, entries, tuple(failed))
 
 
 # the worker -----------------------------------------------------------------------------

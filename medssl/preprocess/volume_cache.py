@@ -1,40 +1,49 @@
-"""The preprocessing cache: each planned volume resampled and normalised once, memory-mapped after.
+"""The volume cache: each planned volume resampled and normalised once, memory-mapped after.
 
 Layout: ``STORE/cache/<plan_hash>/<volume_id>.npy`` (uncompressed ``[X, Y, Z]`` in the
 plan's ``cache_dtype``, RAS voxel order at the plan's spacing), ``<volume_id>.json`` beside
-it (shape, spacing reached, padding value, modality, patient pseudonym), and
+it (shape, spacing reached, padding value, modality, patient pseudonym), ``plan.json`` and
 ``index.json``, written last. ``np.load(mmap_mode="r")`` maps a file instead of reading
 it, so every loader worker and every rank on a machine shares one copy in the page cache
 and a crop reads only its own pages.
 
-The build runs in worker processes, skips what exists (a killed build resumes; a second
-build writes nothing), writes every file atomically and holds an exclusive lock while it
-works. :func:`ensure_cache` is safe on every rank: rank 0 builds, others wait for an
-index that covers the store.
+Each volume goes through :func:`~medssl.preprocess.stage.preprocess`, the function serving
+uses. Built once (:mod:`medssl.preprocess.build_once`): in worker processes, skipping what
+exists, atomically, under the folder's lock; :func:`ensure_cache` is safe on every rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import logging
-import os
-import time
+import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from medssl.atomic import atomic_write_bytes, atomic_writer, remove_stale_temporaries
-from medssl.progress import Progress
+from medssl.atomic import atomic_write_bytes
+from medssl.errors import MedsslError
+from medssl.io.nifti import read_nifti
+from medssl.preprocess.build_once import (
+    INDEX_FILE,
+    POLL_S,
+    WAIT_TIMEOUT_S,
+    BuildOnce,
+    Worker,
+    array_current,
+    index_covers,
+    read_index_json,
+    read_sidecar,
+    write_array,
+    write_index_json,
+)
+from medssl.preprocess.stage import preprocess
 from medssl.store.manifest import Manifest
-from medssl.store.plan import Plan, frame_rows, modality_key
+from medssl.store.plan import Plan, foreground_mask, frame_rows, modality_key
 from medssl.store.volume_row import VolumeRow
-from medssl.store.workers import WorkerPool
 
-log = logging.getLogger("medssl.cache")
-INDEX_FILE = "index.json"
 INDEX_VERSION = 3  # 2: volumes carry the sha256 of their store file; 3: and their body box
 
 
@@ -84,31 +93,15 @@ class CacheIndex:
 
     def covers(self, wanted: dict[str, str]) -> bool:
         """Whether this index holds exactly ``wanted`` (volume_id → sha256 of its store file)."""
-        return index_covers(self.volumes, self.failed, wanted)
+        return index_covers({v.volume_id: v.sha256 for v in self.volumes}, self.failed, wanted)
 
     @classmethod
     def read(cls, root: Path) -> CacheIndex | None:
-        data = read_index_json(root, INDEX_VERSION)
+        data = read_index_json(Path(root) / INDEX_FILE, INDEX_VERSION)
         if data is None:
             return None
         volumes = tuple(CachedVolume.from_dict(v) for v in data["volumes"])
         return cls(Path(root), data["plan_hash"], data["dtype"], volumes, tuple(data.get("failed", ())))
-
-
-def index_covers(entries, failed: tuple[str, ...], wanted: dict[str, str]) -> bool:
-    """Whether cached ``entries`` (with ``volume_id``, ``sha256``) plus ``failed`` ids are exactly ``wanted``."""
-    have = {e.volume_id: e.sha256 for e in entries}
-    return set(have) | set(failed) == set(wanted) and all(wanted[i] == sha for i, sha in have.items())
-
-
-def read_index_json(root: str | Path, version: int) -> dict | None:
-    """A cache folder's ``index.json``; None when absent or written by another index version
-    (another medssl: the cache is rebuilt, never misread)."""
-    path = Path(root) / INDEX_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return data if data.get("version") == version else None
 
 
 def cache_dir(store: str | Path, plan: Plan) -> Path:
@@ -129,136 +122,85 @@ def build_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool 
     read or crashes its worker twice is logged and listed under ``failed``; the next
     ``build_cache`` tries it again (``ensure_cache`` accepts an index with failures).
     """
-    store = Path(store)
-    root = cache_dir(store, plan)
-    rows = planned_volumes(store, plan)
-    wanted = {r.volume_id: r.sha256 for r in rows}
-    existing = CacheIndex.read(root)
-    if existing is not None and not existing.failed and existing.covers(wanted):
-        return existing
-    root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(root):
-        existing = CacheIndex.read(root)  # another builder may have finished while we waited
-        if existing is not None and not existing.failed and existing.covers(wanted):
-            return existing
-        remove_stale_temporaries(root)
-        if not (root / "plan.json").is_file():
-            atomic_write_bytes(root / "plan.json", plan.to_json().encode())
-        todo = [r for r in rows if not _done(root, r)]
-        failed: list[str] = []
-        if todo:
-            failed = _run(store, root, plan, todo, workers, progress)
-        index = _write_index(root, plan, rows, failed)
-    return index
+    return VolumeCacheBuilder(store, plan).build(workers, progress)
 
 
-def ensure_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool = True, timeout_s: float = 24 * 3600.0, poll_s: float = 2.0) -> CacheIndex:
+def ensure_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool = True, timeout_s: float = WAIT_TIMEOUT_S, poll_s: float = POLL_S) -> CacheIndex:
     """The cache index, from any rank: rank 0 builds (if needed); others wait until an index covers the store."""
-    root = cache_dir(store, plan)
-    expected = {r.volume_id: r.sha256 for r in planned_volumes(store, plan)}
-    index = CacheIndex.read(root)
-    if index is not None and index.covers(expected):
-        return index
-    if distributed_rank() == 0:
-        return build_cache(store, plan, workers, progress)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(poll_s)
-        index = CacheIndex.read(root)
-        if index is not None and index.covers(expected):
-            return index
-    raise TimeoutError(f"cache {root}: no complete index after {timeout_s:.0f} s; is rank 0 building it?")
+    return VolumeCacheBuilder(store, plan).ensure(workers, progress, timeout_s, poll_s)
 
 
-def distributed_rank() -> int:
-    """The global rank: from torch.distributed when initialised, else the launcher's environment."""
-    import torch.distributed as dist
+class VolumeCacheBuilder(BuildOnce[CacheIndex, VolumeRow]):
+    """The volume cache of ``store`` under ``plan``: one job per planned volume."""
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+    name = "cache"
+    description = "caching"
 
+    def __init__(self, store: str | Path, plan: Plan) -> None:
+        super().__init__(cache_dir(store, plan), planned_volumes(store, plan))
+        self.store, self.plan = Path(store), plan
 
-# building -------------------------------------------------------------------------------
-class exclusive_lock:
-    """``flock`` on ``<cache>/.lock``: one builder per cache folder at a time on this machine."""
+    def key(self, job: VolumeRow) -> str:
+        return job.sha256
 
-    def __init__(self, root: Path) -> None:
-        self.path = root / ".lock"
+    def read_index(self) -> CacheIndex | None:
+        return CacheIndex.read(self.root)
 
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+    def done(self, job: VolumeRow) -> bool:
+        return array_current(self.root, job.volume_id, job.sha256)
 
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+    def prepare(self) -> None:
+        if not (self.root / "plan.json").is_file():
+            atomic_write_bytes(self.root / "plan.json", self.plan.to_json().encode())
 
+    def worker(self) -> Worker:
+        return Worker(cache_volume, init_worker, (str(self.store), str(self.root), self.plan.to_json()))
 
-def _done(root: Path, row: VolumeRow) -> bool:
-    """Cached, and from the store file the manifest names now (the .json is written last)."""
-    meta = root / f"{row.volume_id}.json"
-    if not (meta.is_file() and (root / f"{row.volume_id}.npy").is_file()):
-        return False
-    return json.loads(meta.read_text()).get("sha256") == row.sha256
-
-
-def _run(store: Path, root: Path, plan: Plan, todo: list[VolumeRow], workers: int, progress: bool) -> list[str]:
-    from medssl.data import cache_work
-
-    context = (str(store), str(root), plan.to_json())
-    return run_volume_jobs("caching", cache_work.cache_volume, todo, cache_work.init_worker, context, workers, progress)
-
-
-def run_volume_jobs(description: str, fn, rows: list, initializer, context: tuple, workers: int, progress: bool) -> list[str]:
-    """``fn(row)`` for each row (anything with a ``volume_id``: a :class:`VolumeRow`, a label
-    job) in a :class:`WorkerPool` (``initializer(*context)`` per worker) with a progress bar;
-    ``fn`` returns a dict with ``"error"`` on failure. Returns the sorted volume_ids that failed
-    or crashed their worker twice (logged)."""
-    failed: list[str] = []
-    jobs = [(fn, (row,)) for row in rows]
-
-    def crashed(job) -> dict:
-        return {"volume_id": job[1][0].volume_id, "error": "worker crashed twice"}
-
-    if workers <= 1:
-        initializer(*context)  # the inline pool runs jobs here, without an initializer
-    with Progress(enabled=progress) as bar, WorkerPool(workers, initializer, context) as pool:
-        task = bar.task(description, total=len(rows))
-        for outcome in pool.run(jobs, max(2, workers * 2), crashed):
-            if "error" in outcome:
-                log.warning("%s: volume %s skipped: %s", description, outcome["volume_id"], outcome["error"])
-                failed.append(outcome["volume_id"])
-            bar.advance(task)
-    return sorted(failed)
+    def write_index(self, failed: list[str]) -> CacheIndex:
+        volumes = tuple(
+            CachedVolume.from_dict(read_sidecar(self.root, row.volume_id))
+            for row in self.jobs
+            if row.volume_id not in failed and self.done(row)
+        )
+        payload = {
+            "version": INDEX_VERSION,
+            "plan_hash": self.plan.hash,
+            "dtype": self.plan.cache_dtype,
+            "volumes": [dataclasses.asdict(v) for v in volumes],
+            "failed": list(failed),
+        }
+        write_index_json(self.root / INDEX_FILE, payload)
+        return CacheIndex(self.root, self.plan.hash, self.plan.cache_dtype, volumes, tuple(failed))
 
 
-def _write_index(root: Path, plan: Plan, rows: list[VolumeRow], failed: list[str]) -> CacheIndex:
-    volumes = []
-    for row in rows:
-        if row.volume_id in failed or not _done(root, row):
-            continue
-        meta = json.loads((root / f"{row.volume_id}.json").read_text())
-        volumes.append(CachedVolume.from_dict(meta))
-    index = CacheIndex(root, plan.hash, plan.cache_dtype, tuple(volumes), tuple(failed))
-    payload = {
-        "version": INDEX_VERSION,
-        "plan_hash": plan.hash,
-        "dtype": plan.cache_dtype,
-        "volumes": [dataclasses.asdict(v) for v in volumes],
-        "failed": list(failed),
-    }
-    atomic_write_bytes(root / INDEX_FILE, json.dumps(payload, indent=1).encode())
-    return index
+# the worker -------------------------------------------------------------------------------
+_CTX: dict = {}
 
 
-def write_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through :func:`~medssl.atomic.atomic_writer`: no reader ever maps a partial file."""
-    with atomic_writer(path) as f:
-        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+def init_worker(store: str, root: str, plan_json: str) -> None:
+    if multiprocessing.current_process().name != "MainProcess":
+        torch.set_num_threads(1)  # parallel across volumes, not within one
+    _CTX.update(store=Path(store), root=Path(root), plan=Plan.from_json(plan_json))
+
+
+def cache_volume(row: VolumeRow) -> dict:
+    """Cache one manifest row; returns its :class:`CachedVolume` fields, or ``{"volume_id", "error"}``."""
+    store, root, plan = _CTX["store"], _CTX["root"], _CTX["plan"]
+    volume_id = row.volume_id
+    try:
+        volume = read_nifti((store / row.path).read_bytes())
+        if row.frame is not None:  # one frame of a 4D series
+            volume.array = np.ascontiguousarray(volume.array[..., row.frame])
+        box = body_box(foreground_mask(np.asarray(volume.array), row.modality))  # before normalising
+        array, reached = preprocess(volume.array, volume.spacing, row.modality, plan)
+        scale = [s / r for s, r in zip(volume.spacing, reached)] * 2  # store voxels -> cached voxels
+        del volume
+        write_array(root / f"{volume_id}.npy", array)
+        meta = cached_volume_meta(row, array.shape, reached, float(array.min()), tuple(b * f for b, f in zip(box, scale)))
+        atomic_write_bytes(root / f"{volume_id}.json", json.dumps(meta).encode())  # last: marks the volume done
+        return meta
+    except (MedsslError, OSError, ValueError, RuntimeError) as exc:
+        return {"volume_id": volume_id, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def body_box(foreground: np.ndarray, quantile: float = 0.005) -> tuple[float, ...]:

@@ -35,6 +35,9 @@ VOXEL_BUDGET_3D = 96**3
 VOXEL_BUDGET_2D = 256**2
 ANISOTROPY_RATIO = 3.0
 MIN_SLICES = 8  # thinner "3D" volumes are single slices or localisers, not volumes to crop
+SPACING_DECIMALS = 6  # planned spacings are rounded: plan.json and its hash stay stable
+IMAGE_PLAN_SLICE_MM = 1.0  # a plan made from 2D images only: a placeholder third spacing
+IMAGE_PLAN_CROP_DEPTH = CROP_DIVISOR  # ... and the thinnest 3D crop an encoder takes
 CT_FOREGROUND_HU = -950.0  # above air, below lung parenchyma: lungs stay in the intensity statistics
 OTHER_MODALITY = "OT"  # DICOM's "other": volumes whose modality the store does not know
 
@@ -162,6 +165,11 @@ def is_volume_3d(row: VolumeRow, min_slices: int = MIN_SLICES) -> bool:
     if row.ndim not in (3, 4) or row.axcodes not in (None, "RAS"):
         return False
     return min(row.shape[:3]) >= min_slices
+
+
+def is_image_2d(row: VolumeRow) -> bool:
+    """A 2D image (radiograph, ultrasound frame): the 2D image cache's, never cropped in 3D."""
+    return row.ndim == 2
 
 
 def frame_rows(row: VolumeRow) -> list[VolumeRow]:
@@ -306,12 +314,30 @@ def make_plan(
             raise ValueError(f"crop size {size}: expected positive integers")
     norms = {m: _norm_for(m, s.get("intensity", {}), ct_window) for m, s in fp["modalities"].items()}
     return Plan(
-        target_spacing=tuple(round(float(t), 6) for t in target),
+        target_spacing=tuple(round(float(t), SPACING_DECIMALS) for t in target),
         crop_size=tuple(int(s) for s in crop),
         crop_size_2d=tuple(int(s) for s in crop_2d),
         normalisation=norms,
         min_slices=int(fp.get("min_slices", MIN_SLICES)),
         cache_dtype=cache_dtype,
+    )
+
+
+def plan_for_images(store: str | Path, crop_size_2d: tuple[int, int] | None = None) -> Plan:
+    """A plan for a store of 2D images only (no 3D volume to fingerprint): the median pixel
+    spacing, per-image z-score (the default normalisation), ``crop_size_2d`` fitted to the
+    median image within ``VOXEL_BUDGET_2D``; the third axis holds placeholders."""
+    with Manifest(Path(store) / "manifest.sqlite") as manifest:
+        rows = [row for row in manifest.volumes() if is_image_2d(row)]
+    if not rows:
+        raise ValueError(f"store {store}: no 2D image to plan from")
+    spacing = np.median([r.spacing[:2] for r in rows], axis=0)
+    shape = np.median([r.shape[:2] for r in rows], axis=0)
+    crop = tuple(crop_size_2d) if crop_size_2d else fit_crop_size(list(shape), VOXEL_BUDGET_2D)
+    return Plan(
+        target_spacing=(*(round(float(s), SPACING_DECIMALS) for s in spacing), IMAGE_PLAN_SLICE_MM),
+        crop_size=(*crop, IMAGE_PLAN_CROP_DEPTH),
+        crop_size_2d=crop,
     )
 
 

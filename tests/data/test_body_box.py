@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medssl.data.cache import CachedVolume, body_box, build_cache
 from medssl.data.crops import CropCollate, CropDataset, body_coordinates
+from medssl.preprocess.volume_cache import CachedVolume, body_box, build_cache
 from medssl.store.plan import fingerprint, foreground_mask, make_plan
 from tests.data.synthetic_store import Spec, write_store
 

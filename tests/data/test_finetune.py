@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medssl.data.boxes import world_to_voxel_boxes
 from medssl.data.finetune import FinetuneDataModule
 from medssl.data.finetune_cases import labelled_subset
+from medssl.preprocess.geometry import world_to_voxel_boxes
 from medssl.transforms.pipeline import AugmentConfig
 from tests.data.labelled_store import (
     LESION_VALUES,

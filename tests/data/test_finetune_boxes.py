@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medssl.data.boxes import boxes_in_crop, component_boxes, transform_boxes
+from medssl.data.boxes import boxes_in_crop, transform_boxes
 from medssl.data.finetune_augment import augment_labelled, finetune_augment
+from medssl.preprocess.geometry import component_boxes
 from medssl.transforms.pipeline import AugmentConfig
 
 ONLY_GEOMETRY = AugmentConfig(flip_prob=0.5, rot90_prob=0.7, affine_prob=0.0, intensity_prob=0.0, gamma_prob=0.0, noise_prob=0.0, blur_prob=0.0)

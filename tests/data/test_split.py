@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medssl.data.cache import CachedVolume
 from medssl.data.split import split_by_patient
+from medssl.preprocess.volume_cache import CachedVolume
 
 
 def volumes(patients: list[str | None]) -> list[CachedVolume]:

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.uid import generate_uid
 
-from medssl.data.cache import build_cache, planned_volumes
+from medssl.preprocess.volume_cache import build_cache, planned_volumes
 from medssl.store.plan import fingerprint, make_plan
 from tests.store import dicom_factory as f
 from tests.store import store_view as sv

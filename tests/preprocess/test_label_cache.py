@@ -9,11 +9,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from medssl.data.boxes import cached_affine, world_to_voxel_boxes
-from medssl.data.cache import build_cache
-from medssl.data.label_cache import LABEL_INDEX_FILE, build_label_cache, ensure_label_cache
 from medssl.data.pretrain import load_or_make_plan
 from medssl.io.volume import Volume, nifti_gz_bytes
+from medssl.preprocess.geometry import cached_affine, world_to_voxel_boxes
+from medssl.preprocess.label_cache import LABEL_INDEX_FILE, build_label_cache, ensure_label_cache
+from medssl.preprocess.volume_cache import build_cache
 from tests.data.labelled_store import (
     LESION_VALUES,
     default_cases,
@@ -145,7 +145,7 @@ def test_a_label_map_off_the_volume_grid_is_reported_and_skipped(fresh):
 
 
 def test_the_message_names_the_volume_and_both_shapes(fresh):
-    from medssl.data.label_cache import cache_labels, init_label_worker, label_jobs
+    from medssl.preprocess.label_cache import cache_labels, init_label_worker, label_jobs
 
     root, plan, index = fresh
     data = nifti_gz_bytes(Volume(np.zeros((10, 10, 10), dtype=np.uint8), np.eye(4)))

@@ -1,4 +1,4 @@
-"""The preprocessing cache: right values, built once, resumable, shared safely across ranks."""
+"""The volume cache: right values, built once, resumable, shared safely across ranks."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from medssl.atomic import TMP_MARK
-from medssl.data.cache import (
-    INDEX_FILE,
-    CacheIndex,
-    build_cache,
-    cache_dir,
-    distributed_rank,
-    ensure_cache,
-)
+from medssl.preprocess.build_once import INDEX_FILE, distributed_rank
+from medssl.preprocess.volume_cache import CacheIndex, build_cache, cache_dir, ensure_cache
 from medssl.store.plan import fingerprint, make_plan
 from medssl.transforms.spatial import resampled_shape
 from tests.data.synthetic_store import Spec, phantom_array, write_store

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from medssl.store.plan import (
+    IMAGE_PLAN_CROP_DEPTH,
+    IMAGE_PLAN_SLICE_MM,
     PLAN_FILE,
     IntensityNorm,
     Plan,
@@ -17,6 +19,7 @@ from medssl.store.plan import (
     foreground_mask,
     frame_rows,
     make_plan,
+    plan_for_images,
     target_spacing,
 )
 from tests.data.synthetic_store import Spec, add_row, phantom_array, volume_row, write_store
@@ -123,6 +126,19 @@ def test_a_store_without_volumes_cannot_be_planned(tmp_path):
     add_row(store, "x2d", ndim=2, shape=[96, 48], spacing=[1.0, 1.0], axcodes="2D")
     with pytest.raises(ValueError, match="no 3D volume"):
         make_plan(fingerprint(store))
+
+
+def test_a_store_of_2d_images_is_planned_from_their_median_pixel_spacing_and_size(tmp_path):
+    store = write_store(tmp_path, [Spec(seed=1)])  # a volume: not what this plan looks at
+    for i, (shape, spacing) in enumerate([([300, 200], [0.2, 0.3]), ([400, 300], [0.1, 0.3]), ([500, 400], [0.3, 0.5])]):
+        add_row(store, f"x{i}", ndim=2, shape=shape, spacing=spacing, axcodes="2D", modality="DX")
+    plan = plan_for_images(store)
+    assert plan.target_spacing == (0.2, 0.3, IMAGE_PLAN_SLICE_MM) == (0.2, 0.3, 1.0)
+    assert plan.crop_size_2d == (256, 256) and plan.crop_size == (256, 256, IMAGE_PLAN_CROP_DEPTH) == (256, 256, 32)
+    assert plan.normalisation == {} and plan.norm_for("DX") == IntensityNorm("zscore")
+    assert plan_for_images(store, crop_size_2d=(64, 96)).crop_size == (64, 96, 32)
+    with pytest.raises(ValueError, match="no 2D image"):
+        plan_for_images(write_store(tmp_path / "volumes_only", [Spec(seed=2)]))
 
 
 def test_json_round_trip_save_load_and_hash(tmp_path):
