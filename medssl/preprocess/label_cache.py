@@ -5,8 +5,8 @@ Beside the volume cache (:mod:`medssl.preprocess.volume_cache`) in ``STORE/cache
 :func:`~medssl.preprocess.stage.preprocess_labels`: nearest-neighbour onto the grid of
 ``<volume_id>.npy``) and ``<volume_id>.labels.json`` (the cached grid's affine, structures,
 classes, and the store's world boxes converted to cached voxels, see
-:mod:`medssl.preprocess.geometry`), then ``labels.index.json`` last. A record with classes or boxes but no map gets a ``.json``
-only.
+:mod:`medssl.preprocess.geometry`), then ``labels.index.json`` last. A record with classes
+or boxes but no map gets a ``.json`` only.
 
 A volume is redone when its record (map sha256, structures, classes, boxes) or its store
 volume changes; a changed record with the same map sha256 rewrites only the ``.json``. Built
@@ -219,28 +219,15 @@ def cache_labels(job: LabelJob) -> dict:
     try:
         cached_shape = job.cached_shape
         store_affine = np.asarray(row.affine, dtype=np.float64)
-        store_shape = row.shape
         file, components = None, []
         if record.mask_path is not None:
             file = f"{volume_id}.labels.npy"
-            previous = _meta_path(root, volume_id)
-            same_map = previous.is_file() and json.loads(previous.read_text()).get("mask_sha256") == record.mask_sha256
-            if same_map and (root / file).is_file():
-                labels = np.load(root / file)
-            else:
-                labels = preprocessed_label_map(store, record, store_affine, store_shape, cached_shape, plan)
-                write_array(root / file, labels)
+            labels = _cached_label_map(store, root, file, record, store_affine, row.shape, cached_shape, plan)
             values = sorted(record.structures)
             found, which = component_boxes(labels, values)
             components = [(values[c], [float(v) for v in box]) for c, box in zip(which.tolist(), found)]
             del labels
-        affine = cached_affine(store_affine, store_shape, cached_shape)
-        boxes = []
-        if record.boxes:
-            lower = np.array([b.min for b in record.boxes])
-            upper = np.array([b.max for b in record.boxes])
-            voxel = world_to_voxel_boxes(lower, upper, affine)
-            boxes = [(b.label, [round(float(v), 4) for v in box]) for b, box in zip(record.boxes, voxel)]
+        affine = cached_affine(store_affine, row.shape, cached_shape)
         entry = CachedLabels.from_dict({
             "volume_id": volume_id,
             "file": file,
@@ -248,7 +235,7 @@ def cache_labels(job: LabelJob) -> dict:
             "affine": affine.tolist(),
             "structures": {str(k): v for k, v in record.structures.items()},
             "classes": list(record.classes),
-            "boxes": boxes,
+            "boxes": _voxel_boxes(record, affine),
             "components": components,
             "mask_sha256": record.mask_sha256,
             "digest": job.digest,
@@ -257,6 +244,27 @@ def cache_labels(job: LabelJob) -> dict:
         return entry.to_dict()
     except (MedsslError, OSError, ValueError, RuntimeError) as exc:
         return {"volume_id": volume_id, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _cached_label_map(store: Path, root: Path, file: str, record: LabelRecord, store_affine: np.ndarray, store_shape: tuple[int, ...], cached_shape: tuple[int, ...], plan: Plan) -> np.ndarray:
+    """The label map already cached from the same map file, else preprocessed and written now."""
+    previous = _meta_path(root, record.volume_id)
+    same_map = previous.is_file() and json.loads(previous.read_text()).get("mask_sha256") == record.mask_sha256
+    if same_map and (root / file).is_file():
+        return np.load(root / file)
+    labels = preprocessed_label_map(store, record, store_affine, store_shape, cached_shape, plan)
+    write_array(root / file, labels)
+    return labels
+
+
+def _voxel_boxes(record: LabelRecord, affine: np.ndarray) -> list[tuple[str, list[float]]]:
+    """The record's world boxes as ``(label, box)`` in voxel edges of the grid of ``affine``."""
+    if not record.boxes:
+        return []
+    lower = np.array([b.min for b in record.boxes])
+    upper = np.array([b.max for b in record.boxes])
+    voxel = world_to_voxel_boxes(lower, upper, affine)
+    return [(b.label, [round(float(v), 4) for v in box]) for b, box in zip(record.boxes, voxel)]
 
 
 def preprocessed_label_map(store: Path, record: LabelRecord, store_affine: np.ndarray, store_shape: tuple[int, ...], cached_shape: tuple[int, ...], plan: Plan) -> np.ndarray:
