@@ -101,6 +101,15 @@ class BatchKey(StrEnum):
     SPACING = "spacing"  # [B, 3] float64 voxel spacing in mm (fine-tuning validation)
 
 
+class ViewSource(StrEnum):
+    """Where an SSL method's views come from; each method declares one (``view_source``) and
+    it is checked against the data module's ``views`` setting when training starts."""
+
+    DATA_MODULE = "data_module"  # needs the data module's views: data.views >= 1
+    OWN = "own"  # cuts its own views from each crop: data.views must be 0
+    EITHER = "either"  # uses the data module's views when there are some, else makes its own
+
+
 @dataclass(frozen=True)
 class OutputClass:
     """One output of a trained head, as the artifact records it (``labels`` + ``label_values``).

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import Sampler
 
+from medssl.transforms.rng import keyed_generator
+
 
 class StepSampler(Sampler[int]):
     """Endless indices ``epoch * n + item``: item from epoch's permutation of ``range(n)``.
@@ -32,7 +34,7 @@ class StepSampler(Sampler[int]):
         self.n, self.seed, self.rank, self.world_size, self.start = n, seed, rank, world_size, start
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return torch.randperm(self.n, generator=keyed_generator(self.seed, epoch))
 
     def __iter__(self) -> Iterator[int]:
         position = int(self.start())

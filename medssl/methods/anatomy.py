@@ -54,7 +54,8 @@ from medssl.losses import (
 from medssl.methods.alignment import ConditionalAlignment
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.projectors import MLPProjector, Norm
-from medssl.types import BatchKey
+from medssl.transforms.rng import keyed_generator
+from medssl.types import BatchKey, ViewSource
 
 log = logging.getLogger("medssl.methods")
 WEIGHTS = ("global", "patch", "anatomy", "alignment", "reconstruction")
@@ -95,6 +96,8 @@ class Anatomy(SSLMethod):
             decoder stays light for stride-32 backbones (8^3 = 512 outputs, not 32^3).
         **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
     """
+
+    view_source = ViewSource.EITHER  # batch views, else the crop twice
 
     def __init__(
         self,
@@ -194,13 +197,11 @@ class Anatomy(SSLMethod):
         ``keys`` ``[N]`` name the crops (``batch["index"]`` when given, else the crop's row in
         the global batch), so a crop gets the same mask wherever the batch was split.
         """
-        base = self.hparams.seed * 1_000_003 + self.global_step * 7_919 + batch_idx * 104_729
         count = min(patches - 1, max(1, round(self.hparams.mask_ratio * patches)))
         rows = []
         for view in range(views):
             for key in keys.tolist():
-                seed = (base + view * 15_485_863 + int(key) * 2_654_435_761) % (2**63 - 1)
-                g = torch.Generator().manual_seed(seed)
+                g = keyed_generator(self.hparams.seed, self.global_step, batch_idx, view, key)
                 rows.append(torch.rand(patches, generator=g).argsort() < count)
         return torch.stack(rows)  # exactly `count` masked patches per row
 

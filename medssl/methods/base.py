@@ -9,20 +9,29 @@ checkpoint written by the run ever holds non-finite weights.
 
 Hyperparameters are primitives only (str, numbers, bools, lists, dicts of those), so a
 checkpoint loads with ``torch.load(weights_only=True)``.
+
+Each method declares ``view_source`` (:class:`~medssl.types.ViewSource`): whether it takes its
+views from the data module (``data.views >= 1``), cuts its own from each crop (``data.views:
+0``) or does either; ``setup`` checks it against the data module's ``views`` and raises
+:class:`~medssl.errors.ConfigError` on a mismatch (:func:`check_view_source`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from medssl.backbones import create_backbone
+from medssl.errors import ConfigError
 from medssl.training import GuardedModule, NonFiniteLossError, warmup_cosine
 from medssl.training.module import decay_groups
+from medssl.transforms.rng import keyed_generator
+from medssl.types import ViewSource
 
-__all__ = ["NonFiniteLossError", "SSLMethod", "ema_update", "warmup_cosine"]
+__all__ = ["NonFiniteLossError", "SSLMethod", "check_view_source", "ema_update", "warmup_cosine"]
 CHECKPOINT_KEY = "medssl"  # what `medssl export` reads from a checkpoint (besides state_dict)
 
 
@@ -66,6 +75,8 @@ class SSLMethod(GuardedModule):
             uninterrupted one would.
     """
 
+    view_source: ClassVar[ViewSource]  # every method declares it (module doc)
+
     def __init__(
         self,
         backbone: str = "resenc3d",
@@ -85,14 +96,8 @@ class SSLMethod(GuardedModule):
 
     # the step ---------------------------------------------------------------------------
     def step_generator(self, batch_idx: int) -> torch.Generator:
-        """A CPU generator for this step, batch and rank (module doc of ``seed``)."""
-        key = (
-            self.hparams.seed * 1_000_003
-            + self.global_step * 7_919
-            + batch_idx * 104_729
-            + self.global_rank * 15_485_863
-        )
-        return torch.Generator().manual_seed(key % (2**63 - 1))
+        """A CPU generator keyed by (seed, step, batch, rank) (:mod:`medssl.transforms.rng`)."""
+        return keyed_generator(self.hparams.seed, self.global_step, batch_idx, self.global_rank)
 
     def full_precision(self) -> torch.autocast:
         """Autocast off: similarities, softmaxes and Sinkhorn run in float32 under bf16-mixed."""
@@ -100,6 +105,9 @@ class SSLMethod(GuardedModule):
 
     # setup, optimiser ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:  # a data module without a `views` setting makes none
+            check_view_source(self, type(datamodule).__name__, getattr(datamodule, "views", 0))
         if self.hparams.compile and not self._compiled:
             self.backbone.compile()  # in place: state_dict keys stay "backbone.*"
             self._compiled = True
@@ -126,3 +134,18 @@ class SSLMethod(GuardedModule):
             "backbone_prefix": "backbone.",
             "store": None if store is None else str(Path(store).resolve()),
         }
+
+
+def check_view_source(method: SSLMethod, data_module: str, views: int) -> None:
+    """ConfigError when ``method.view_source`` contradicts the data module's ``views`` setting."""
+    name, source = type(method).__name__, ViewSource(method.view_source)
+    if source is ViewSource.OWN and views > 0:
+        raise ConfigError(
+            f"{name} cuts its own views from each crop (view_source {source}), but {data_module} "
+            f"makes data.views={views} views per crop that it would ignore: set data.views to 0"
+        )
+    if source is ViewSource.DATA_MODULE and views < 1:
+        raise ConfigError(
+            f"{name} takes its views from the data module (view_source {source}), but "
+            f"{data_module} makes none (data.views={views}): set data.views to 2 or more"
+        )

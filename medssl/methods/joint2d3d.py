@@ -47,8 +47,9 @@ from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.multi_crop import MultiCrop
 from medssl.transforms.pipeline import AugmentConfig
+from medssl.transforms.rng import keyed_generator
 from medssl.transforms.views import random_resized_boxes
-from medssl.types import BatchKey
+from medssl.types import BatchKey, ViewSource
 
 AGGREGATOR_HEAD = "slice_aggregator"  # its name in the checkpoint record and the artifact
 
@@ -74,6 +75,8 @@ class Joint2D3D(SSLMethod):
         backbone: a 2D backbone of the registry.
         **kwargs: the other :class:`~medssl.methods.base.SSLMethod` arguments.
     """
+
+    view_source = ViewSource.OWN  # multi-crops of each slice and image
 
     def __init__(
         self,
@@ -143,8 +146,7 @@ class Joint2D3D(SSLMethod):
     # keyed randomness ---------------------------------------------------------------------
     def keyed_generator(self, key: int, salt: int) -> torch.Generator:
         """Seeded by (seed, step, sample key, salt): the same on any rank split of the batch."""
-        value = self.hparams.seed * 1_000_003 + self.global_step * 7_919 + int(key) * 104_729 + salt
-        return torch.Generator().manual_seed(value % (2**63 - 1))
+        return keyed_generator(self.hparams.seed, self.global_step, key, salt)
 
     def keyed_boxes(self, keys: Tensor, shape: tuple[int, ...], scale, salt: int) -> Tensor:
         """One random resized box ``[len(keys), 4]`` per key."""

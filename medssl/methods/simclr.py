@@ -20,7 +20,7 @@ from medssl.losses.infonce import InfoNCEForm
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
-from medssl.types import BatchKey
+from medssl.types import BatchKey, ViewSource
 
 
 class SimCLR(SSLMethod):
@@ -35,6 +35,8 @@ class SimCLR(SSLMethod):
             carries no ``views``); a dict of :class:`AugmentConfig` fields, missing ones default.
         **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
     """
+
+    view_source = ViewSource.EITHER  # batch views, else num_views made here
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.multi_crop import MultiCrop
 from medssl.transforms.pipeline import AugmentConfig
-from medssl.types import BatchKey
+from medssl.types import BatchKey, ViewSource
 
 
 class SwAV(SSLMethod):
@@ -42,6 +42,8 @@ class SwAV(SSLMethod):
         augment: per-crop augmentation, a dict of ``AugmentConfig`` fields; None: defaults.
         **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
     """
+
+    view_source = ViewSource.OWN  # multi-crops of each region
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ from medssl.losses import overlap_labels, voco_loss
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.views import base_grid, crop_boxes, random_boxes
-from medssl.types import BatchKey
+from medssl.types import BatchKey, ViewSource
 
 
 class VoCo(SSLMethod):
@@ -47,6 +47,8 @@ class VoCo(SSLMethod):
             the teacher from a pretrained checkpoint or check ``train/regularization`` falls.
         **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments (backbone, lr, ...).
     """
+
+    view_source = ViewSource.OWN  # grid and random crops of each region
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ from medssl.transforms.intensity import (
 )
 from medssl.transforms.multi_crop import MultiCrop
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment, Composed
+from medssl.transforms.rng import derive_seed, keyed_generator
 from medssl.transforms.spatial import (
     CropOrPad,
     Resample,
@@ -73,7 +74,9 @@ __all__ = [
     "center_crop_or_pad",
     "crop_box",
     "crop_boxes",
+    "derive_seed",
     "grid_boxes",
+    "keyed_generator",
     "random_boxes",
     "random_resized_boxes",
     "resample_to_spacing",

@@ -1,4 +1,5 @@
-"""The shared base: EMA as a function, warm-up + cosine schedule, and the non-finite guard."""
+"""The shared base: EMA as a function, warm-up + cosine schedule, the non-finite guard, and
+the check of a method's view source against the data module's ``views``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from medssl.errors import MedsslError
-from medssl.methods import NonFiniteLossError, ema_update, warmup_cosine
+from medssl.errors import ConfigError, MedsslError
+from medssl.methods import METHODS, NonFiniteLossError, SimCLR, ema_update, warmup_cosine
+from medssl.methods.base import check_view_source
 from medssl.training.checkpointing import AtomicCheckpointIO
-from tests.methods.synthetic import SyntheticCrops, build
+from medssl.types import ViewSource
+from tests.methods.synthetic import TINY_BACKBONES, TINY_HEADS, SyntheticCrops, build
 
 
 def test_ema_update_moves_parameters_and_copies_buffers():
@@ -114,3 +117,44 @@ def test_nan_gradient_stops_before_the_optimizer_step():
     with pytest.raises(NonFiniteLossError, match="step 0: non-finite gradient .*backbone"):
         trainer.fit(model, datamodule=SyntheticCrops(views=2))
     assert torch.equal(weight.detach(), before)
+
+
+def quiet_trainer() -> Trainer:
+    return Trainer(
+        accelerator="cpu",
+        fast_dev_run=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+class NeedsDataViews(SimCLR):
+    """A method that only takes the data module's views (no current method does)."""
+
+    view_source = ViewSource.DATA_MODULE
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_declares_where_its_views_come_from(method):
+    assert isinstance(METHODS[method].view_source, ViewSource)
+
+
+def test_a_method_that_cuts_its_own_views_refuses_a_data_module_that_makes_views():
+    with pytest.raises(ConfigError, match=r"VoCo cuts its own.*SyntheticCrops makes data.views=2.*set data.views to 0"):
+        quiet_trainer().fit(build("voco"), datamodule=SyntheticCrops(views=2))
+    quiet_trainer().fit(build("voco"), datamodule=SyntheticCrops(views=0))
+
+
+def test_a_method_that_needs_the_data_modules_views_refuses_a_data_module_without_them():
+    model = NeedsDataViews(backbone="resenc3d", backbone_kwargs=TINY_BACKBONES["resenc3d"], **TINY_HEADS)
+    with pytest.raises(ConfigError, match=r"NeedsDataViews takes its views.*SyntheticCrops makes none.*set data.views to 2"):
+        quiet_trainer().fit(model, datamodule=SyntheticCrops(views=0))
+    quiet_trainer().fit(model, datamodule=SyntheticCrops(views=2))
+
+
+def test_a_method_that_takes_either_accepts_both():
+    for views in (0, 2):
+        check_view_source(build("simclr"), "SyntheticCrops", views)
+        check_view_source(build("anatomy"), "SyntheticCrops", views)
