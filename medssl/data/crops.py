@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from medssl.preprocess.volume_cache import CacheIndex
 from medssl.transforms.pipeline import BatchAugment
+from medssl.transforms.rng import derive_seed, keyed_generator
 from medssl.transforms.spatial import box_of, crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey
@@ -85,7 +86,7 @@ class CropDataset(Dataset):
         resume. Training indices from :class:`~medssl.data.sampler.StepSampler` carry the epoch
         (``epoch * length + item``), so each epoch draws new crops; validation (``fixed``)
         indices repeat, so its crops do too."""
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + item) % 2**63)
+        return keyed_generator(self.seed, item)
 
     def __getitem__(self, item: int) -> dict:
         i = self.volumes[(item % self.length) % len(self.volumes)]
@@ -133,11 +134,8 @@ class CropCollate:
         self.augment, self.views = augment, views
 
     def __call__(self, items: list[dict]) -> dict:
-        seed = items[0][BatchKey.SEED]
-        for item in items[1:]:
-            seed = (seed * 31 + item[BatchKey.SEED]) % 2**62
         batch = {key: torch.cat([item[key] for item in items]) for key in CONCATENATED}
-        batch[BatchKey.SEED] = seed
+        batch[BatchKey.SEED] = derive_seed(*(item[BatchKey.SEED] for item in items))
         if self.augment is not None:
             generator = torch.Generator().manual_seed(batch.pop(BatchKey.SEED))
             batch = make_views(batch, self.augment, self.views, generator)

@@ -23,6 +23,7 @@ from medssl.data.boxes import boxes_in_crop
 from medssl.preprocess.geometry import empty_boxes
 from medssl.preprocess.label_cache import LabelCache
 from medssl.preprocess.volume_cache import CacheIndex
+from medssl.transforms.rng import derive_seed, keyed_generator
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey
@@ -88,7 +89,7 @@ class CaseDataset(Dataset):
         return self._maps["label", i]
 
     def generator(self, item: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + item) % 2**63)
+        return keyed_generator(self.seed, item)
 
     def wants_foreground(self, item: int, share: float) -> bool:
         return (item * GOLDEN) % 1.0 < share
@@ -282,8 +283,5 @@ class FinetuneCollate:
                 for item in items
             ]
         if BatchKey.SEED in items[0]:
-            seed = items[0][BatchKey.SEED]
-            for item in items[1:]:
-                seed = (seed * 31 + item[BatchKey.SEED]) % 2**62
-            batch[BatchKey.SEED] = seed
+            batch[BatchKey.SEED] = derive_seed(*(item[BatchKey.SEED] for item in items))
         return batch

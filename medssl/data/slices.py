@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medssl.preprocess.volume_cache import CacheIndex
+from medssl.transforms.rng import keyed_generator
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey
@@ -96,7 +97,7 @@ class SliceStackDataset(Dataset):
         i = self.volumes[(item % self.length) % len(self.volumes)]
         volume = self.index.volumes[i]
         array = self._open(i)[None]  # [1, X, Y, Z], unread
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + key) % 2**63)
+        g = keyed_generator(self.seed, key)
         depth = array.shape[1 + self.slice_axis]
         plane = [s for a, s in enumerate(array.shape[1:]) if a != self.slice_axis]
         start = sample_crop_starts(plane, self.crop_size, 1, g)[0].tolist()
