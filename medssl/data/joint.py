@@ -9,22 +9,19 @@ graph). Slices and images share the in-plane ``crop_size`` (default: the plan's
 2D images from the 2D image cache (:mod:`medssl.preprocess.image_cache`), both memory-mapped; augmentation
 runs in the method on the device. Train/validation split by patient pseudonym on each side;
 the training sampler is a :class:`~medssl.data.sampler.StepSampler`, so a resumed run reads
-what an uninterrupted one would.
+what an uninterrupted one would. Plan, shared options and loaders: :mod:`medssl.data.crop_module`
+(a store without 3D volumes plans from its 2D images).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from medssl.data.pretrain import load_or_make_plan
-from medssl.data.sampler import resumable_sampler
+from medssl.data.crop_module import CropDataModule, LoaderOptions, load_or_make_plan
 from medssl.data.slices import SliceSampling, SliceStackDataset
 from medssl.data.split import split_by_patient
 from medssl.preprocess.image_cache import (
@@ -34,13 +31,12 @@ from medssl.preprocess.image_cache import (
     planned_images,
 )
 from medssl.preprocess.volume_cache import build_cache, ensure_cache, planned_volumes
-from medssl.store.manifest import Manifest
-from medssl.store.plan import PLAN_FILE, Plan, is_volume_3d, plan_for_images
+from medssl.transforms.rng import keyed_generator
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts
 from medssl.types import BatchKey
 
-log = logging.getLogger("medssl.data")
+IMAGE_STREAM = 13  # a key that keeps image crops' draws apart from slice stacks' (seed, item)
 
 
 class ImageCropDataset(Dataset):
@@ -76,7 +72,7 @@ class ImageCropDataset(Dataset):
         if i not in self._maps:
             self._maps[i] = self.index.open(image)
         array = self._maps[i][None]  # [1, X, Y]
-        g = torch.Generator().manual_seed((self.seed * 7_919 + 13 + item) % 2**63)
+        g = keyed_generator(self.seed, IMAGE_STREAM, item)
         starts = sample_crop_starts(array.shape[1:], self.crop_size, self.per_item, g)
         crops = torch.stack(
             [crop_box(array, s.tolist(), self.crop_size, image.pad_value) for s in starts]
@@ -126,7 +122,7 @@ def collate_joint(items: list[dict]) -> dict:
     return batch
 
 
-class JointDataModule(LightningDataModule):
+class JointDataModule(CropDataModule):
     """Slice stacks of the store's volumes + crops of its 2D images (module doc).
 
     Args:
@@ -160,73 +156,39 @@ class JointDataModule(LightningDataModule):
         prefetch_factor: int = 4,
         progress: bool = True,
     ) -> None:
-        super().__init__()
-        if (
-            batch_size < 1
-            or num_workers < 0
-            or images_per_item < 1
-            or num_slices < 2
-            or slice_axis not in (0, 1, 2)
-        ):
+        if images_per_item < 1 or num_slices < 2 or slice_axis not in (0, 1, 2):
             raise ValueError(
-                f"batch_size >= 1, num_workers >= 0, images_per_item >= 1, num_slices >= 2, slice_axis 0-2; got {batch_size}, {num_workers}, {images_per_item}, {num_slices}, {slice_axis}"
+                f"images_per_item >= 1, num_slices >= 2, slice_axis 0-2; got {images_per_item}, {num_slices}, {slice_axis}"
             )
-        self.store = str(store)
-        self.crop_size = None if crop_size is None else tuple(int(s) for s in crop_size)
-        self.num_slices, self.slice_axis, self.slice_sampling = (
-            num_slices,
-            slice_axis,
-            slice_sampling,
-        )
-        self.images_per_item, self.batch_size, self.num_workers = (
-            images_per_item,
-            batch_size,
-            num_workers,
-        )
-        self.val_fraction, self.seed, self.samples_per_epoch = val_fraction, seed, samples_per_epoch
-        self.cache_workers, self.pin_memory, self.prefetch_factor, self.progress = (
-            cache_workers,
-            pin_memory,
-            prefetch_factor,
-            progress,
-        )
-        self.prepare_data_per_node = False
-        self.plan: Plan | None = None
-        self.train_set: JointDataset | None = None
-        self.val_set: JointDataset | None = None
-
-    def _plan(self) -> Plan:
-        """``plan.json``; made from the volumes' fingerprint, or from the 2D images when none."""
-        if (Path(self.store) / PLAN_FILE).is_file():
-            return Plan.load(self.store)
-        with Manifest(Path(self.store) / "manifest.sqlite") as manifest:
-            has_volumes = any(is_volume_3d(row) for row in manifest.volumes())
-        if has_volumes:
-            return load_or_make_plan(self.store)
-        plan = plan_for_images(self.store)
-        plan.save(self.store)
-        return plan
+        options = LoaderOptions(
+            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed,
+            samples_per_epoch=samples_per_epoch, cache_workers=cache_workers, pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor, progress=progress,
+        )  # fmt: skip
+        super().__init__(store, crop_size, options)
+        self.num_slices, self.slice_axis = num_slices, slice_axis
+        self.slice_sampling, self.images_per_item = slice_sampling, images_per_item
 
     def prepare_data(self) -> None:
-        plan = self._plan()
+        o = self.options
+        plan = load_or_make_plan(self.store, from_images=True)
         if planned_volumes(self.store, plan):
-            build_cache(self.store, plan, self.cache_workers, self.progress)
+            build_cache(self.store, plan, o.cache_workers, o.progress)
         if planned_images(self.store):
-            build_image_cache(self.store, plan, self.cache_workers, self.progress)
+            build_image_cache(self.store, plan, o.cache_workers, o.progress)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        self.plan = (
-            Plan.load(self.store) if (Path(self.store) / PLAN_FILE).is_file() else self._plan()
-        )
+        o = self.options
+        self.plan = load_or_make_plan(self.store, from_images=True)
         volumes = (
-            ensure_cache(self.store, self.plan, self.cache_workers, self.progress)
+            ensure_cache(self.store, self.plan, o.cache_workers, o.progress)
             if planned_volumes(self.store, self.plan)
             else None
         )
         images = (
-            ensure_image_cache(self.store, self.plan, self.cache_workers, self.progress)
+            ensure_image_cache(self.store, self.plan, o.cache_workers, o.progress)
             if planned_images(self.store)
             else None
         )
@@ -240,7 +202,7 @@ class JointDataModule(LightningDataModule):
         for split in ("train", "val"):
             sets[split] = {"stacks": None, "images": None, "n": 0}
         if has_volumes:
-            train, val = split_by_patient(volumes.volumes, self.val_fraction, self.seed)
+            train, val = split_by_patient(volumes.volumes, o.val_fraction, o.seed)
             for split, ids in (("train", train), ("val", val)):
                 if ids:
                     sets[split]["stacks"] = SliceStackDataset(
@@ -251,11 +213,11 @@ class JointDataModule(LightningDataModule):
                         self.slice_axis,
                         self.slice_sampling,
                         fixed=split == "val",
-                        seed=self.seed,
+                        seed=o.seed,
                     )
                     sets[split]["n"] = max(sets[split]["n"], len(ids))
         if has_images:
-            train, val = split_by_patient(images.images, self.val_fraction, self.seed)
+            train, val = split_by_patient(images.images, o.val_fraction, o.seed)
             for split, ids in (("train", train), ("val", val)):
                 if ids:
                     sets[split]["images"] = ImageCropDataset(
@@ -264,11 +226,11 @@ class JointDataModule(LightningDataModule):
                         crop,
                         self.images_per_item,
                         fixed=split == "val",
-                        seed=self.seed,
+                        seed=o.seed,
                     )
                     sets[split]["n"] = max(sets[split]["n"], len(ids))
         t = sets["train"]
-        self.train_set = JointDataset(t["stacks"], t["images"], self.samples_per_epoch or t["n"])
+        self.train_set = JointDataset(t["stacks"], t["images"], o.samples_per_epoch or t["n"])
         v = sets["val"]  # validation only when it has every part training has
         if (
             v["n"]
@@ -277,25 +239,5 @@ class JointDataModule(LightningDataModule):
         ):
             self.val_set = JointDataset(v["stacks"], v["images"], v["n"])
 
-    def _loader(self, dataset: JointDataset, train: bool) -> DataLoader:
-        workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=resumable_sampler(self.trainer, len(dataset), self.seed, self.batch_size)
-            if train
-            else None,
-            num_workers=workers,
-            collate_fn=collate_joint,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            prefetch_factor=self.prefetch_factor if workers > 0 else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup("validate")
-        return self._loader(self.val_set, train=False) if self.val_set is not None else []
+    def collate_fn(self) -> Callable[[list[dict]], dict]:
+        return collate_joint
