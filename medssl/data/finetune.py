@@ -38,6 +38,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from medssl.data.crop_module import load_or_make_plan
 from medssl.data.finetune_augment import augment_labelled, finetune_augment
 from medssl.data.finetune_cases import (
     case_boxes,
@@ -53,7 +54,6 @@ from medssl.data.finetune_sets import (
     SegmentationCrops,
     WholeVolumes,
 )
-from medssl.data.pretrain import load_or_make_plan
 from medssl.data.sampler import resumable_sampler
 from medssl.data.split import split_by_patient
 from medssl.preprocess.label_cache import LabelCache, build_label_cache, ensure_label_cache

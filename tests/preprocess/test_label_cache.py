@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from medssl.data.pretrain import load_or_make_plan
+from medssl.data.crop_module import load_or_make_plan
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.preprocess.geometry import cached_affine, world_to_voxel_boxes
 from medssl.preprocess.label_cache import LABEL_INDEX_FILE, build_label_cache, ensure_label_cache
