@@ -113,7 +113,7 @@ class SSLMethod(GuardedModule):
             self._compiled = True
 
     def configure_optimizers(self):
-        groups = decay_groups(self.named_parameters(), self.hparams.weight_decay)
+        groups = decay_groups(self.named_parameters(), self.hparams.weight_decay, true_ndims=self.true_ndims)
         return self.adamw_with_schedule(groups, self.hparams.lr, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
     # export -----------------------------------------------------------------------------

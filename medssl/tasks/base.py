@@ -25,6 +25,7 @@ from medssl.inference.artifact import load_artifact
 from medssl.inference.encoder import build_encoder
 from medssl.tasks.layer_decay import freeze_below, layer_ids, layer_scales, num_layers
 from medssl.training import GuardedModule
+from medssl.training.module import decays
 from medssl.types import HeadSpec, TaskKind
 
 log = logging.getLogger("medssl.finetune")
@@ -127,14 +128,14 @@ class FinetuneTask(GuardedModule, ABC):
         groups: dict[tuple[float, bool], list] = {}
         for name, p in self.encoder.named_parameters():
             if p.requires_grad:
-                groups.setdefault((hp.encoder_lr_scale * scales[name], p.ndim >= 2), []).append(p)
+                groups.setdefault((hp.encoder_lr_scale * scales[name], decays(f"encoder.{name}", p, self.true_ndims)), []).append(p)
         in_encoder = {id(p) for p in self.encoder.parameters()}
-        for p in self.heads.parameters():  # a detector holds the encoder itself: count it once
+        for name, p in self.heads.named_parameters():  # a detector holds the encoder itself: count it once
             if p.requires_grad and id(p) not in in_encoder:
-                groups.setdefault((1.0, p.ndim >= 2), []).append(p)
+                groups.setdefault((1.0, decays(f"heads.{name}", p, self.true_ndims)), []).append(p)
         param_groups = [
-            {"params": params, "lr_scale": scale, "weight_decay": hp.weight_decay if decays else 0.0}
-            for (scale, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+            {"params": params, "lr_scale": scale, "weight_decay": hp.weight_decay if decayed else 0.0}
+            for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
         ]
         return self.adamw_with_schedule(param_groups, hp.lr, hp.warmup_steps, hp.min_lr_ratio)
 

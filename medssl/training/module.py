@@ -10,13 +10,17 @@ decay over the trainer's ``estimated_stepping_batches``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from medssl.errors import ConfigError
 from medssl.training.guard import check_gradients, check_loss_terms
+
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # what FSDP and activation checkpointing insert
+FLAT_PARAMETER = "_flat_param"
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: float, min_ratio: float) -> float:
@@ -42,6 +46,16 @@ class GuardedModule(LightningModule):
         self.log_dict({f"{prefix}/{k}": v.detach() for k, v in terms.items()}, on_step=True)
         self.log("loss", terms["total"].detach(), on_step=True, prog_bar=True, logger=False)
         return terms["total"]
+
+    def configure_model(self) -> None:
+        """Lightning calls this before a strategy wraps the model: remember every parameter's
+        rank while it is still its own tensor (FSDP hands ``configure_optimizers`` 1-D shards)."""
+        self._true_ndims = {name: p.ndim for name, p in self.named_parameters()}
+
+    @property
+    def true_ndims(self) -> dict[str, int]:
+        """Parameter name -> its rank before any wrapping (empty before ``configure_model``)."""
+        return getattr(self, "_true_ndims", {})
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.hparams.get("check_gradients", True) and not str(self.trainer.precision).startswith("16"):
@@ -77,12 +91,31 @@ class GuardedModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def decay_groups(named_params, weight_decay: float, lr_scale: float = 1.0) -> list[dict]:
-    """Split trainable parameters: weight matrices decay, biases and norms do not."""
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as the unwrapped model spells it."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def decays(name: str, p: torch.Tensor, true_ndims: Mapping[str, int] | None = None) -> bool:
+    """Whether weight decay applies: weight matrices and kernels do, biases and norm scales
+    (1-D) do not, judged by the rank the parameter had before FSDP sharded it (``true_ndims``)."""
+    if FLAT_PARAMETER in name:
+        raise ConfigError(
+            f"parameter '{name}': FSDP with use_orig_params=False flattens weights and biases into one "
+            "tensor, so weight decay and per-layer learning rates cannot be told apart; set the "
+            "strategy's use_orig_params: true (configs/trainer/fsdp.yaml does)"
+        )
+    return (true_ndims or {}).get(unwrapped_name(name), p.ndim) >= 2
+
+
+def decay_groups(named_params, weight_decay: float, lr_scale: float = 1.0, true_ndims: Mapping[str, int] | None = None) -> list[dict]:
+    """Split trainable parameters: weight matrices decay, biases and norms do not (:func:`decays`)."""
     decay, no_decay = [], []
-    for _, p in named_params:
+    for name, p in named_params:
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if decays(name, p, true_ndims) else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale},
         {"params": no_decay, "weight_decay": 0.0, "lr_scale": lr_scale},

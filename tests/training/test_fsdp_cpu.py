@@ -8,10 +8,10 @@ subclass exists for: Lightning refuses FSDPStrategy on a CPU, torch FSDP needs a
 and gathering with ``offload_to_cpu`` crashes. The method-level twin (SimCLR gradients, the
 pretrain CLI with the online probe) is ``slow``: tests/methods/test_fsdp.py.
 
-Known gap, pinned by a strict xfail: FSDP hands ``configure_optimizers`` 1-D parameters
-(flat ones; with ``use_orig_params=True``, 1-D shards of the originals), so ``decay_groups``,
-which decays ``ndim >= 2``, puts every weight in the no-decay group: weight decay is off in
-FSDP runs. Deciding the groups before wrapping (or by name) would fix it.
+FSDP hands ``configure_optimizers`` 1-D shards of the original parameters
+(``use_orig_params=True``, CPUFSDPStrategy's default), so weight decay is decided by each
+parameter's rank before wrapping (``GuardedModule.configure_model``): with weight decay on,
+the sharded run still equals the single-process one.
 """
 
 from __future__ import annotations
@@ -86,12 +86,7 @@ def _rank(rank: int, out: Path, port: int, weight_decay: float) -> None:
     "weight_decay",
     [
         0.0,
-        pytest.param(
-            0.1,
-            marks=pytest.mark.xfail(
-                strict=True, reason="flat FSDP parameters get no weight decay (module doc)"
-            ),
-        ),
+        0.1,
     ],
 )
 def test_two_cpu_ranks_save_the_full_standard_checkpoint_one_process_would(tmp_path, weight_decay):

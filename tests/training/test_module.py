@@ -11,7 +11,8 @@ from lightning.pytorch import Callback
 from torch import nn
 
 from medssl.training import NonFiniteLossError, warmup_cosine
-from medssl.training.module import decay_groups
+from medssl.errors import ConfigError
+from medssl.training.module import decay_groups, decays
 from tests.training.tiny import TinyData, TinyRegression, quiet_trainer
 
 
@@ -133,3 +134,21 @@ def test_decay_groups_decay_matrices_only_and_skip_frozen_parameters():
     assert ids(decay["params"]) == ids([net[0].weight]) and decay["weight_decay"] == 0.05
     assert ids(plain["params"]) == ids([net[0].bias, net[1].weight, net[1].bias, net[2].bias])
     assert plain["weight_decay"] == 0.0 and decay["lr_scale"] == plain["lr_scale"] == 0.3
+
+
+def test_decay_follows_the_rank_a_parameter_had_before_fsdp_sharded_it():
+    shard = torch.zeros(6)  # a 1-D shard, as FSDP with use_orig_params hands it over
+    ranks = {"net.0.weight": 2, "net.0.bias": 1}
+    assert decays("_fsdp_wrapped_module.net.0.weight", shard, ranks)
+    assert not decays("_fsdp_wrapped_module.net.0.bias", shard, ranks)
+    assert not decays("net.0.weight", shard)  # unknown: its own rank decides
+    with pytest.raises(ConfigError, match="use_orig_params"):
+        decays("_fsdp_wrapped_module._flat_param", shard, ranks)
+
+
+def test_configure_model_records_every_parameters_rank_before_wrapping():
+    model = TinyRegression()
+    assert model.true_ndims == {}
+    model.configure_model()
+    assert model.true_ndims == {name: p.ndim for name, p in model.named_parameters()}
+    assert any(n == 1 for n in model.true_ndims.values()) and any(n == 2 for n in model.true_ndims.values())

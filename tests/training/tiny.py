@@ -40,7 +40,7 @@ class TinyRegression(GuardedModule):
 
     def configure_optimizers(self) -> dict:
         h = self.hparams
-        groups = decay_groups(self.named_parameters(), h.weight_decay)
+        groups = decay_groups(self.named_parameters(), h.weight_decay, true_ndims=self.true_ndims)
         return self.adamw_with_schedule(groups, h.lr, h.warmup_steps, h.min_lr_ratio)
 
     def after_optimizer_step(self) -> None:
