@@ -104,7 +104,7 @@ def _probe_set_parser(sub) -> None:
 def _run_probe_set(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from medssl.methods.probe_set import build_probe_set
+    from medssl.data.probe_set import build_probe_set
 
     if not (args.store / "manifest.sqlite").is_file():
         raise MedsslError(f"--store {args.store}: not a store (no manifest.sqlite)")

@@ -1,6 +1,6 @@
 """Probe exported encoders side by side: kNN and linear-probe accuracy on one probe set.
 
-The same measurement as the online probe of pretraining (:mod:`medssl.methods.online_probe`:
+The same measurement as the online probe of pretraining (:mod:`medssl.training.online_probe`:
 weighted cosine kNN and a logistic-regression probe, fit on half of the probe set's volumes,
 tested on the other half), applied after the fact to exported artifacts, so methods trained in
 separate runs (a 3D encoder, a joint 2D/3D encoder served through its slice aggregator) are
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from medssl.atomic import atomic_write_bytes
+from medssl.data.probe_set import ProbeSet
 from medssl.errors import ConfigError
 from medssl.inference.artifact import load_artifact
 from medssl.inference.encoder import build_encoder
-from medssl.methods.online_probe import knn_accuracy, linear_probe_accuracy, split_by_group
-from medssl.methods.probe_set import ProbeSet
+from medssl.training.online_probe import knn_accuracy, linear_probe_accuracy, split_by_group
 
 log = logging.getLogger("medssl.bench")
 FIELDS = ("init", "seed", "knn_acc", "linear_acc", "chance", "fit_crops", "test_crops")

@@ -6,7 +6,7 @@
 Every option is also a flag (``--model.init_args.lr 3e-4`` or ``--model.lr 3e-4``,
 ``--data.batch_size 4``, ``--trainer.accumulate_grad_batches 4``); ``--print_config`` shows
 the whole configuration. Besides the groups of :class:`~medssl.training.cli.MedsslCLI`,
-``--probe.*`` configures the online probe (:class:`~medssl.methods.online_probe.OnlineProbe`;
+``--probe.*`` configures the online probe (:class:`~medssl.training.online_probe.OnlineProbe`;
 off unless ``--probe.path`` names a probe set). The run folder is ``RUNS/<method>/<run_name>/``
 (``metrics.csv``, ``config.yaml``, ``checkpoints/``, ``probe.csv``). Multi-GPU and multi-node:
 ``configs/trainer/{ddp,fsdp}.yaml`` and docs/multinode.md; ``configs/trainer/fsdp_cpu.yaml`` runs
@@ -16,9 +16,9 @@ FSDP on CPU processes (gloo) through :class:`~medssl.training.fsdp_cpu.CPUFSDPSt
 from __future__ import annotations
 
 from medssl.methods.base import SSLMethod
-from medssl.methods.online_probe import OnlineProbe
 from medssl.training.cli import SIGTERM_EXIT, MedsslCLI, fit_main
 from medssl.training.cli import build_cli as _build
+from medssl.training.online_probe import OnlineProbe
 
 __all__ = ["SIGTERM_EXIT", "PretrainCLI", "build_cli", "pretrain_main"]
 

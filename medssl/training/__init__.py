@@ -2,8 +2,9 @@
 
 The non-finite guard (:mod:`guard`), atomic, SIGTERM and final checkpoints
 (:mod:`checkpointing`), the guarded module base with AdamW and the warm-up/cosine schedule
-(:mod:`module`), the LightningCLI both commands use (:mod:`cli`) and FSDP on CPU processes
-(:mod:`fsdp_cpu`). Nothing here knows a method or a task; tests/training/ runs it on a tiny
+(:mod:`module`), the LightningCLI both commands use (:mod:`cli`), FSDP on CPU processes
+(:mod:`fsdp_cpu`) and the online kNN/linear probe of a backbone (:mod:`online_probe`, on a
+:mod:`medssl.data.probe_set`). Nothing here knows a method or a task; tests/training/ runs it on a tiny
 regression model.
 """
 

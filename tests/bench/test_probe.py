@@ -11,10 +11,10 @@ from medssl.backbones import create_backbone
 from medssl.backbones.slice_stack import SliceAggregator
 from medssl.bench.cli import bench_main
 from medssl.bench.probe import compare_encoders, embed, probe_scores
+from medssl.data.probe_set import ProbeSet
 from medssl.errors import ConfigError
 from medssl.inference.artifact import load_artifact, save_artifact
 from medssl.inference.encoder import build_encoder
-from medssl.methods.probe_set import ProbeSet
 
 KW3D = {"channels": [4, 8], "blocks_per_stage": [1, 1], "strides": [1, 2]}
 KW2D = {"channels": [4, 8], "blocks_per_stage": [1, 1], "strides": [1, 2]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medssl.data.pretrain import PretrainDataModule
-from medssl.methods.probe_set import ProbeSet, make_probe_set
+from medssl.data.probe_set import ProbeSet, make_probe_set
 from tests.data.synthetic_store import Spec, write_store
 from tools.phantom import ORGAN_LABELS, make_ct_phantom
 

@@ -122,7 +122,7 @@ def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
 
 
 def test_the_online_probe_runs_on_the_anatomy_method_unchanged(tmp_path):
-    from medssl.methods.online_probe import OnlineProbe
+    from medssl.training.online_probe import OnlineProbe
     from tests.methods.phantom_data import phantom_probe_set, phantom_store
 
     store = phantom_store(tmp_path / "store", n=2)

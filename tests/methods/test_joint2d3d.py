@@ -9,11 +9,11 @@ import torch
 from lightning.pytorch import Trainer
 
 from medssl.data.joint import JointDataModule
+from medssl.data.probe_set import ProbeSet
 from medssl.export.cli import export_checkpoint
 from medssl.inference.artifact import load_artifact
 from medssl.inference.encoder import build_encoder
-from medssl.methods.online_probe import OnlineProbe
-from medssl.methods.probe_set import ProbeSet
+from medssl.training.online_probe import OnlineProbe
 from medssl.transforms import AugmentConfig, BatchAugment, crop_boxes
 from tests.data.joint_store import joint_store
 from tests.methods.ddp_cases_joint import JointBatches, tiny_joint

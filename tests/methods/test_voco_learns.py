@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from medssl.data.pretrain import PretrainDataModule
 from medssl.methods import VoCo
-from medssl.methods.online_probe import OnlineProbe
+from medssl.training.online_probe import OnlineProbe
 from tests.methods.phantom_data import phantom_probe_set, phantom_store
 
 

@@ -1,7 +1,7 @@
 """Online evaluation during pretraining: kNN and linear-probe accuracy of the frozen backbone.
 
 Every ``every_n_steps`` optimiser steps (and at the start and end of training) the callback
-embeds a labelled held-out set of crops (:mod:`medssl.methods.probe_set`) with the backbone
+embeds a labelled held-out set of crops (:mod:`medssl.data.probe_set`) with the backbone
 in eval mode and without gradient, splits it by source volume (even groups fit, odd groups
 test), and logs
 
@@ -33,7 +33,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel
 
-from medssl.methods.probe_set import ProbeSet
+from medssl.data.probe_set import ProbeSet
 
 log = logging.getLogger("medssl.probe")
 FIELDS = ("step", "knn_acc", "linear_acc", "chance")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medssl.data.pretrain import load_or_make_plan
+from medssl.data.probe_set import ProbeSet, build_probe_set
 from medssl.data.split import split_by_patient
 from medssl.errors import ConfigError
-from medssl.methods.probe_set import ProbeSet, build_probe_set
 from medssl.preprocess.label_cache import ensure_label_cache
 from medssl.preprocess.volume_cache import ensure_cache
+from medssl.store.plan import load_or_make_plan
 from tests.data.labelled_store import write_labelled_store
 from tests.data.synthetic_store import Spec, write_store
 

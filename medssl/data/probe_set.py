@@ -28,13 +28,13 @@ import torch
 from safetensors.torch import load_file, safe_open, save
 
 from medssl.atomic import atomic_write_bytes
-from medssl.data.pretrain import load_or_make_plan
 from medssl.data.split import split_by_patient
 from medssl.errors import ConfigError
 from medssl.preprocess.label_cache import ensure_label_cache
 from medssl.preprocess.volume_cache import ensure_cache
 from medssl.progress import Progress
 from medssl.store.labels import read_labels
+from medssl.store.plan import load_or_make_plan
 
 log = logging.getLogger("medssl.probe")
 

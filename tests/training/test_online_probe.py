@@ -10,13 +10,13 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from medssl.methods.online_probe import (
+from medssl.data.probe_set import ProbeSet
+from medssl.training.online_probe import (
     OnlineProbe,
     knn_accuracy,
     linear_probe_accuracy,
     split_by_group,
 )
-from medssl.methods.probe_set import ProbeSet
 from tests.methods.phantom_data import PROBE_ORGANS, phantom_probe_set, phantom_store
 from tests.methods.synthetic import SyntheticCrops, build
 
