@@ -79,7 +79,8 @@ def forever(loader):
 def setup_medssl(store: Path, args) -> dict:
     from medssl.data.pretrain import PretrainDataModule
     from medssl.preprocess.volume_cache import build_cache
-    from medssl.store.plan import fingerprint, make_plan
+    from medssl.store.fingerprint import fingerprint
+    from medssl.store.plan import make_plan
 
     shutil.rmtree(store / "cache", ignore_errors=True)
     (store / "plan.json").unlink(missing_ok=True)

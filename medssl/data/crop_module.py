@@ -3,44 +3,23 @@
 :class:`~medssl.data.joint.JointDataModule` (slice stacks + 2D image crops).
 
 What they share lives here once: :class:`LoaderOptions` (the shared options, typed and
-validated), :func:`load_or_make_plan` (``STORE/plan.json``), and :class:`CropDataModule`, which
-builds their training and validation ``DataLoader``. Each public module keeps its own flat,
-typed ``__init__`` (LightningCLI reads that signature: ``--data.batch_size``, the YAML configs)
+validated) and :class:`CropDataModule`, which builds their training and validation
+``DataLoader`` (the plan: :func:`medssl.store.plan.load_or_make_plan`). Each public module
+keeps its own flat, typed ``__init__`` (LightningCLI reads that signature: ``--data.batch_size``, the YAML configs)
 and hands the shared options to the base as one :class:`LoaderOptions`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.sampler import resumable_sampler
-from medssl.store.plan import PLAN_FILE, Plan, fingerprint, make_plan, plan_for_images
-
-log = logging.getLogger("medssl.data")
-
-
-def load_or_make_plan(store: str | Path, *, from_images: bool = False) -> Plan:
-    """``STORE/plan.json``; when missing, made and saved: from the store's fingerprint (its 3D
-    volumes) or, with ``from_images`` and no 3D volume in the store, from its 2D images."""
-    if (Path(store) / PLAN_FILE).is_file():
-        return Plan.load(store)
-    fp = fingerprint(store)
-    plan = plan_for_images(store) if from_images and not fp["all"] else make_plan(fp)
-    plan.save(store)
-    log.info(
-        "plan written to %s (spacing %s, crop %s)",
-        Path(store) / PLAN_FILE,
-        plan.target_spacing,
-        plan.crop_size,
-    )
-    return plan
+from medssl.store.plan import Plan
 
 
 @dataclass(frozen=True)

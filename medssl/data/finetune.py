@@ -38,7 +38,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from medssl.data.crop_module import load_or_make_plan
 from medssl.data.finetune_augment import augment_labelled, finetune_augment
 from medssl.data.finetune_cases import (
     case_boxes,
@@ -59,7 +58,7 @@ from medssl.data.split import split_by_patient
 from medssl.preprocess.label_cache import LabelCache, build_label_cache, ensure_label_cache
 from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
 from medssl.store.labels import class_names, read_labels, structure_names
-from medssl.store.plan import Plan
+from medssl.store.plan import Plan, load_or_make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 from medssl.types import BatchKey, TaskKind
 

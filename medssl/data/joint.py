@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.crop_module import CropDataModule, LoaderOptions, load_or_make_plan
+from medssl.data.crop_module import CropDataModule, LoaderOptions
 from medssl.data.slices import SliceSampling, SliceStackDataset
 from medssl.data.split import split_by_patient
 from medssl.preprocess.image_cache import (
@@ -31,6 +31,7 @@ from medssl.preprocess.image_cache import (
     planned_images,
 )
 from medssl.preprocess.volume_cache import build_cache, ensure_cache, planned_volumes
+from medssl.store.plan import load_or_make_plan
 from medssl.transforms.rng import keyed_generator
 from medssl.transforms.spatial import crop_box
 from medssl.transforms.views import sample_crop_starts

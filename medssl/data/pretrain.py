@@ -17,11 +17,11 @@ from typing import Literal, get_args
 
 import torch
 
-from medssl.data.crop_module import CropDataModule, LoaderOptions, load_or_make_plan
+from medssl.data.crop_module import CropDataModule, LoaderOptions
 from medssl.data.crops import CropCollate, CropDataset, make_views
 from medssl.data.split import split_by_patient
 from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
-from medssl.store.plan import Plan
+from medssl.store.plan import Plan, load_or_make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 from medssl.types import BatchKey
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from medssl.inference.predictor import InputError
-from medssl.store.plan import OTHER_MODALITY
+from medssl.store.selection import OTHER_MODALITY
 
 MODALITY_PATTERN = re.compile(r"[A-Z0-9]{1,16}")  # DICOM Modality is CS: upper case, short
 MODALITY_MISMATCH = "modality_mismatch"  # the InputError code of a refusal

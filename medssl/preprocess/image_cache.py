@@ -40,7 +40,8 @@ from medssl.preprocess.build_once import (
 )
 from medssl.preprocess.stage import preprocess
 from medssl.store.manifest import Manifest
-from medssl.store.plan import Plan, is_image_2d, modality_key
+from medssl.store.plan import Plan
+from medssl.store.selection import is_image_2d, modality_key
 from medssl.store.volume_row import VolumeRow
 
 INDEX_VERSION = 1

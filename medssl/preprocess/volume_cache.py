@@ -41,7 +41,8 @@ from medssl.preprocess.build_once import (
 )
 from medssl.preprocess.stage import preprocess
 from medssl.store.manifest import Manifest
-from medssl.store.plan import Plan, foreground_mask, frame_rows, modality_key
+from medssl.store.plan import Plan
+from medssl.store.selection import foreground_mask, frame_rows, modality_key
 from medssl.store.volume_row import VolumeRow
 
 INDEX_VERSION = 3  # 2: volumes carry the sha256 of their store file; 3: and their body box
@@ -110,7 +111,7 @@ def cache_dir(store: str | Path, plan: Plan) -> Path:
 
 def planned_volumes(store: str | Path, plan: Plan) -> list[VolumeRow]:
     """The 3D units the plan selects (volumes thick enough to crop; each frame of a 4D series
-    on its own, see :func:`~medssl.store.plan.frame_rows`), in volume_id order."""
+    on its own, see :func:`~medssl.store.selection.frame_rows`), in volume_id order."""
     with Manifest(Path(store) / "manifest.sqlite") as manifest:
         return [unit for row in manifest.volumes() if plan.selects(row) for unit in frame_rows(row)]
 

@@ -1,8 +1,8 @@
 """Fingerprint → plan → typed accessor: preprocessing decided once from the data.
 
-``fingerprint(store)`` summarises what the store holds (per modality: how many 3D volumes,
-their spacings and shapes, foreground intensity percentiles from a bounded sample);
-``make_plan(fp)`` turns that into decisions (target spacing, intensity normalisation per
+All planning lives here. ``fingerprint(store)`` (:mod:`medssl.store.fingerprint`) summarises
+what the store holds (per modality: how many 3D volumes, their spacings and shapes,
+foreground intensity percentiles from a bounded sample); ``make_plan(fp)`` turns that into decisions (target spacing, intensity normalisation per
 modality, crop sizes); :class:`Plan` is the frozen, versioned record of those decisions,
 written to ``STORE/plan.json`` and carried into every artifact so training and serving
 preprocess alike (nnU-Net's fingerprint/plans idea, written anew).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,23 +24,21 @@ from pathlib import Path
 import numpy as np
 
 from medssl.atomic import atomic_write_bytes
-from medssl.io.nifti import read_nifti
+from medssl.store.fingerprint import fingerprint
 from medssl.store.manifest import Manifest
+from medssl.store.selection import MIN_SLICES, is_image_2d, is_volume_3d, modality_key
 from medssl.store.volume_row import VolumeRow
 
+log = logging.getLogger("medssl.plan")
 PLAN_VERSION = 1
-FINGERPRINT_VERSION = 1
 PLAN_FILE = "plan.json"
 CROP_DIVISOR = 32  # every encoder downsamples by at most 32
 VOXEL_BUDGET_3D = 96**3
 VOXEL_BUDGET_2D = 256**2
 ANISOTROPY_RATIO = 3.0
-MIN_SLICES = 8  # thinner "3D" volumes are single slices or localisers, not volumes to crop
 SPACING_DECIMALS = 6  # planned spacings are rounded: plan.json and its hash stay stable
 IMAGE_PLAN_SLICE_MM = 1.0  # a plan made from 2D images only: a placeholder third spacing
 IMAGE_PLAN_CROP_DEPTH = CROP_DIVISOR  # ... and the thinnest 3D crop an encoder takes
-CT_FOREGROUND_HU = -950.0  # above air, below lung parenchyma: lungs stay in the intensity statistics
-OTHER_MODALITY = "OT"  # DICOM's "other": volumes whose modality the store does not know
 
 
 @dataclass(frozen=True)
@@ -154,134 +153,6 @@ class Plan:
         return cls.from_json(path.read_text())
 
 
-# selection and foreground ---------------------------------------------------------------
-def modality_key(modality: str | None) -> str:
-    return (modality or OTHER_MODALITY).upper()
-
-
-def is_volume_3d(row: VolumeRow, min_slices: int = MIN_SLICES) -> bool:
-    """A RAS volume at least ``min_slices`` thick: 3D, or a 4D series whose frames are 3D volumes
-    (each frame is then cached as one volume: :func:`frame_rows`); 2D images are left out."""
-    if row.ndim not in (3, 4) or row.axcodes not in (None, "RAS"):
-        return False
-    return min(row.shape[:3]) >= min_slices
-
-
-def is_image_2d(row: VolumeRow) -> bool:
-    """A 2D image (radiograph, ultrasound frame): the 2D image cache's, never cropped in 3D."""
-    return row.ndim == 2
-
-
-def frame_rows(row: VolumeRow) -> list[VolumeRow]:
-    """A manifest row as the 3D units training sees: itself, or one per frame of a 4D series.
-
-    A frame's ``volume_id`` is ``<volume_id>.t<frame>`` (its cache file name), ``frame`` its
-    index and ``shape`` its 3D shape; patient and study stay those of the series, so splits
-    keep frames together.
-    """
-    if row.ndim != 4:
-        return [row]
-    return [
-        dataclasses.replace(row, volume_id=f"{row.volume_id}.t{t:04d}", frame=t, shape=row.shape[:3])
-        for t in range(row.shape[3])
-    ]
-
-
-def foreground_mask(array: np.ndarray, modality: str | None) -> np.ndarray:
-    """Voxels inside the body: CT above air (HU > -950); others above 10% of the 1–99% range."""
-    if modality_key(modality) == "CT":
-        return array > CT_FOREGROUND_HU
-    flat = array.reshape(-1)
-    lo, hi = np.percentile(flat[:: max(1, flat.size // 1_000_000)], [1.0, 99.0])  # ~1M voxels are plenty
-    return array > lo + 0.1 * (hi - lo)
-
-
-# fingerprint ----------------------------------------------------------------------------
-def fingerprint(
-    store: str | Path,
-    *,
-    max_volumes_per_modality: int = 24,
-    voxels_per_volume: int = 100_000,
-    seed: int = 0,
-    min_slices: int = MIN_SLICES,
-) -> dict:
-    """What the store holds, as plain JSON-able numbers.
-
-    Spacings and shapes come from the manifest (every volume); intensities from at most
-    ``max_volumes_per_modality`` volumes per modality, at most ``voxels_per_volume``
-    foreground voxels each, so memory stays bounded however large the store.
-    """
-    store = Path(store)
-    with Manifest(store / "manifest.sqlite") as manifest:
-        rows = manifest.volumes()
-    chosen = [r for r in rows if is_volume_3d(r, min_slices)]
-    by_modality: dict[str, list[VolumeRow]] = {}
-    for row in chosen:
-        by_modality.setdefault(modality_key(row.modality), []).append(row)
-    rng = np.random.default_rng(seed)
-    modalities = {}
-    for modality, group in sorted(by_modality.items()):
-        stats = _geometry_stats(group)
-        picked = rng.choice(len(group), size=min(len(group), max_volumes_per_modality), replace=False)
-        stats["intensity"] = _intensity_stats(store, [group[i] for i in sorted(picked)], modality, voxels_per_volume, rng)
-        modalities[modality] = stats
-    return {
-        "version": FINGERPRINT_VERSION,
-        "volumes": len(rows),
-        "selected": len(chosen),
-        "min_slices": min_slices,
-        "all": _geometry_stats(chosen) if chosen else None,
-        "modalities": modalities,
-    }
-
-
-def _geometry_stats(rows: list[VolumeRow]) -> dict:
-    spacing = np.array([r.spacing[:3] for r in rows], dtype=np.float64)
-    shape = np.array([r.shape[:3] for r in rows], dtype=np.float64)
-    extent = spacing * shape
-
-    def r(a) -> list[float]:
-        return [round(float(v), 6) for v in a]
-
-    return {
-        "count": len(rows),
-        "spacing_median": r(np.median(spacing, axis=0)),
-        "spacing_p10": r(np.percentile(spacing, 10, axis=0)),
-        "spacing_p90": r(np.percentile(spacing, 90, axis=0)),
-        "shape_median": r(np.median(shape, axis=0)),
-        "shape_min": r(shape.min(axis=0)),
-        "shape_max": r(shape.max(axis=0)),
-        "extent_median_mm": r(np.median(extent, axis=0)),
-    }
-
-
-def _intensity_stats(store: Path, rows: list[VolumeRow], modality: str, per_volume: int, rng: np.random.Generator) -> dict:
-    samples = []
-    for row in rows:
-        array = read_nifti((store / row.path).read_bytes()).array
-        if array.ndim == 4:  # a series: its first frame speaks for it
-            array = array[..., 0]
-        values = array[foreground_mask(array, modality)].astype(np.float64, copy=False)
-        if values.size > per_volume:
-            values = rng.choice(values, size=per_volume, replace=False)
-        samples.append(values)
-        del array
-    pooled = np.concatenate(samples) if samples else np.zeros(0)
-    if pooled.size == 0:
-        return {"sampled_volumes": len(rows), "sampled_voxels": 0}
-    p_lo, p_hi = np.percentile(pooled, [0.5, 99.5])
-    return {
-        "sampled_volumes": len(rows),
-        "sampled_voxels": int(pooled.size),
-        "p00_5": float(p_lo),
-        "p99_5": float(p_hi),
-        "mean": float(pooled.mean()),
-        "std": float(pooled.std()),
-        "min": float(pooled.min()),
-        "max": float(pooled.max()),
-    }
-
-
 # plan -----------------------------------------------------------------------------------
 def make_plan(
     fp: dict,
@@ -339,6 +210,24 @@ def plan_for_images(store: str | Path, crop_size_2d: tuple[int, int] | None = No
         crop_size=(*crop, IMAGE_PLAN_CROP_DEPTH),
         crop_size_2d=crop,
     )
+
+
+def load_or_make_plan(store: str | Path, *, from_images: bool = False) -> Plan:
+    """``STORE/plan.json``; when missing, made and saved: from the store's fingerprint (its 3D
+    volumes) or, with ``from_images`` and no 3D volume in the store, from its 2D images."""
+    if (Path(store) / PLAN_FILE).is_file():
+        return Plan.load(store)
+    fp = fingerprint(store)
+    plan = plan_for_images(store) if from_images and not fp["all"] else make_plan(fp)
+    plan.save(store)
+    log.info(
+        "plan written to %s (spacing %s, crop %s)",
+        Path(store) / PLAN_FILE,
+        plan.target_spacing,
+        plan.crop_size,
+    )
+    return plan
+
 
 
 def target_spacing(median: list[float], p10: list[float], ratio: float = ANISOTROPY_RATIO) -> list[float]:

@@ -18,11 +18,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from medssl.atomic import TMP_MARK, atomic_publish_dir, fsync_dir
 from medssl.deid import DeidOptions, Pseudonymizer, deidentify
 from medssl.errors import IngestError
 from medssl.io.dicom_scan import read_dataset
 from medssl.io.sources import SourceItem
-from medssl.atomic import TMP_MARK, atomic_publish_dir, fsync_dir
 
 QUARANTINE = "quarantine"
 

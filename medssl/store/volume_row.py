@@ -25,7 +25,7 @@ class VolumeRow:
     """A stored volume as the manifest records it (columns: ``manifest.VOLUME_COLUMNS``).
 
     The three NOT NULL columns come first; the others follow in column order. ``frame`` is no
-    column: :func:`~medssl.store.plan.frame_rows` sets it on the row of one frame of a 4D series
+    column: :func:`~medssl.store.selection.frame_rows` sets it on the row of one frame of a 4D series
     (its index along the last axis); None for a row read from the manifest.
     """
 

@@ -8,7 +8,9 @@ import torch
 
 from medssl.data.crops import CropCollate, CropDataset, body_coordinates
 from medssl.preprocess.volume_cache import CachedVolume, body_box, build_cache
-from medssl.store.plan import fingerprint, foreground_mask, make_plan
+from medssl.store.fingerprint import fingerprint
+from medssl.store.plan import make_plan
+from medssl.store.selection import foreground_mask
 from tests.data.synthetic_store import Spec, write_store
 
 SHAPE = (40, 36, 24)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from torch.utils.data import SequentialSampler
 
-from medssl.data.crop_module import CropDataModule, LoaderOptions, load_or_make_plan
+from medssl.data.crop_module import CropDataModule, LoaderOptions
 from medssl.data.joint import JointDataModule
 from medssl.data.pretrain import PretrainDataModule, PretrainSliceDataModule
 from medssl.data.sampler import StepSampler
-from medssl.store.plan import PLAN_FILE, Plan
+from medssl.store.plan import PLAN_FILE, Plan, load_or_make_plan
 from tests.data.joint_store import joint_store
 
 MODULES = [PretrainDataModule, PretrainSliceDataModule, JointDataModule]

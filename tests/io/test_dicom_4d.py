@@ -16,7 +16,8 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from medssl.preprocess.volume_cache import build_cache, planned_volumes
-from medssl.store.plan import fingerprint, make_plan
+from medssl.store.fingerprint import fingerprint
+from medssl.store.plan import make_plan
 from tests.store import dicom_factory as f
 from tests.store import store_view as sv
 from tests.store.ingest_run import run, single_volume

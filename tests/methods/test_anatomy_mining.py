@@ -4,7 +4,7 @@ One CT phantom (tools.phantom) is placed into five fields of view: padded with a
 different offset per axis, and in two of them scaled (a larger / smaller body), so the
 true corresponding point of voxel ``p`` of volume ``a`` in volume ``b`` is
 ``(p - offset_a) * scale_b / scale_a + offset_b``. Body boxes come from
-:func:`medssl.preprocess.volume_cache.body_box` of :func:`medssl.store.plan.foreground_mask` (as the cache
+:func:`medssl.preprocess.volume_cache.body_box` of :func:`medssl.store.selection.foreground_mask` (as the cache
 builds them), crop centres go to body coordinates (:func:`medssl.data.crops.body_coordinates`),
 and every crop is matched among the other volumes' crops (48 random 16^3 crops per volume,
 4 mm voxels, so a crop centre is on average several mm from any exact correspondence).
@@ -29,7 +29,7 @@ from medssl.backbones import create_backbone
 from medssl.data.crops import body_coordinates
 from medssl.losses import mine_positives
 from medssl.preprocess.volume_cache import body_box
-from medssl.store.plan import foreground_mask
+from medssl.store.selection import foreground_mask
 from medssl.transforms.spatial import crop_box
 from tests.methods.synthetic import TINY_BACKBONES
 from tools.phantom import make_ct_phantom

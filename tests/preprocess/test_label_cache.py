@@ -9,11 +9,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from medssl.data.crop_module import load_or_make_plan
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.preprocess.geometry import cached_affine, world_to_voxel_boxes
 from medssl.preprocess.label_cache import LABEL_INDEX_FILE, build_label_cache, ensure_label_cache
 from medssl.preprocess.volume_cache import build_cache
+from medssl.store.plan import load_or_make_plan
 from tests.data.labelled_store import (
     LESION_VALUES,
     default_cases,

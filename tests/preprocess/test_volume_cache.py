@@ -11,7 +11,8 @@ import pytest
 from medssl.atomic import TMP_MARK
 from medssl.preprocess.build_once import INDEX_FILE, distributed_rank
 from medssl.preprocess.volume_cache import CacheIndex, build_cache, cache_dir, ensure_cache
-from medssl.store.plan import fingerprint, make_plan
+from medssl.store.fingerprint import fingerprint
+from medssl.store.plan import make_plan
 from medssl.transforms.spatial import resampled_shape
 from tests.data.synthetic_store import Spec, phantom_array, write_store
 

@@ -8,20 +8,19 @@ import json
 import numpy as np
 import pytest
 
+from medssl.store.fingerprint import fingerprint
 from medssl.store.plan import (
     IMAGE_PLAN_CROP_DEPTH,
     IMAGE_PLAN_SLICE_MM,
     PLAN_FILE,
     IntensityNorm,
     Plan,
-    fingerprint,
     fit_crop_size,
-    foreground_mask,
-    frame_rows,
     make_plan,
     plan_for_images,
     target_spacing,
 )
+from medssl.store.selection import foreground_mask, frame_rows
 from tests.data.synthetic_store import Spec, add_row, phantom_array, volume_row, write_store
 
 
