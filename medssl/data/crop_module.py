@@ -11,7 +11,8 @@ and hands the shared options to the base as one :class:`LoaderOptions`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,12 @@ class LoaderOptions:
             raise ValueError(
                 f"num_workers {self.num_workers}: expected >= 0 (0: load in the main process)"
             )
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, object]) -> LoaderOptions:
+        """The options among a data module's ``__init__`` arguments (its ``locals()``), by name:
+        each public module keeps its flat signature for LightningCLI and names them once."""
+        return cls(**{f.name: arguments[f.name] for f in dataclasses.fields(cls)})
 
 
 class CropDataModule(LightningDataModule):

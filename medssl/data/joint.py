@@ -161,11 +161,7 @@ class JointDataModule(CropDataModule):
             raise ValueError(
                 f"images_per_item >= 1, num_slices >= 2, slice_axis 0-2; got {images_per_item}, {num_slices}, {slice_axis}"
             )
-        options = LoaderOptions(
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-            samples_per_epoch=samples_per_epoch, cache_workers=cache_workers, pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor, progress=progress,
-        )  # fmt: skip
+        options = LoaderOptions.of(locals())
         super().__init__(store, crop_size, options)
         self.num_slices, self.slice_axis = num_slices, slice_axis
         self.slice_sampling, self.images_per_item = slice_sampling, images_per_item

@@ -127,11 +127,7 @@ class PretrainDataModule(_AugmentedCropModule):
         prefetch_factor: int = 4,
         progress: bool = True,
     ) -> None:
-        options = LoaderOptions(
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-            samples_per_epoch=samples_per_epoch, cache_workers=cache_workers, pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor, progress=progress,
-        )  # fmt: skip
+        options = LoaderOptions.of(locals())
         super().__init__(
             store, crop_size, options, slice_axis=None, crops_per_volume=crops_per_volume,
             views=views, augment=augment, augment_on=augment_on,
@@ -166,11 +162,7 @@ class PretrainSliceDataModule(_AugmentedCropModule):
     ) -> None:
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis {slice_axis}: expected 0, 1 or 2")
-        options = LoaderOptions(
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-            samples_per_epoch=samples_per_epoch, cache_workers=cache_workers, pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor, progress=progress,
-        )  # fmt: skip
+        options = LoaderOptions.of(locals())
         super().__init__(
             store, crop_size, options, slice_axis=slice_axis, crops_per_volume=crops_per_volume,
             views=views, augment=augment, augment_on=augment_on,
