@@ -31,11 +31,6 @@ class CPUFSDPStrategy(FSDPStrategy):
     state dict views and the clone crashes); on a GPU it is FSDPStrategy unchanged.
     """
 
-    def __init__(self, *args, use_orig_params: bool = True, **kwargs) -> None:
-        # original parameters, not flat ones: weight decay and per-layer learning rates are
-        # decided per parameter (medssl.training.module.decays)
-        super().__init__(*args, use_orig_params=use_orig_params, **kwargs)
-
     def _full_on_cpu(self) -> AbstractContextManager | None:
         """The full-state-dict context for CPU ranks (rank 0 gathers, nothing offloaded); else None."""
         if self.root_device.type != "cpu" or self._state_dict_type != "full":

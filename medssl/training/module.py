@@ -105,7 +105,7 @@ def decays(name: str, p: torch.Tensor, true_ndims: Mapping[str, int] | None = No
         raise ConfigError(
             f"parameter '{name}': FSDP with use_orig_params=False flattens weights and biases into one "
             "tensor, so weight decay and per-layer learning rates cannot be told apart; set the "
-            "strategy's use_orig_params: true (configs/trainer/fsdp.yaml does)"
+            "strategy's use_orig_params: true (Lightning's FSDPStrategy default)"
         )
     return (true_ndims or {}).get(unwrapped_name(name), p.ndim) >= 2
 

@@ -9,7 +9,7 @@ and gathering with ``offload_to_cpu`` crashes. The method-level twin (SimCLR gra
 pretrain CLI with the online probe) is ``slow``: tests/methods/test_fsdp.py.
 
 FSDP hands ``configure_optimizers`` 1-D shards of the original parameters
-(``use_orig_params=True``, CPUFSDPStrategy's default), so weight decay is decided by each
+(``use_orig_params=True``, Lightning's FSDPStrategy default), so weight decay is decided by each
 parameter's rank before wrapping (``GuardedModule.configure_model``): with weight decay on,
 the sharded run still equals the single-process one.
 """
