@@ -14,29 +14,25 @@ A store without 3D volumes plans from its 2D images: :func:`~medssl.store.plan.p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
+from medssl.preprocess.array_index import ArrayIndex
 from medssl.preprocess.build_once import (
-    INDEX_FILE,
     POLL_S,
     WAIT_TIMEOUT_S,
     BuildOnce,
     Worker,
     array_current,
-    index_covers,
-    read_index_json,
-    read_sidecar,
     write_array,
-    write_index_json,
 )
 from medssl.preprocess.stage import preprocess
 from medssl.store.manifest import Manifest
@@ -70,28 +66,17 @@ class CachedImage:
 
 
 @dataclass(frozen=True)
-class ImageIndex:
-    """``index.json`` read back (same contract as :class:`~medssl.preprocess.volume_cache.CacheIndex`)."""
+class ImageIndex(ArrayIndex[CachedImage]):
+    """The 2D cache's ``index.json``: :class:`~medssl.preprocess.array_index.ArrayIndex` of
+    :class:`CachedImage` (``images``, memory maps ``[X, Y]``)."""
 
-    root: Path
-    plan_hash: str
-    images: tuple[CachedImage, ...]
-    failed: tuple[str, ...] = ()
+    VERSION: ClassVar[int] = INDEX_VERSION
+    ENTRIES: ClassVar[str] = "images"
+    ENTRY: ClassVar[type] = CachedImage
 
-    def open(self, image: CachedImage) -> np.ndarray:
-        """The image as a read-only memory map ``[X, Y]``."""
-        return np.load(self.root / image.file, mmap_mode="r")
-
-    def covers(self, wanted: dict[str, str]) -> bool:
-        return index_covers({i.volume_id: i.sha256 for i in self.images}, self.failed, wanted)
-
-    @classmethod
-    def read(cls, root: Path) -> ImageIndex | None:
-        data = read_index_json(Path(root) / INDEX_FILE, INDEX_VERSION)
-        if data is None:
-            return None
-        images = tuple(CachedImage.from_dict(v) for v in data["images"])
-        return cls(Path(root), data["plan_hash"], images, tuple(data.get("failed", ())))
+    @property
+    def images(self) -> tuple[CachedImage, ...]:
+        return self.entries
 
 
 def image_cache_dir(store: str | Path, plan: Plan) -> Path:
@@ -137,19 +122,8 @@ class ImageCacheBuilder(BuildOnce[ImageIndex, VolumeRow]):
         return Worker(cache_image, init_image_worker, (str(self.store), str(self.root), self.plan.to_json(), self.max_pixels))
 
     def write_index(self, failed: list[str]) -> ImageIndex:
-        images = tuple(
-            CachedImage.from_dict(read_sidecar(self.root, row.volume_id))
-            for row in self.jobs
-            if row.volume_id not in failed and self.done(row)
-        )
-        payload = {
-            "version": INDEX_VERSION,
-            "plan_hash": self.plan.hash,
-            "images": [dataclasses.asdict(v) for v in images],
-            "failed": failed,
-        }
-        write_index_json(self.root / INDEX_FILE, payload)
-        return ImageIndex(self.root, self.plan.hash, images, tuple(failed))
+        done = [row.volume_id for row in self.jobs if self.done(row)]
+        return ImageIndex.collect(self.root, self.plan.hash, done, failed)
 
 
 # the worker -------------------------------------------------------------------------------

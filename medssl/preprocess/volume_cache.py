@@ -14,11 +14,11 @@ exists, atomically, under the folder's lock; :func:`ensure_cache` is safe on eve
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,18 +26,14 @@ import torch
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
+from medssl.preprocess.array_index import ArrayIndex
 from medssl.preprocess.build_once import (
-    INDEX_FILE,
     POLL_S,
     WAIT_TIMEOUT_S,
     BuildOnce,
     Worker,
     array_current,
-    index_covers,
-    read_index_json,
-    read_sidecar,
     write_array,
-    write_index_json,
 )
 from medssl.preprocess.stage import preprocess
 from medssl.store.manifest import Manifest
@@ -79,30 +75,26 @@ class CachedVolume:
 
 
 @dataclass(frozen=True)
-class CacheIndex:
-    """``index.json`` read back: the cache folder, its plan hash and volumes, and the volumes that failed."""
+class CacheIndex(ArrayIndex[CachedVolume]):
+    """The volume cache's ``index.json``: :class:`~medssl.preprocess.array_index.ArrayIndex` of
+    :class:`CachedVolume` (``volumes``) plus the plan's ``dtype``."""
 
-    root: Path
-    plan_hash: str
-    dtype: str
-    volumes: tuple[CachedVolume, ...]
-    failed: tuple[str, ...] = ()
+    dtype: str = "float16"
 
-    def open(self, volume: CachedVolume) -> np.ndarray:
-        """The volume as a read-only memory map ``[X, Y, Z]`` (no bytes read yet)."""
-        return np.load(self.root / volume.file, mmap_mode="r")
+    VERSION: ClassVar[int] = INDEX_VERSION
+    ENTRIES: ClassVar[str] = "volumes"
+    ENTRY: ClassVar[type] = CachedVolume
 
-    def covers(self, wanted: dict[str, str]) -> bool:
-        """Whether this index holds exactly ``wanted`` (volume_id → sha256 of its store file)."""
-        return index_covers({v.volume_id: v.sha256 for v in self.volumes}, self.failed, wanted)
+    @property
+    def volumes(self) -> tuple[CachedVolume, ...]:
+        return self.entries
+
+    def header(self) -> dict:
+        return {"dtype": self.dtype}
 
     @classmethod
-    def read(cls, root: Path) -> CacheIndex | None:
-        data = read_index_json(Path(root) / INDEX_FILE, INDEX_VERSION)
-        if data is None:
-            return None
-        volumes = tuple(CachedVolume.from_dict(v) for v in data["volumes"])
-        return cls(Path(root), data["plan_hash"], data["dtype"], volumes, tuple(data.get("failed", ())))
+    def header_fields(cls, data: dict) -> dict:
+        return {"dtype": data["dtype"]}
 
 
 def cache_dir(store: str | Path, plan: Plan) -> Path:
@@ -158,20 +150,8 @@ class VolumeCacheBuilder(BuildOnce[CacheIndex, VolumeRow]):
         return Worker(cache_volume, init_worker, (str(self.store), str(self.root), self.plan.to_json()))
 
     def write_index(self, failed: list[str]) -> CacheIndex:
-        volumes = tuple(
-            CachedVolume.from_dict(read_sidecar(self.root, row.volume_id))
-            for row in self.jobs
-            if row.volume_id not in failed and self.done(row)
-        )
-        payload = {
-            "version": INDEX_VERSION,
-            "plan_hash": self.plan.hash,
-            "dtype": self.plan.cache_dtype,
-            "volumes": [dataclasses.asdict(v) for v in volumes],
-            "failed": list(failed),
-        }
-        write_index_json(self.root / INDEX_FILE, payload)
-        return CacheIndex(self.root, self.plan.hash, self.plan.cache_dtype, volumes, tuple(failed))
+        done = [row.volume_id for row in self.jobs if self.done(row)]
+        return CacheIndex.collect(self.root, self.plan.hash, done, failed, dtype=self.plan.cache_dtype)
 
 
 # the worker -------------------------------------------------------------------------------
