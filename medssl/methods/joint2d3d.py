@@ -18,9 +18,13 @@ Batch (from :class:`medssl.data.joint.JointDataModule`; either part may be absen
     keyed by ``index`` when the batch has it.
 
 Views: every 2D region (each slice, each image) gets 2 global + ``num_local_crops`` local
-random resized crops; a volume's slices share one box per view, so a view of a volume is a
-consistent sub-volume. The batched intensity/flip augmentation (``augment_crops``) draws its
-parameters per rank from the step generator.
+random resized crops. A view of a volume is one sub-volume seen one way: its slices share the
+crop box and every augmentation draw (``augment_crops``: flip, quarter turn, affine warp, and
+also intensity scale/shift, gamma and blur, which model one acquisition of the volume, not
+slice-to-slice jitter; only the noise field is per slice), so the aggregator, the volume
+agreement and the masked-slice prediction see a stack, not independently warped slices. Each
+image draws its own. Boxes are keyed per sample; the augmentation draws per rank from the step
+generator.
 
 Export: the 2D encoder is the artifact's backbone; the aggregator rides along as the
 ``slice_aggregator`` entry, so ``build_encoder(artifact, volume=True)`` gives a 3D
@@ -220,14 +224,15 @@ class Joint2D3D(SSLMethod):
         return torch.cat(regions), torch.cat(keys), n_slices
 
     def multi_crop(self, regions: Tensor, keys: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """2 global then ``num_local_crops`` local crops ``[M, 1, *size]``, boxes keyed per region
-        (crop ``i``'s boxes salted by ``i``), augmentation drawn from ``generator``."""
+        """2 global then ``num_local_crops`` local crops ``[M, 1, *size]``: regions of one key
+        (the slices of a volume) share each crop's box (keyed, salted by the crop index) and its
+        augmentation draw (from ``generator``, one per key)."""
         unique, inverse = keys.unique(return_inverse=True)
 
         def draw_boxes(shape: tuple[int, ...], scale, index: int) -> Tensor:
             return self.keyed_boxes(unique, shape, scale, index)[inverse]  # [M, 4]
 
-        return self.crops(regions, generator, draw_boxes)
+        return self.crops(regions, generator, draw_boxes, groups=inverse)
 
     # the step -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

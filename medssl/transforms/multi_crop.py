@@ -3,13 +3,15 @@
 Paper: Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
 Assignments" (SwAV), section 3.2. Used by :class:`~medssl.methods.SwAV` (boxes drawn per
 batch) and :class:`~medssl.methods.Joint2D3D` (boxes drawn per sample key, so a volume's
-slices share one box per crop and a rank split of the batch draws the same boxes).
+slices share one box per crop and a rank split of the batch draws the same boxes; ``groups``
+makes them share each crop's augmentation draw too, so every crop of a volume is one
+consistently flipped, turned and warped stack).
 
 For crop ``i`` of the plan (globals first), its boxes are drawn (by ``draw_boxes`` when
 given, else from the step generator), cut from the regions and resized
 (:func:`~medssl.transforms.views.crop_boxes`), then the crop set is augmented batched with
-the step generator (:class:`~medssl.transforms.pipeline.BatchAugment`), before crop ``i + 1``'s
-boxes are drawn.
+the step generator (:class:`~medssl.transforms.pipeline.BatchAugment`; one draw per group
+when ``groups`` is given), before crop ``i + 1``'s boxes are drawn.
 """
 
 from __future__ import annotations
@@ -74,9 +76,18 @@ class MultiCrop:
         return self._pipelines[size]
 
     def __call__(
-        self, regions: Tensor, generator: torch.Generator, draw_boxes: BoxDraw | None = None
+        self,
+        regions: Tensor,
+        generator: torch.Generator,
+        draw_boxes: BoxDraw | None = None,
+        groups: Tensor | None = None,
     ) -> list[Tensor]:
-        """The crops of ``regions`` ``[M, 1, *S]`` (module doc for the order of the draws)."""
+        """The crops of ``regions`` ``[M, 1, *S]`` (module doc for the order of the draws).
+
+        ``groups`` ``[M]`` integer labels: regions of one label share every augmentation
+        parameter of a crop (None: each region draws its own). Boxes come from ``draw_boxes``:
+        give the regions of a group one box there.
+        """
         shape, m = tuple(regions.shape[2:]), regions.shape[0]
         crops = []
         for index, (size, scale) in enumerate(self.plan(shape)):
@@ -86,6 +97,6 @@ class MultiCrop:
                 boxes = draw_boxes(shape, scale, index)
             crop = crop_boxes(regions, boxes[:, None], size)[:, 0]  # [M, 1, *size]
             if self.augment is not None:
-                crop = self.pipeline(size)(crop, generator)
+                crop = self.pipeline(size)(crop, generator, groups)
             crops.append(crop)
         return crops

@@ -4,12 +4,18 @@
 batch, per-sample parameters. On a GPU it runs there (after the batch is transferred);
 on a CPU it runs in the training process. Its ``sample`` returns a :class:`Composed` twin,
 so the whole pipeline is reproducible from a generator seed like each of its parts.
+
+Groups: ``groups [B]`` (any integer labels) makes samples with one label share every drawn
+parameter, e.g. the 2D slices of one view of a volume, which must be flipped, turned, warped
+and rescaled alike to stay a stack (:class:`~medssl.methods.Joint2D3D`). Parameters are drawn
+once per group (groups in ascending label order) and repeated to its samples
+(:func:`repeat_rows`); noise fields stay independent per sample (only their std is shared).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 
@@ -79,8 +85,26 @@ class Composed:
         return out
 
 
+def repeat_rows(twin: Twin, index: torch.Tensor) -> Twin:
+    """``twin`` with the per-sample parameters of sample ``index[b]`` at row ``b``.
+
+    Every tensor field of a twin holds one row per sample (the package's convention), so
+    indexing each of them along its first axis gives the twin of the batch ``index`` selects;
+    ``Composed`` is handled step by step. ``index`` ``[B]`` long.
+    """
+    if isinstance(twin, Composed):
+        return Composed(tuple(repeat_rows(t, index) for t in twin.twins))
+    if not is_dataclass(twin):
+        raise ValueError(
+            f"cannot repeat the rows of {type(twin).__name__}: a twin must be a dataclass of "
+            "per-sample tensors"
+        )
+    values = {f.name: getattr(twin, f.name) for f in fields(twin)}
+    return replace(twin, **{k: v[index] for k, v in values.items() if isinstance(v, torch.Tensor)})
+
+
 class BatchAugment:
-    """Random transforms applied in order, sharing one generator."""
+    """Random transforms applied in order, sharing one generator (``groups``: module doc)."""
 
     def __init__(self, transforms: Sequence[RandomTransform], spatial_dims: int = 3) -> None:
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -110,9 +134,29 @@ class BatchAugment:
             steps.append(RandNoise(config.noise_prob, config.noise_std, spatial_dims=dims))
         return cls(steps, dims)
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Composed:
-        return Composed(tuple(t.sample(batch_size, generator) for t in self.transforms))
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        groups: torch.Tensor | None = None,
+    ) -> Composed:
+        """The twin of a batch of ``batch_size``; with ``groups [batch_size]``, one draw per group."""
+        if groups is None:
+            return Composed(tuple(t.sample(batch_size, generator) for t in self.transforms))
+        if groups.shape != (batch_size,) or groups.is_floating_point():
+            raise ValueError(
+                f"groups must be [{batch_size}] integer labels (one per sample), "
+                f"got {tuple(groups.shape)} {groups.dtype}"
+            )
+        labels, index = groups.cpu().unique(return_inverse=True)
+        twins = tuple(t.sample(len(labels), generator) for t in self.transforms)
+        return repeat_rows(Composed(twins), index)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        twin = self.sample(batch_size_of(x, self.spatial_dims), generator)
+    def __call__(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        twin = self.sample(batch_size_of(x, self.spatial_dims), generator, groups)
         return apply_batched(twin, x, self.spatial_dims)

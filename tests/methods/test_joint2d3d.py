@@ -15,6 +15,7 @@ from medssl.inference.artifact import load_artifact
 from medssl.inference.encoder import build_encoder
 from medssl.training.online_probe import OnlineProbe
 from medssl.transforms import AugmentConfig, BatchAugment, crop_boxes
+from medssl.transforms.pipeline import repeat_rows
 from tests.data.joint_store import joint_store
 from tests.methods.ddp_cases_joint import JointBatches, tiny_joint
 from tests.methods.test_ddp import assert_ddp_equals_single
@@ -117,9 +118,11 @@ def test_slice_masks_and_boxes_depend_on_the_sample_key_not_the_batch():
     torch.testing.assert_close(model.keyed_boxes(keys[:1], (16, 16), (0.4, 1.0), 0), boxes[:1])
 
 
-def test_multi_crop_is_the_loop_it_ran_before_multi_crop_had_one_home():
-    """Boxes keyed per region (crop i salted by i), each crop set augmented from the step
-    generator right after its boxes are cut."""
+def test_multi_crop_draws_boxes_and_augmentation_once_per_volume_view():
+    """Boxes keyed per region (crop i salted by i); each crop set augmented from the step
+    generator right after its boxes are cut, one draw per key: the slices of a volume (one
+    key) share it, every image (its own key) draws its own. (Before issue 13 each slice drew
+    its own flip, turn and warp, so a view of a volume was a scrambled stack.)"""
     model = tiny_joint(num_local_crops=2)
     regions = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     keys = torch.tensor([7, 7, 7, 2, 1 << 40])
@@ -131,8 +134,27 @@ def test_multi_crop_is_the_loop_it_ran_before_multi_crop_had_one_home():
     for salt, (size, scale) in enumerate(plan):
         boxes = model.keyed_boxes(unique, (16, 16), scale, salt)[inverse][:, None]
         crop = crop_boxes(regions, boxes, size)[:, 0]
-        expected.append(BatchAugment.from_config(AugmentConfig(), size)(crop, generator))
+        twin = BatchAugment.from_config(AugmentConfig(), size).sample(len(unique), generator)
+        expected.append(repeat_rows(twin, inverse)(crop))
     assert all(torch.equal(c, e) for c, e in zip(crops, expected, strict=True))
+
+
+def test_the_slices_of_a_volume_view_stay_one_stack_and_views_differ():
+    """Identical slices stay identical after every spatial and intensity step (noise is per
+    voxel, so off here); the two global views of a volume, and two volumes, draw apart."""
+    always = {"flip_prob": 1.0, "rot90_prob": 1.0, "affine_prob": 1.0, "intensity_prob": 1.0}
+    model = tiny_joint(augment={**always, "gamma_prob": 1.0, "blur_prob": 1.0, "noise_prob": 0.0})
+    image = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    slices = image.expand(2, 6, 1, 16, 16)  # two volumes, six identical slices each
+    keys = torch.tensor([4, 9]).repeat_interleave(6)
+    crops = model.multi_crop(slices.flatten(0, 1), keys, torch.Generator().manual_seed(1))
+    for crop in crops:
+        stacks = crop.unflatten(0, (2, 6))
+        for stack in stacks:
+            assert all(torch.equal(stack[0], stack[i]) for i in range(1, 6))
+    view_a, view_b = crops[0].unflatten(0, (2, 6)), crops[1].unflatten(0, (2, 6))
+    assert not torch.allclose(view_a[0, 0], view_b[0, 0])  # two views of volume 4
+    assert not torch.allclose(view_a[0, 0], view_a[1, 0])  # volumes 4 and 9 in one view
 
 
 def test_the_online_probe_runs_on_a_2d_probe_set(tmp_path):
