@@ -13,6 +13,10 @@ Papers:
 Shapes: logits ``[B, K]`` (one tensor per crop), patch logits ``[B, P, K]``, masks ``[B, P]``
 (True = masked for the student), center ``[K]``.
 
+Schedules (DINO's): the teacher temperature warmed up linearly
+(:func:`warmup_teacher_temperature`) and the teacher's EMA momentum raised to 1 on a cosine
+(:func:`teacher_momentum`), both pure functions of the optimiser step.
+
 Distributed: the batch mean for the center update is all-reduced (sum and count), so every
 rank holds the same center, equal to the single-process center on the global batch.
 """
@@ -134,6 +138,31 @@ def ibot_patch_loss(
     weight = masks.to(per_patch.dtype)
     per_image = (per_patch * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
     return per_image.mean()
+
+
+def warmup_teacher_temperature(
+    step: int, warmup_temperature: float, temperature: float, warmup_steps: int
+) -> float:
+    """DINO's teacher temperature at ``step``: linear from ``warmup_temperature`` to ``temperature``
+    over ``warmup_steps`` steps, then constant (a cooler teacher early keeps it from collapsing)."""
+    _check_temperature("warmup_teacher_temperature", warmup_temperature)
+    _check_temperature("teacher_temperature", temperature)
+    if warmup_steps < 0 or step < 0:
+        raise ValueError(f"warmup_steps and step must be >= 0, got {warmup_steps} and {step}")
+    if step >= warmup_steps:
+        return temperature
+    return warmup_temperature + (temperature - warmup_temperature) * step / warmup_steps
+
+
+def teacher_momentum(step: int, total_steps: float, base: float) -> float:
+    """DINO's EMA momentum at ``step``: ``1 - (1 - base) (1 + cos(pi step / total)) / 2``, from
+    ``base`` at step 0 to 1 at ``total_steps`` (then 1); ``base`` without a finite total."""
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"EMA momentum must lie in [0, 1], got {base}")
+    if not (math.isfinite(total_steps) and total_steps > 0):
+        return base
+    progress = min(max(step, 0), total_steps) / total_steps
+    return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
 @torch.no_grad()

@@ -41,10 +41,9 @@ from torch import Tensor, nn
 
 from medssl.losses import (
     DINOLoss,
+    distillation,
     gather_with_grad,
-    global_mean_scale,
     ibot_patch_loss,
-    masked_reconstruction_loss,
     matched_distillation_loss,
     mine_positives,
     normalize_patches,
@@ -53,29 +52,16 @@ from medssl.losses import (
 )
 from medssl.methods.alignment import ConditionalAlignment
 from medssl.methods.base import SSLMethod, ema_update
-from medssl.methods.projectors import MLPProjector, Norm
+from medssl.methods.distillation_head import DistillationHead
+from medssl.methods.masked_patches import masked_mean_term, patchify, upsample_mask
+from medssl.methods.projectors import Norm
 from medssl.transforms.rng import keyed_generator
+from medssl.transforms.views import crop_boxes, random_resized_boxes
 from medssl.types import BatchKey, ViewSource
 
 log = logging.getLogger("medssl.methods")
 WEIGHTS = ("global", "patch", "anatomy", "alignment", "reconstruction")
-
-
-class DistillationHead(nn.Module):
-    """MLP, L2 normalisation, then cosine logits against ``num_prototypes`` unit prototypes.
-
-    The prototypes are the rows of ``last.weight``, normalised in every forward pass (DINO's
-    weight-normalised last layer with its norm fixed at 1): logits are cosines, so their spread
-    does not shrink with the width as a plain linear layer's initial weights do.
-    """
-
-    def __init__(self, in_dim, hidden_dim, projection_dim, num_prototypes, layers, norm) -> None:
-        super().__init__()
-        self.mlp = MLPProjector(in_dim, hidden_dim, projection_dim, layers, norm)
-        self.last = nn.Linear(projection_dim, num_prototypes, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.last.weight, dim=1))
+VIEW_BOX_SALT = -7  # keys the view boxes apart from the patch masks
 
 
 class Anatomy(SSLMethod):
@@ -85,8 +71,16 @@ class Anatomy(SSLMethod):
         num_prototypes: K, logits of the DINO/iBOT head (shared by global and patch tokens).
         projection_dim, hidden_dim, projector_layers, projector_norm: the head's MLP.
         mask_ratio: share of last-map patches masked per view (at least one).
-        ema_momentum: teacher EMA momentum.
+        ema_momentum: teacher EMA momentum at step 0, raised to 1 on a cosine over the
+            trainer's ``estimated_stepping_batches`` (DINO; constant without a finite total).
         student_temperature, teacher_temperature, center_momentum: DINO/iBOT settings.
+        warmup_teacher_temperature, teacher_temperature_warmup_steps: the teacher temperature
+            rises linearly from the first to ``teacher_temperature`` over these steps (DINO).
+        freeze_last_layer: steps during which the head's prototypes (``head.last``) get no
+            update (DINO: their gradient is dropped, so early steps cannot collapse them).
+        view_scale: range of the crop-volume fraction each view's box covers; each view is cut
+            from its own random box of the crop and resized back (DINO's global crops);
+            ``[1, 1]``: both views are the whole crop.
         tolerance, search_radius, use_prior, use_teacher_mining: of ``mine_positives``.
         global_weight, patch_weight, anatomy_weight, alignment_weight, reconstruction_weight:
             loss weights; 0 switches a term off (and leaves its module out).
@@ -111,6 +105,10 @@ class Anatomy(SSLMethod):
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
         center_momentum: float = 0.9,
+        warmup_teacher_temperature: float = 0.04,
+        teacher_temperature_warmup_steps: int = 0,
+        freeze_last_layer: int = 0,
+        view_scale: tuple[float, float] = (0.4, 1.0),
         tolerance: float = 0.1,
         search_radius: float = 0.2,
         use_prior: bool = True,
@@ -137,6 +135,16 @@ class Anatomy(SSLMethod):
             raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
+        if freeze_last_layer < 0 or teacher_temperature_warmup_steps < 0:
+            raise ValueError(
+                f"freeze_last_layer and teacher_temperature_warmup_steps must be >= 0, got "
+                f"{freeze_last_layer} and {teacher_temperature_warmup_steps}"
+            )
+        if not 0.0 < view_scale[0] <= view_scale[1] <= 1.0:
+            raise ValueError(f"view_scale must satisfy 0 < low <= high <= 1, got {view_scale}")
+        distillation.warmup_teacher_temperature(
+            0, warmup_teacher_temperature, teacher_temperature, 0
+        )
         if reconstruction_size < 1:
             raise ValueError(f"reconstruction_size must be >= 1, got {reconstruction_size}")
         if not (use_prior or use_teacher_mining):
@@ -205,6 +213,32 @@ class Anatomy(SSLMethod):
                 rows.append(torch.rand(patches, generator=g).argsort() < count)
         return torch.stack(rows)  # exactly `count` masked patches per row
 
+    def cut_views(self, views: list[Tensor], keys: Tensor, batch_idx: int) -> Tensor:
+        """``[2N, 1, *S]``: view ``v`` of each crop from its own random box (``view_scale``) of
+        ``views[v]``, resized to ``S``; boxes drawn per ``(seed, step, batch, view, key)`` as the masks."""
+        low, high = self.hparams.view_scale
+        if low >= 1.0:
+            return torch.cat(list(views))
+        shape = tuple(views[0].shape[2:])
+        out = []
+        for view, image in enumerate(views):
+            boxes = torch.stack([
+                random_resized_boxes(shape, (low, high), 1, keyed_generator(
+                    self.hparams.seed, self.global_step, batch_idx, VIEW_BOX_SALT, view, key
+                ))[0]
+                for key in keys.tolist()
+            ])  # fmt: skip
+            out.append(crop_boxes(image, boxes[:, None], shape)[:, 0])
+        return torch.cat(out)
+
+    def teacher_temperature(self) -> float:
+        """This step's teacher temperature (DINO's linear warm-up)."""
+        h = self.hparams
+        return distillation.warmup_teacher_temperature(
+            self.global_step, h.warmup_teacher_temperature, h.teacher_temperature,
+            h.teacher_temperature_warmup_steps,
+        )  # fmt: skip
+
     def encode(self, x: Tensor, teacher: bool = False) -> Tensor:
         """``[M, 1, *S] -> [M, P, C]`` tokens of the last feature map."""
         backbone = self.teacher["backbone"] if teacher else self.backbone
@@ -219,8 +253,10 @@ class Anatomy(SSLMethod):
             raise ValueError(
                 f"anatomy needs 2 views per crop (data.views: 0 or >= 2), got {len(views)}"
             )
-        x = torch.cat(list(views[:2]))  # [2N, 1, *S]
+        keys = batch[BatchKey.INDEX] if BatchKey.INDEX in batch else torch.arange(n) + rank() * n
+        x = self.cut_views(list(views[:2]), keys, batch_idx)  # [2N, 1, *S], separate boxes
         body, groups = self.body_and_groups(batch, n)
+        temperature = self.teacher_temperature()
 
         # teacher: tokens, global embeddings and logits of both unmasked views
         with torch.no_grad():
@@ -237,7 +273,6 @@ class Anatomy(SSLMethod):
         )
 
         # student: masked input patches (SimMIM), tokens, logits
-        keys = batch[BatchKey.INDEX] if BatchKey.INDEX in batch else torch.arange(n) + rank() * n
         mask = self.patch_masks(keys, 2, p, batch_idx).to(x.device)  # [2N, P]
         voxel_mask = upsample_mask(mask, grid, stride).to(x.dtype)  # [2N, 1, *S]
         masked = x * (1 - voxel_mask) + self.mask_token.to(x.dtype) * voxel_mask
@@ -274,16 +309,18 @@ class Anatomy(SSLMethod):
             if h.anatomy_weight > 0:
                 terms["anatomy"] = matched_distillation_loss(
                     s_global_logits[:n].float(), pool_logits[index].float(), keep, self.dino.center,
-                    student_temperature=h.student_temperature, teacher_temperature=h.teacher_temperature,
+                    student_temperature=h.student_temperature, teacher_temperature=temperature,
                 )  # fmt: skip
             if h.global_weight > 0:
                 terms["global"] = self.dino(
-                    list(s_global_logits.float().split(n)), list(t_global_logits.float().split(n))
+                    list(s_global_logits.float().split(n)),
+                    list(t_global_logits.float().split(n)),
+                    teacher_temperature=temperature,
                 )
             if h.patch_weight > 0:
                 terms["patch"] = ibot_patch_loss(
                     s_patch_logits.float(), t_patch_logits.float(), mask, self.patch_center,
-                    student_temperature=h.student_temperature, teacher_temperature=h.teacher_temperature,
+                    student_temperature=h.student_temperature, teacher_temperature=temperature,
                 )  # fmt: skip
                 self.patch_center.copy_(
                     updated_center(self.patch_center, t_patch_logits, h.center_momentum)
@@ -297,6 +334,7 @@ class Anatomy(SSLMethod):
             if prediction is not None:
                 target = normalize_patches(self.reconstruction_target(x.float(), grid, stride))
                 terms["reconstruction"] = masked_mean_term(prediction.float(), target, mask)
+            terms["teacher_temperature"] = zero.detach() + temperature
             terms["total"] = sum(
                 getattr(h, f"{name}_weight") * terms[name] for name in WEIGHTS if name in terms
             )
@@ -350,33 +388,16 @@ class Anatomy(SSLMethod):
             x = pool(x, kernel, kernel)
         return patchify(x, grid, target)
 
+    def on_after_backward(self) -> None:
+        if self.global_step < self.hparams.freeze_last_layer:  # DINO: prototypes held at first
+            self.head.last.weight.grad = None
+
+    def ema_momentum(self, step: int) -> float:
+        """The teacher momentum after optimiser step ``step`` (cosine from ``ema_momentum`` to 1)."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        return distillation.teacher_momentum(step, float(total), self.hparams.ema_momentum)
+
     def after_optimizer_step(self) -> None:
-        ema_update(self.teacher["backbone"], self.backbone, self.hparams.ema_momentum)
-        ema_update(self.teacher["head"], self.head, self.hparams.ema_momentum)
-
-
-def masked_mean_term(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """:func:`masked_reconstruction_loss` (L2) as this rank's share of the global-batch mean; 0 with a graph when nothing is masked here."""
-    scale = global_mean_scale(mask.sum())
-    if not bool(mask.any()):
-        return prediction.sum() * 0.0
-    return masked_reconstruction_loss(prediction, target, mask, "l2") * scale
-
-
-def upsample_mask(mask: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
-    """Patch mask ``[M, P]`` on the last map's grid -> voxel mask ``[M, 1, *grid * stride]``."""
-    out = mask.reshape(mask.shape[0], 1, *grid)
-    for axis, s in enumerate(stride):
-        out = out.repeat_interleave(s, dim=2 + axis)
-    return out
-
-
-def patchify(x: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
-    """``[M, 1, *grid * stride] -> [M, P, prod(stride)]``, patches in the last map's token order."""
-    m, d = x.shape[0], len(grid)
-    shape = [m]
-    for g, s in zip(grid, stride):
-        shape += [g, s]
-    x = x.reshape(*shape)
-    order = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2)]
-    return x.permute(*order).reshape(m, math.prod(grid), math.prod(stride))
+        momentum = self.ema_momentum(self.global_step)
+        ema_update(self.teacher["backbone"], self.backbone, momentum)
+        ema_update(self.teacher["head"], self.head, momentum)

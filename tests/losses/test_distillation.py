@@ -13,6 +13,7 @@ from medssl.losses import (
     teacher_probabilities,
     updated_center,
 )
+from medssl.losses.distillation import teacher_momentum, warmup_teacher_temperature
 
 T_S, T_T = 0.1, 0.04
 
@@ -94,6 +95,24 @@ def test_dino_module_accepts_a_scheduled_teacher_temperature():
     student = [torch.randn(4, 8), torch.randn(4, 8)]
     expected = dino_loss(student, teacher, torch.zeros(8), teacher_temperature=0.07)
     assert torch.allclose(module(student, teacher, teacher_temperature=0.07), expected)
+
+
+def test_teacher_temperature_warms_up_linearly_then_stays():
+    values = [warmup_teacher_temperature(step, 0.04, 0.07, 3) for step in range(5)]
+    assert values == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07])
+    assert warmup_teacher_temperature(0, 0.04, 0.07, 0) == 0.07  # no warm-up
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_teacher_temperature(0, 0.04, 0.07, -1)
+
+
+def test_teacher_momentum_rises_on_a_cosine_from_base_to_one():
+    values = [teacher_momentum(step, 4, 0.996) for step in range(6)]
+    assert values[0] == pytest.approx(0.996) and values[4] == values[5] == pytest.approx(1.0)
+    assert values[2] == pytest.approx(0.998)  # halfway: half the gap to 1
+    assert values[:5] == sorted(set(values[:5]))  # strictly rising until the end
+    assert teacher_momentum(10, float("inf"), 0.9) == 0.9  # no finite schedule: constant
+    with pytest.raises(ValueError, match="momentum"):
+        teacher_momentum(0, 4, 1.5)
 
 
 def test_ibot_counts_only_masked_patches_and_images_without_masks_add_zero():

@@ -8,8 +8,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+import medssl.methods.anatomy as anatomy_module
 from medssl.methods.alignment import ConditionalAlignment
-from medssl.methods.anatomy import patchify, upsample_mask
+from medssl.methods.masked_patches import patchify, upsample_mask
 from tests.methods.ddp_cases_anatomy import BodyCrops
 from tests.methods.synthetic import TINY_BACKBONES, build
 from tests.methods.test_ddp import assert_ddp_equals_single
@@ -130,6 +131,70 @@ def test_the_online_probe_runs_on_the_anatomy_method_unchanged(tmp_path):
         tmp_path / "probe.safetensors"
     )
     probe = OnlineProbe(str(probe_file), every_n_steps=1, linear_steps=10)
-    fit(build("anatomy"), fast_dev_run=False, max_steps=1, callbacks=[probe], default_root_dir=tmp_path)
+    fit(
+        build("anatomy"),
+        fast_dev_run=False,
+        max_steps=1,
+        callbacks=[probe],
+        default_root_dir=tmp_path,
+    )
     assert [row["step"] for row in probe.history] == [0, 1]
     assert (tmp_path / "probe.csv").is_file()  # in the run folder, not the working directory
+
+
+# DINO/iBOT details (issue 13 item 6) --------------------------------------------------------
+def test_the_teacher_temperature_is_warmed_up_linearly():
+    model = build(
+        "anatomy", warmup_teacher_temperature=0.02, teacher_temperature=0.06,
+        teacher_temperature_warmup_steps=4,
+    )  # fmt: skip
+    metrics = fit(model, fast_dev_run=False, max_steps=3, limit_train_batches=3).callback_metrics
+    assert float(metrics["train/teacher_temperature"]) == pytest.approx(0.04)  # step 2 of 4
+
+
+def test_the_ema_momentum_follows_a_cosine_to_one_over_training(monkeypatch):
+    momenta = []
+    update = anatomy_module.ema_update
+
+    def recording(teacher, student, momentum):
+        momenta.append(momentum)
+        update(teacher, student, momentum)
+
+    monkeypatch.setattr(anatomy_module, "ema_update", recording)
+    fit(build("anatomy"), fast_dev_run=False, max_steps=3, limit_train_batches=3)
+    # ema_momentum 0.9 over 3 steps: steps 0, 1, 2 of a cosine to 1 at step 3; backbone, head alike
+    expected = [1 - 0.1 * (1 + math.cos(math.pi * s / 3)) / 2 for s in range(3)]
+    assert momenta[::2] == pytest.approx(expected) and momenta[1::2] == momenta[::2]
+
+
+def test_the_last_layer_is_frozen_for_the_first_steps(monkeypatch):
+    model = build("anatomy", freeze_last_layer=2)
+    seen = []
+    step = model.after_optimizer_step
+
+    def recording():
+        mlp = [p.detach().clone() for p in model.head.mlp.parameters()]
+        seen.append((model.head.last.weight.detach().clone(), mlp))
+        step()
+
+    monkeypatch.setattr(model, "after_optimizer_step", recording)
+    start = model.head.last.weight.detach().clone()
+    fit(model, fast_dev_run=False, max_steps=3, limit_train_batches=3)
+    (w0, _), (w1, _), (w2, _) = seen
+    assert torch.equal(w0, start) and torch.equal(w1, start)  # steps 0, 1: no update
+    assert not torch.equal(w2, start)  # step 2: trained
+    assert any(not torch.equal(a, b) for a, b in zip(seen[0][1], seen[1][1]))  # the MLP trains
+
+
+def test_the_two_views_are_cut_from_separate_random_boxes():
+    image = torch.randn(3, 1, 16, 16, 8)
+    keys = torch.arange(3)
+    model = build("anatomy")
+    x = model.cut_views([image, image], keys, 0)
+    assert x.shape == (6, 1, 16, 16, 8)
+    assert all(not torch.equal(x[i], x[3 + i]) for i in range(3))  # one crop, two boxes
+    assert torch.equal(model.cut_views([image[1:], image[1:]], keys[1:], 0)[:2], x[1:3])  # keyed
+    whole = build("anatomy", view_scale=(1.0, 1.0)).cut_views([image, image], keys, 0)
+    assert torch.equal(whole, torch.cat([image, image]))
+    with pytest.raises(ValueError, match="view_scale"):
+        build("anatomy", view_scale=(0.0, 1.0))
