@@ -19,6 +19,10 @@ precision the number of iterations reaches (3 in the paper, enough for training)
 Distributed: the sums over samples are all-reduced, so the codes are balanced over the
 global batch and equal the rows of the single-process codes on the concatenated batch.
 Each rank's loss is the mean over its own samples; no gradient crosses ranks.
+
+Small batches: with ``B_g < K`` no code entry can exceed about ``B_g / K``, so codes are
+diffuse; ``swav_loss(..., queue_scores=...)`` computes each assignment crop's codes over
+``[queue; batch]`` and keeps the batch's rows (:mod:`medssl.losses.feature_queue`).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ def swav_loss(
     epsilon: float = 0.05,
     sinkhorn_iterations: int = 3,
     gather: bool = True,
+    queue_scores: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """SwAV swapped-prediction loss with multi-crop.
 
@@ -117,6 +122,10 @@ def swav_loss(
         assign_crops: indices of the crops whose codes are computed (the global crops).
         temperature: softmax temperature ``> 0`` of the predictions.
         epsilon, sinkhorn_iterations, gather: passed to :func:`sinkhorn`.
+        queue_scores: optional, one ``[N_i, K]`` tensor per assignment crop (in
+            ``assign_crops`` order): queued embeddings scored against the prototypes
+            (:meth:`~medssl.losses.feature_queue.FeatureQueue.scores`). Crop i's codes are
+            the batch rows of ``sinkhorn([queue_scores[i]; scores[i]])``; no gradient.
 
     Returns:
         Scalar: mean over (assign crop i, other crop v != i) of the swapped cross-entropy.
@@ -140,9 +149,19 @@ def swav_loss(
         )
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if queue_scores is not None and (
+        len(queue_scores) != len(assign_crops)
+        or any(q.ndim != 2 or q.shape[1] != shape[1] for q in queue_scores)
+    ):
+        raise ValueError(
+            f"queue_scores must be one [N, {shape[1]}] tensor per assignment crop "
+            f"({len(assign_crops)}), got {[tuple(q.shape) for q in queue_scores]}"
+        )
     terms = []
-    for i in assign_crops:
-        codes = sinkhorn(scores[i], epsilon=epsilon, iterations=sinkhorn_iterations, gather=gather)
+    for j, i in enumerate(assign_crops):
+        assigned = scores[i] if queue_scores is None else torch.cat([queue_scores[j], scores[i]])
+        codes = sinkhorn(assigned, epsilon=epsilon, iterations=sinkhorn_iterations, gather=gather)
+        codes = codes[codes.shape[0] - shape[0] :]  # the batch's rows: the queue's only balance
         terms.extend(
             swapped_prediction(s, codes, temperature) for v, s in enumerate(scores) if v != i
         )

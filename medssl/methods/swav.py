@@ -11,6 +11,13 @@ each crop set batched on the device (:class:`~medssl.transforms.multi_crop.Multi
 and augmentation drawn from the step generator), and predicts each global crop's codes from every other
 crop. Prototypes are L2-normalised before every step and frozen (no gradient) for the first
 ``freeze_prototypes_steps`` optimiser steps, as in the paper.
+
+Small batches: with 2-8 regions per rank against thousands of prototypes, codes over the batch
+alone are diffuse, so from ``queue_start_step`` on the codes of the two global crops are
+computed over a queue of the last ``queue_length`` embeddings of each (global over ranks,
+checkpointed) followed by the batch, as the paper's small-batch setting does; the queue is
+off when the global batch alone is at least ``num_prototypes``
+(:class:`~medssl.losses.feature_queue.FeatureQueue`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medssl.losses import normalize_prototypes_, prototype_scores, swav_loss
+from medssl.losses.feature_queue import FeatureQueue
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.multi_crop import MultiCrop
@@ -38,6 +46,9 @@ class SwAV(SSLMethod):
         global_scale, local_scale: ranges of the region-volume fraction a crop covers.
         temperature, epsilon, sinkhorn_iterations: of :func:`medssl.losses.swav_loss`.
         freeze_prototypes_steps: optimiser steps during which prototypes get no update.
+        queue_length: embeddings of each global crop queued over all ranks (0: no queue);
+            used only while ``batch × world size < num_prototypes``.
+        queue_start_step: optimiser step from which the queue is filled and used.
         projection_dim, hidden_dim, projector_layers, projector_norm: the projector MLP.
         augment: per-crop augmentation, a dict of ``AugmentConfig`` fields; None: defaults.
         **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
@@ -57,6 +68,8 @@ class SwAV(SSLMethod):
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
         freeze_prototypes_steps: int = 300,
+        queue_length: int = 3840,
+        queue_start_step: int = 1000,
         projection_dim: int = 128,
         hidden_dim: int = 2048,
         projector_layers: int = 2,
@@ -74,6 +87,7 @@ class SwAV(SSLMethod):
         )
         self.prototypes = nn.Linear(projection_dim, num_prototypes, bias=False)
         normalize_prototypes_(self.prototypes)
+        self.queue = FeatureQueue(2, queue_length, projection_dim, num_prototypes, queue_start_step)
         self.multi_crop = MultiCrop(
             global_crop_size,
             local_crop_size,
@@ -102,7 +116,9 @@ class SwAV(SSLMethod):
                 temperature=self.hparams.temperature,
                 epsilon=self.hparams.epsilon,
                 sinkhorn_iterations=self.hparams.sinkhorn_iterations,
+                queue_scores=self.queue.scores(self.prototypes.weight, b),
             )
+            self.queue.push(z[: n_global * b].split(b), self.global_step)  # after: never self
         return self.finish_step({"swav": loss, "total": loss})
 
     def on_after_backward(self) -> None:

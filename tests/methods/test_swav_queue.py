@@ -1,0 +1,60 @@
+"""SwAV's feature queue in training: filled from its start step on, checkpointed, resumed exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl.methods.cli import pretrain_main
+from tests.methods import test_resume
+from tests.methods.synthetic import build
+from tests.methods.test_methods import fit
+
+
+@pytest.mark.parametrize(("start", "rows"), [(2, 2), (5, 0)])
+def test_the_queue_fills_from_its_start_step_and_not_before(start, rows):
+    model = build("swav", queue_length=16, queue_start_step=start)
+    fit(model, fast_dev_run=False, max_steps=3)  # steps 0, 1, 2; 2 regions each
+    assert int(model.queue.filled) == rows
+    assert model.queue.embeddings.shape == (2, 16, 16)  # 2 global crops, length, projection_dim
+    assert {"queue.embeddings", "queue.filled"} <= set(model.state_dict())
+
+
+def test_the_queue_changes_the_codes_once_it_holds_rows():
+    """Same weights, same batch: the step-3 loss with a filled queue differs from the one without."""
+    torch.manual_seed(0)
+    with_queue = build("swav", queue_length=16, queue_start_step=0, freeze_prototypes_steps=10)
+    without = build("swav", queue_length=0, freeze_prototypes_steps=10)
+    weights = {k: v for k, v in with_queue.state_dict().items() if not k.startswith("queue.")}
+    without.load_state_dict(weights, strict=False)
+    losses = [
+        float(fit(m, fast_dev_run=False, max_steps=3).callback_metrics["train/total"])
+        for m in (with_queue, without)
+    ]
+    assert int(with_queue.queue.filled) == 6 and int(without.queue.filled) == 0
+    assert losses[0] != pytest.approx(losses[1], abs=1e-6)
+
+
+def test_a_run_with_the_queue_resumes_from_its_step_3_checkpoint_to_the_same_losses(
+    tmp_path, monkeypatch
+):
+    """The queue (filled at steps 1-2) comes back from the checkpoint: steps 4-6 score against it."""
+    swav = test_resume.MODELS["swav"]
+    queued = {
+        "class_path": swav["class_path"],
+        "init_args": {**swav["init_args"], "queue_length": 6, "queue_start_step": 1},
+    }
+    monkeypatch.setitem(test_resume.MODELS, "swav_queue", queued)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    whole.mkdir(), stopped.mkdir()
+    assert pretrain_main(["-c", str(test_resume.write_config(whole, "swav_queue"))]) == 0
+
+    config = test_resume.write_config(stopped, "swav_queue")
+    crashing = test_resume.with_callback(config, "tests.methods.run_helpers.CrashAtStep", step=3)
+    with pytest.raises(RuntimeError, match="crash before step 4"):
+        pretrain_main(["-c", str(crashing)])
+    checkpoint = next((stopped / "runs").rglob("step=3.ckpt"))
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert int(state["queue.filled"]) == 4  # 2 regions at steps 1 and 2
+    assert pretrain_main(["-c", str(config), "--ckpt_path", str(checkpoint)]) == 0
+    test_resume.assert_same_losses_after(3, whole, stopped)
