@@ -1,9 +1,9 @@
 """A queue of recent embeddings, so Sinkhorn codes balance over more than one small batch.
 
 Paper: Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
-Assignments" (SwAV), Section 4 (small batches: codes computed with the features of earlier
-batches); reference: facebookresearch/swav ``main_swav.py`` (``queue_length``,
-``epoch_queue_starts``).
+Assignments" (SwAV), Section 3.1, "Working with small batches" (codes computed with the
+features of earlier batches, only the batch's codes used in the loss); reference:
+facebookresearch/swav ``main_swav.py`` (``queue_length``, ``epoch_queue_starts``).
 
 Why: Sinkhorn gives each of the K prototypes ``B / K`` of a batch's mass, so with B samples
 per step and ``B < K`` no code entry can exceed about ``B / K``: every sample is spread over

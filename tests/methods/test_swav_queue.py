@@ -1,13 +1,16 @@
-"""SwAV's feature queue in training: filled from its start step on, checkpointed, resumed exactly."""
+"""SwAV's feature queue in training: filled from its start step on, the same global queue on
+every DDP rank, checkpointed and resumed exactly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch import Callback, Trainer
 
 from medssl.methods.cli import pretrain_main
 from tests.methods import test_resume
-from tests.methods.synthetic import build
+from tests.methods.synthetic import SyntheticCrops, build
+from tests.methods.test_ddp import free_port
 from tests.methods.test_methods import fit
 
 
@@ -58,3 +61,34 @@ def test_a_run_with_the_queue_resumes_from_its_step_3_checkpoint_to_the_same_los
     assert int(state["queue.filled"]) == 4  # 2 regions at steps 1 and 2
     assert pretrain_main(["-c", str(config), "--ckpt_path", str(checkpoint)]) == 0
     test_resume.assert_same_losses_after(3, whole, stopped)
+
+
+class SaveQueue(Callback):
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(pl_module.queue.state_dict(), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(120)  # a rendezvous that never completes fails, not hangs
+def test_two_forked_ddp_ranks_hold_one_global_queue_of_both_ranks_embeddings(tmp_path, monkeypatch):
+    """Each push all-gathers, so DDP's buffer broadcast from rank 0 loses nothing."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    model = build("swav", queue_length=16, queue_start_step=0)
+    Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SaveQueue(tmp_path)],
+    ).fit(model, datamodule=SyntheticCrops(num_batches=6))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert int(ranks[0]["filled"]) == int(ranks[1]["filled"]) == 3 * 2 * 2  # steps x ranks x B
+    torch.testing.assert_close(ranks[0]["embeddings"], ranks[1]["embeddings"], rtol=0, atol=0)
+    newest = ranks[0]["embeddings"][:, :4]  # the last step: rank 0's 2 regions, then rank 1's
+    assert not torch.allclose(newest[:, :2], newest[:, 2:])
