@@ -13,12 +13,15 @@ Shapes:
     (True = masked, predicted).
 
 Distributed: Sinkhorn balances codes over the global batch (all-reduced inside
-:func:`~medssl.losses.swav.sinkhorn`); the masked term is the mean over this rank's masked
+:func:`~medssl.losses.swav.sinkhorn`; with a queue, over the global queue and batch,
+:mod:`medssl.losses.feature_queue`); the masked term is the mean over this rank's masked
 slices, so with the same number of masked slices on every rank DDP's gradient average equals
 the single-process mean.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,11 +38,14 @@ def volume_cluster_agreement_loss(
     epsilon: float = 0.05,
     sinkhorn_iterations: int = 3,
     gather: bool = True,
+    queue_scores: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """Swapped prediction of each view's Sinkhorn codes from the other view: ``[B, K]`` each.
 
     The 3D term: view a predicts the (balanced) cluster of view b of the same volume and
-    vice versa. Scalar.
+    vice versa. ``queue_scores``: optional ``[N, K]`` queued volume embeddings of view a and
+    of view b scored against the prototypes; each view's codes are then balanced over its
+    queue and the batch (:func:`~medssl.losses.swav.swav_loss`). Scalar.
     """
     if scores_a.ndim != 2 or scores_a.shape != scores_b.shape:
         raise ValueError(
@@ -53,6 +59,7 @@ def volume_cluster_agreement_loss(
         epsilon=epsilon,
         sinkhorn_iterations=sinkhorn_iterations,
         gather=gather,
+        queue_scores=queue_scores,
     )
 
 

@@ -9,6 +9,12 @@ must agree on their volume-prototype codes (the *inter* / 3D term,
 :func:`~medssl.losses.joint.volume_cluster_agreement_loss`), and slice embeddings hidden from
 the aggregator are predicted from the others (:func:`~medssl.losses.joint.masked_slice_prediction_loss`).
 
+Small batches: a step holds a few volumes per rank against ``num_volume_prototypes`` (512) and a
+few dozen regions against ``num_prototypes``; Sinkhorn over a batch smaller than K gives diffuse
+codes, so from ``queue_start_step`` on each Sinkhorn (2D and volume) runs over a queue of recent
+embeddings of its two assignment views followed by the batch, while the global batch is below
+its K (:class:`~medssl.losses.feature_queue.FeatureQueue`, as in SwAV).
+
 Batch (from :class:`medssl.data.joint.JointDataModule`; either part may be absent):
     ``slices [B, S, 1, H, W]`` with ``positions [B, S]`` in ``[0, 1]`` and ``slice_keys [B]``;
     ``images [N, 1, H, W]`` with ``image_keys [N]``. Keys are per-sample integers that seed the
@@ -47,6 +53,7 @@ from medssl.losses import (
     swav_loss,
     volume_cluster_agreement_loss,
 )
+from medssl.losses.feature_queue import FeatureQueue
 from medssl.methods.base import SSLMethod
 from medssl.methods.projectors import MLPProjector, Norm
 from medssl.transforms.multi_crop import MultiCrop
@@ -70,6 +77,10 @@ class Joint2D3D(SSLMethod):
         global_scale, local_scale: area fractions of the random resized crops.
         temperature, epsilon, sinkhorn_iterations: of the swapped-prediction losses.
         freeze_prototypes_steps: optimiser steps during which both prototype sets are frozen.
+        queue_length, volume_queue_length: embeddings of each global view queued over all ranks
+            for the 2D and the volume Sinkhorn (0: no queue); each is used only while its global
+            batch (regions, volumes) is below its K.
+        queue_start_step: optimiser step from which both queues are filled and used.
         mask_ratio: fraction of a volume's slices hidden for masked prediction (at least 1).
         aggregator_depth, aggregator_heads: the slice aggregator transformer.
         intra_weight, volume_weight, masked_weight: loss weights.
@@ -95,6 +106,9 @@ class Joint2D3D(SSLMethod):
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
         freeze_prototypes_steps: int = 300,
+        queue_length: int = 3840,
+        volume_queue_length: int = 512,
+        queue_start_step: int = 1000,
         mask_ratio: float = 0.25,
         aggregator_depth: int = 2,
         aggregator_heads: int = 4,
@@ -138,6 +152,10 @@ class Joint2D3D(SSLMethod):
         self.slice_predictor = MLPProjector(width, hidden_dim, width, 2, projector_norm)
         normalize_prototypes_(self.prototypes)
         normalize_prototypes_(self.volume_prototypes)
+        self.queue = FeatureQueue(2, queue_length, projection_dim, num_prototypes, queue_start_step)
+        self.volume_queue = FeatureQueue(
+            2, volume_queue_length, projection_dim, num_volume_prototypes, queue_start_step
+        )
         self.crops = MultiCrop(
             global_crop_size,
             local_crop_size,
@@ -255,7 +273,9 @@ class Joint2D3D(SSLMethod):
         }
         with self.full_precision():
             scores = prototype_scores(F.normalize(z.float(), dim=1), self.prototypes.weight.float())
-            intra = swav_loss(scores.split(m), assign_crops=(0, 1), **swav)
+            queued = self.queue.scores(self.prototypes.weight, m)
+            intra = swav_loss(scores.split(m), assign_crops=(0, 1), queue_scores=queued, **swav)
+        self.queue.push(z[: 2 * m].split(m), self.global_step)  # after: a batch never meets itself
         terms = {"intra": intra}
         total = h.intra_weight * intra
 
@@ -278,8 +298,12 @@ class Joint2D3D(SSLMethod):
                 volume_scores = prototype_scores(
                     F.normalize(zv.float(), dim=1), self.volume_prototypes.weight.float()
                 )
-                terms["volume"] = volume_cluster_agreement_loss(*volume_scores.split(b), **swav)
+                queued = self.volume_queue.scores(self.volume_prototypes.weight, b)
+                terms["volume"] = volume_cluster_agreement_loss(
+                    *volume_scores.split(b), queue_scores=queued, **swav
+                )
                 terms["masked"] = masked_slice_prediction_loss(predicted, view_a, mask)
+            self.volume_queue.push(zv.split(b), self.global_step)
             total = total + h.volume_weight * terms["volume"] + h.masked_weight * terms["masked"]
         return self.finish_step({**terms, "total": total})
 

@@ -2,11 +2,13 @@
 
 Crop boxes and slice masks are keyed per sample, so they do not depend on the rank split; the
 batched augmentation draws per rank, so it is off here (``augment_crops=False``).
+:func:`queue_case`: the same step with both Sinkhorn queues filled and on.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -71,3 +73,26 @@ def tiny_joint(**overrides) -> Joint2D3D:
 def case(devices: int):
     model = tiny_joint(augment_crops=False)
     return model, JointBatches(GLOBAL_BATCH // devices, devices)
+
+
+def queue_case(devices: int):
+    """Both feature queues pre-filled (one global queue, the same on every rank) and on from
+    step 0; K above the global batch (40 regions, 8 volumes), so the codes use them."""
+    model = tiny_joint(
+        augment_crops=False,
+        num_prototypes=64,
+        num_volume_prototypes=16,
+        queue_length=12,
+        volume_queue_length=6,
+        queue_start_step=0,
+    )
+    fill_queues(model)
+    return model, JointBatches(GLOBAL_BATCH // devices, devices)
+
+
+def fill_queues(model: Joint2D3D, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for queue in (model.queue, model.volume_queue):
+        rows = torch.randn(queue.embeddings.shape, generator=g)
+        queue.embeddings.copy_(F.normalize(rows, dim=-1))
+        queue.filled.fill_(queue.length)

@@ -17,8 +17,9 @@ from medssl.training.online_probe import OnlineProbe
 from medssl.transforms import AugmentConfig, BatchAugment, crop_boxes
 from medssl.transforms.pipeline import repeat_rows
 from tests.data.joint_store import joint_store
-from tests.methods.ddp_cases_joint import JointBatches, tiny_joint
-from tests.methods.test_ddp import assert_ddp_equals_single
+from tests.methods import ddp_run
+from tests.methods.ddp_cases_joint import JointBatches, fill_queues, tiny_joint
+from tests.methods.test_ddp import assert_ddp_equals_single, assert_ranks_equal_single, free_port
 
 
 def trainer(tmp_path, **kw) -> Trainer:
@@ -155,6 +156,42 @@ def test_the_slices_of_a_volume_view_stay_one_stack_and_views_differ():
     view_a, view_b = crops[0].unflatten(0, (2, 6)), crops[1].unflatten(0, (2, 6))
     assert not torch.allclose(view_a[0, 0], view_b[0, 0])  # two views of volume 4
     assert not torch.allclose(view_a[0, 0], view_a[1, 0])  # volumes 4 and 9 in one view
+
+
+def test_the_queues_fill_from_their_start_step_only_below_k_and_change_the_codes(tmp_path):
+    """2 volumes (10 regions) a step: the volume queue (K 16) and the 2D queue (K 64) fill from
+    step 1 on; with K at most the batch (4 volumes, 20 regions; K 4 and 8) both stay off."""
+    queued = {"num_prototypes": 64, "num_volume_prototypes": 16, "queue_start_step": 1}
+    model = tiny_joint(**queued, queue_length=100, volume_queue_length=10)
+    trainer(tmp_path, max_steps=3).fit(model, datamodule=JointBatches(2, 3))
+    assert int(model.queue.filled) == 2 * 10 and int(model.volume_queue.filled) == 2 * 2
+    assert {"queue.embeddings", "volume_queue.filled"} <= set(model.state_dict())  # checkpointed
+    small_k = tiny_joint(queue_start_step=0)
+    trainer(tmp_path, max_steps=2).fit(small_k, datamodule=JointBatches(4, 2))
+    assert int(small_k.queue.filled) == 0 and int(small_k.volume_queue.filled) == 0
+
+    losses = []
+    for length in (6, 0):
+        torch.manual_seed(0)
+        model = tiny_joint(**queued, queue_length=length, volume_queue_length=length)
+        if length:
+            fill_queues(model)
+        t = trainer(tmp_path, max_steps=1)
+        t.fit(model, datamodule=JointBatches(2, 1))
+        losses.append([float(t.callback_metrics[f"train/{k}"]) for k in ("intra", "volume")])
+    with_queue, without = losses
+    assert all(a != pytest.approx(b) for a, b in zip(with_queue, without, strict=True))
+
+
+@pytest.mark.timeout(120)  # a rendezvous that never completes fails, not hangs
+def test_two_forked_ranks_with_filled_queues_give_the_single_process_step(tmp_path, monkeypatch):
+    """Each rank scores its share of the global queue; Sinkhorn's sums over ranks make the
+    codes, so the loss and gradients, those of one process on the whole queue and batch."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    for name, devices, strategy in (("single", 1, "ddp"), ("ddp", 2, "ddp_fork")):
+        (tmp_path / name).mkdir()
+        ddp_run.main(tmp_path / name, devices, "tests.methods.ddp_cases_joint:queue_case", strategy)
+    assert_ranks_equal_single(tmp_path)
 
 
 def test_the_online_probe_runs_on_a_2d_probe_set(tmp_path):
