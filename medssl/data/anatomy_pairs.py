@@ -1,0 +1,153 @@
+"""Cross-volume crop pairs by construction: a point in volume A, its corresponding point in B, a crop around each.
+
+Paper: Jiang et al. 2023, "Anatomical Invariance Modeling and Semantic Alignment for
+Self-supervised Learning in 3D Medical Image Analysis" (Alice): pick a random point in one
+volume, find the same anatomy in another volume, crop both around the two points, so every
+anchor has a positive. Alice finds the point with a pretrained anatomical embedding (SAM, Yan
+et al. 2022), retrying until its match score passes 0.7; here the prior is the point's
+normalised body coordinate (:func:`map_body_points`: the same place relative to each
+volume's body box, :attr:`~medssl.preprocess.volume_cache.CachedVolume.body_box`), and
+:func:`refine_by_embedding` moves it to the best match of a teacher's token map in a local
+window, kept only where the match is confident enough, else the prior stands.
+
+Points are float voxel coordinates ``[M, 3]`` of the cached volume; body boxes are
+``(lo..., hi...)``; token maps ``[C, *grid]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medssl.data.crops import CropDataset, body_coordinates
+from medssl.preprocess.volume_cache import CacheIndex
+from medssl.transforms.spatial import box_of, crop_box
+from medssl.types import BatchKey
+
+
+def _box(body_box: Sequence[float]) -> tuple[Tensor, Tensor]:
+    if len(body_box) != 6:
+        raise ValueError(f"a body box is 6 numbers (lo..., hi...), got {len(body_box)}")
+    box = torch.tensor([float(b) for b in body_box], dtype=torch.float64)
+    return box[:3], box[3:]
+
+
+def map_body_points(
+    points: Tensor, body_box_a: Sequence[float], body_box_b: Sequence[float]
+) -> Tensor:
+    """``[M, 3]`` points of volume A -> the points at the same normalised body coordinates in B."""
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must be [M, 3], got {tuple(points.shape)}")
+    lo_a, hi_a = _box(body_box_a)
+    lo_b, hi_b = _box(body_box_b)
+    relative = (points.double() - lo_a) / (hi_a - lo_a).clamp(min=1.0)
+    return (lo_b + relative * (hi_b - lo_b)).to(points.dtype)
+
+
+def sample_body_points(body_box: Sequence[float], n: int, generator: torch.Generator) -> Tensor:
+    """``[n, 3]`` float points uniform inside the body box (anchors: never in the air around it)."""
+    lo, hi = _box(body_box)
+    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
+    return (lo + u * (hi - lo).clamp(min=0.0)).float()
+
+
+def centred_starts(points: Tensor, size: Sequence[int]) -> Tensor:
+    """``[M, 3]`` int64 starts of crops of ``size`` centred on the points."""
+    half = torch.tensor([float(s) for s in size]) / 2
+    return torch.round(points.float() - half).long()
+
+
+@torch.no_grad()
+def refine_by_embedding(
+    anchor_map: Tensor, window_map: Tensor, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Where the anchor's token map best matches inside a larger window's map.
+
+    Args:
+        anchor_map: ``[C, *g]`` teacher tokens of the anchor crop.
+        window_map: ``[C, *G]`` teacher tokens of a window centred on the prior point, ``G >= g``
+            per axis with ``G - g`` even (the prior is the centred placement).
+        threshold: minimum confidence (mean cosine of aligned tokens) to move off the prior.
+
+    Returns:
+        ``(shift [3] int64 in tokens from the centred placement, confidence, kept)``: the shift
+        is 0 where the best match is below ``threshold`` (the prior stands, ``kept`` False).
+    """
+    if anchor_map.ndim != 4 or window_map.ndim != 4 or anchor_map.shape[0] != window_map.shape[0]:
+        raise ValueError(
+            f"maps must be [C, *g] and [C, *G] with one C, got {tuple(anchor_map.shape)} and "
+            f"{tuple(window_map.shape)}"
+        )
+    room = [w - a for a, w in zip(anchor_map.shape[1:], window_map.shape[1:])]
+    if any(r < 0 or r % 2 for r in room):
+        raise ValueError(
+            f"the window {list(window_map.shape[1:])} must exceed the anchor "
+            f"{list(anchor_map.shape[1:])} by an even number of tokens per axis"
+        )
+    kernel = F.normalize(anchor_map.float(), dim=0)[None]  # [1, C, *g]
+    keys = F.normalize(window_map.float(), dim=0)[None]
+    scores = F.conv3d(keys, kernel)[0, 0] / math.prod(anchor_map.shape[1:])  # mean cosine
+    best = int(scores.flatten().argmax())
+    index = torch.tensor(list(torch.unravel_index(torch.tensor(best), scores.shape)))
+    confidence = scores.flatten()[best]
+    kept = bool(confidence >= threshold)
+    shift = index - torch.tensor(room) // 2 if kept else torch.zeros(3, dtype=torch.long)
+    return shift, confidence, torch.tensor(kept)
+
+
+class AnatomyPairDataset(CropDataset):
+    """Items of ``2 k`` 3D crops: ``k = crops_per_volume`` anchors in volume A, their partners in B.
+
+    A is the item's volume, B another training volume drawn per item; anchor centres are
+    uniform in A's body box, partner centres at the same body coordinates in B
+    (:func:`map_body_points`). Keys as :class:`~medssl.data.crops.CropDataset` (rows
+    ``0..k-1`` from A, ``k..2k-1`` their partners, in order), so :class:`CropCollate` and the
+    methods take it unchanged; the miner finds each anchor's partner at body distance ~0.
+    """
+
+    def __init__(
+        self,
+        index: CacheIndex,
+        volumes: Sequence[int],
+        crop_size: Sequence[int],
+        crops_per_volume: int = 2,
+        length: int | None = None,
+        fixed: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(index, volumes, crop_size, crops_per_volume, length, None, fixed, seed)
+        if len(self.volumes) < 2:
+            raise ValueError(f"pairs need at least 2 volumes, got {len(self.volumes)}")
+
+    def __getitem__(self, item: int) -> dict:
+        a = self.volumes[(item % self.length) % len(self.volumes)]
+        g = self.generator(item)
+        others = [v for v in self.volumes if v != a]
+        b = others[int(torch.randint(len(others), (1,), generator=g))]
+        box_a, box_b = self.index.volumes[a].body_box, self.index.volumes[b].body_box
+        points = sample_body_points(box_a, self.crops_per_volume, g)
+        images, boxes, ids = [], [], []
+        for v, centres in ((a, points), (b, map_body_points(points, box_a, box_b))):
+            array = self._open(v)[None]
+            for start in centred_starts(centres, self.crop_size).tolist():
+                images.append(
+                    crop_box(array, start, self.crop_size, self.index.volumes[v].pad_value)
+                )
+                boxes.append(box_of(start, self.crop_size))
+            ids += [v] * self.crops_per_volume
+        boxes_t = torch.tensor(boxes, dtype=torch.long)
+        bodies = torch.cat([
+            body_coordinates(boxes_t[: self.crops_per_volume], box_a),
+            body_coordinates(boxes_t[self.crops_per_volume :], box_b),
+        ])  # fmt: skip
+        return {
+            BatchKey.IMAGE: torch.stack(images),
+            BatchKey.BOX: boxes_t,
+            BatchKey.VOLUME: torch.tensor(ids, dtype=torch.long),
+            BatchKey.BODY: bodies,
+            BatchKey.SEED: int(torch.randint(0, 2**62, (1,), generator=g)),
+        }
