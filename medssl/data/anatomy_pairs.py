@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medssl.data.crops import CropDataset, body_coordinates
+from medssl.data.pretrain import PretrainDataModule
 from medssl.preprocess.volume_cache import CacheIndex
 from medssl.transforms.spatial import box_of, crop_box
 from medssl.types import BatchKey
@@ -151,3 +152,24 @@ class AnatomyPairDataset(CropDataset):
             BatchKey.BODY: bodies,
             BatchKey.SEED: int(torch.randint(0, 2**62, (1,), generator=g)),
         }
+
+
+class AnatomyPairDataModule(PretrainDataModule):
+    """:class:`~medssl.data.pretrain.PretrainDataModule` whose training items are anchor/partner
+    pairs (:class:`AnatomyPairDataset`): ``crops_per_volume`` anchors and as many partners per
+    item, so N = batch_size x 2 x crops_per_volume; validation crops stay random."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        super().setup(stage)
+        random = self.train_set
+        if len(random.volumes) < 2:
+            raise ValueError(
+                f"store {self.store}: anatomy pairs need at least 2 training volumes, got "
+                f"{len(random.volumes)}; use PretrainDataModule for a single volume"
+            )
+        self.train_set = AnatomyPairDataset(
+            random.index, random.volumes, random.crop_size, random.crops_per_volume,
+            length=random.length, seed=random.seed,
+        )  # fmt: skip

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from medssl.data.anatomy_pairs import (
+    AnatomyPairDataModule,
     AnatomyPairDataset,
     centred_starts,
     map_body_points,
@@ -23,7 +24,6 @@ from medssl.data.anatomy_pairs import (
     sample_body_points,
 )
 from medssl.data.crops import CropCollate, CropDataset
-from medssl.data.pretrain import PretrainDataModule
 from medssl.losses import mine_positives
 from medssl.preprocess.volume_cache import body_box
 from medssl.store.selection import foreground_mask
@@ -60,8 +60,9 @@ def test_refinement_finds_a_shifted_anchor_and_keeps_the_prior_when_unsure():
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     store = phantom_store(tmp_path_factory.mktemp("pairs") / "store")
-    dm = PretrainDataModule(str(store), num_workers=0, progress=False, val_fraction=0.0)
+    dm = AnatomyPairDataModule(str(store), num_workers=0, progress=False, val_fraction=0.0)
     dm.setup("fit")
+    assert isinstance(dm.train_set, AnatomyPairDataset)  # the module's training items are pairs
     return dm.index
 
 

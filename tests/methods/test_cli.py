@@ -34,7 +34,7 @@ SHIPPED = {
     "voco": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
     "simclr": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
     "swav": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
-    "anatomy": ("smoke", "swin3d", "medssl.data.pretrain.PretrainDataModule"),
+    "anatomy": ("smoke", "swin3d", "medssl.data.anatomy_pairs.AnatomyPairDataModule"),
     "joint2d3d": ("smoke2d", "resenc2d", "medssl.data.joint.JointDataModule"),
 }
 
