@@ -56,6 +56,14 @@ def sample_body_points(body_box: Sequence[float], n: int, generator: torch.Gener
     return (lo + u * (hi - lo).clamp(min=0.0)).float()
 
 
+def on_tissue(array, points: Tensor, pad_value: float) -> Tensor:
+    """``[M]`` bool: the voxel at each point of ``array`` ``[X, Y, Z]`` is above the pad value (air)."""
+    shape = torch.tensor(array.shape)
+    index = torch.minimum(torch.round(points.float()).long().clamp(min=0), shape - 1)
+    values = torch.tensor([float(array[tuple(i)]) for i in index.tolist()])
+    return values > pad_value + 1e-3
+
+
 def centred_starts(points: Tensor, size: Sequence[int]) -> Tensor:
     """``[M, 3]`` int64 starts of crops of ``size`` centred on the points."""
     half = torch.tensor([float(s) for s in size]) / 2
@@ -104,7 +112,8 @@ class AnatomyPairDataset(CropDataset):
     """Items of ``2 k`` 3D crops: ``k = crops_per_volume`` anchors in volume A, their partners in B.
 
     A is the item's volume, B another training volume drawn per item; anchor centres are
-    uniform in A's body box, partner centres at the same body coordinates in B
+    uniform in A's body box, redrawn up to ``retries`` times where they fall on air (the
+    box's corners), partner centres at the same body coordinates in B
     (:func:`map_body_points`). Keys as :class:`~medssl.data.crops.CropDataset` (rows
     ``0..k-1`` from A, ``k..2k-1`` their partners, in order), so :class:`CropCollate` and the
     methods take it unchanged; the miner finds each anchor's partner at body distance ~0.
@@ -119,10 +128,26 @@ class AnatomyPairDataset(CropDataset):
         length: int | None = None,
         fixed: bool = False,
         seed: int = 0,
+        retries: int = 4,
     ) -> None:
         super().__init__(index, volumes, crop_size, crops_per_volume, length, None, fixed, seed)
         if len(self.volumes) < 2:
             raise ValueError(f"pairs need at least 2 volumes, got {len(self.volumes)}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.retries = retries
+
+    def anchor_points(self, volume: int, generator: torch.Generator) -> Tensor:
+        """``[k, 3]`` points uniform in the body box, each redrawn while on air (``retries`` times)."""
+        meta, array = self.index.volumes[volume], self._open(volume)
+        points = sample_body_points(meta.body_box, self.crops_per_volume, generator)
+        for _ in range(self.retries):
+            air = ~on_tissue(array, points, meta.pad_value)
+            if not bool(air.any()):
+                break
+            redrawn = sample_body_points(meta.body_box, int(air.sum()), generator)
+            points[air] = redrawn
+        return points
 
     def __getitem__(self, item: int) -> dict:
         a = self.volumes[(item % self.length) % len(self.volumes)]
@@ -130,7 +155,7 @@ class AnatomyPairDataset(CropDataset):
         others = [v for v in self.volumes if v != a]
         b = others[int(torch.randint(len(others), (1,), generator=g))]
         box_a, box_b = self.index.volumes[a].body_box, self.index.volumes[b].body_box
-        points = sample_body_points(box_a, self.crops_per_volume, g)
+        points = self.anchor_points(a, g)
         images, boxes, ids = [], [], []
         for v, centres in ((a, points), (b, map_body_points(points, box_a, box_b))):
             array = self._open(v)[None]

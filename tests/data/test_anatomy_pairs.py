@@ -3,7 +3,8 @@
 Measured (this file's settings): on the 4-phantom store, pairs by construction give 100% of
 anchors a kept positive (body prior, tolerance 0.1; 8 batches of 2 items of 4 anchors + 4
 partners, or of 4 items) where random 16^3 crops, 4 per volume, keep 0% (2 volumes per batch)
-and 0-25% (4 volumes); on the five fields of view of one phantom with known
+and 0-25% (4 volumes); 20% of anchors drawn uniform in the body box lie on air, 0% after
+4 retries; on the five fields of view of one phantom with known
 correspondence (tests.methods.test_anatomy_mining), the body-coordinate partner lies a median
 1.6 mm (90th percentile 3.5 mm, max 5.7 mm) from the true corresponding point. A random-init
 tiny teacher's refinement (:func:`refine_by_embedding`, threshold 0) moves it to a median
@@ -20,6 +21,7 @@ from medssl.data.anatomy_pairs import (
     AnatomyPairDataset,
     centred_starts,
     map_body_points,
+    on_tissue,
     refine_by_embedding,
     sample_body_points,
 )
@@ -86,6 +88,13 @@ def test_nearly_every_anchor_has_a_kept_pair_by_construction(index):
     sampled = [kept_share(random, items) for items in batches]
     assert min(constructed) >= 0.9, constructed
     assert sum(sampled) / len(sampled) < 0.5  # random crops rarely meet
+    never = AnatomyPairDataset(index, volumes, (16, 16, 16), crops_per_volume=64, retries=0)
+    again = AnatomyPairDataset(index, volumes, (16, 16, 16), crops_per_volume=64, retries=4)
+    array, pad = index.open(index.volumes[0]), index.volumes[0].pad_value
+    g0, g4 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    air_once = 1 - float(on_tissue(array, never.anchor_points(0, g0), pad).float().mean())
+    air_retried = 1 - float(on_tissue(array, again.anchor_points(0, g4), pad).float().mean())
+    assert air_retried < 0.05 and air_retried < air_once, (air_once, air_retried)
     item = pairs[0]
     assert item["image"].shape == (8, 1, 16, 16, 16) and item["volume"][:4].unique().numel() == 1
     assert not torch.equal(item["volume"][:4], item["volume"][4:])
