@@ -10,7 +10,10 @@ Input: ``batch["image"]: [N, 1, *S]`` crops with ``batch["body"]: [N, 3]`` (crop
 normalised body coordinates, :mod:`medssl.data.crops`) and ``batch["volume"]: [N]``; two
 views from ``batch["views"]`` when the data module gives them, else the crop twice (the
 masks still differ). Without ``body`` every crop counts as the same place (the teacher alone
-mines); without ``volume`` every crop is its own volume.
+mines); without ``volume`` every crop is its own volume. With
+:class:`~medssl.data.anatomy_pairs.AnatomyPairDataModule` every anchor's partner (same body
+coordinates, another volume) is in the batch by construction, so nearly every pair is kept.
+Each view is cut from its own random box of the crop (``view_scale``, DINO's global crops).
 
 Step: the EMA teacher encodes both unmasked views: last feature map ``[2N, C, *g]`` →
 tokens ``[2N, P, C]``, global = their mean. The student encodes the views with a share
@@ -23,6 +26,9 @@ learned mask value. Terms (each off with weight 0):
 - ``alignment``: :class:`~medssl.methods.alignment.ConditionalAlignment` completes the masked
   crop's tokens from its positive's teacher tokens, towards the teacher's own tokens;
 - ``reconstruction``: a linear decoder predicts the (patch-normalised) voxels of masked patches.
+
+DINO schedules: teacher temperature warmed up linearly, EMA momentum raised to 1 on a cosine,
+the head's prototypes frozen for the first ``freeze_last_layer`` steps.
 
 DDP: teacher statistics are gathered without gradient, DINO/iBOT centres all-reduced, means
 over kept pairs or masked patches normalised by their global count, and masks drawn for the
@@ -53,7 +59,7 @@ from medssl.losses import (
 from medssl.methods.alignment import ConditionalAlignment
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.distillation_head import DistillationHead
-from medssl.methods.masked_patches import masked_mean_term, patchify, upsample_mask
+from medssl.methods.masked_patches import masked_mean_term, pooled_patches, upsample_mask
 from medssl.methods.projectors import Norm
 from medssl.transforms.rng import keyed_generator
 from medssl.transforms.views import crop_boxes, random_resized_boxes
@@ -332,7 +338,9 @@ class Anatomy(SSLMethod):
                     mask[:n] & keep[:, None],
                 )
             if prediction is not None:
-                target = normalize_patches(self.reconstruction_target(x.float(), grid, stride))
+                target = normalize_patches(
+                    pooled_patches(x.float(), grid, stride, self.target_patch(stride))
+                )
                 terms["reconstruction"] = masked_mean_term(prediction.float(), target, mask)
             terms["teacher_temperature"] = zero.detach() + temperature
             terms["total"] = sum(
@@ -376,17 +384,6 @@ class Anatomy(SSLMethod):
                 f"decoder was built for {self.decoder.out_features} voxels per patch"
             )
         return stride
-
-    def reconstruction_target(
-        self, x: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]
-    ) -> Tensor:
-        """``[M, 1, *S] -> [M, P, prod(target_patch)]``: each patch's voxels, average-pooled."""
-        target = self.target_patch(stride)
-        kernel = tuple(s // t for s, t in zip(stride, target))
-        if any(k > 1 for k in kernel):
-            pool = F.avg_pool3d if len(grid) == 3 else F.avg_pool2d
-            x = pool(x, kernel, kernel)
-        return patchify(x, grid, target)
 
     def on_after_backward(self) -> None:
         if self.global_step < self.hparams.freeze_last_layer:  # DINO: prototypes held at first

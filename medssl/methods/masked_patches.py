@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from medssl.losses import global_mean_scale, masked_reconstruction_loss
@@ -39,3 +40,14 @@ def patchify(x: Tensor, grid: tuple[int, ...], stride: tuple[int, ...]) -> Tenso
     x = x.reshape(*shape)
     order = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2)]
     return x.permute(*order).reshape(m, math.prod(grid), math.prod(stride))
+
+
+def pooled_patches(
+    x: Tensor, grid: tuple[int, ...], stride: tuple[int, ...], target: tuple[int, ...]
+) -> Tensor:
+    """``[M, 1, *grid * stride] -> [M, P, prod(target)]``: each patch average-pooled to ``target`` voxels."""
+    kernel = tuple(s // t for s, t in zip(stride, target))
+    if any(k > 1 for k in kernel):
+        pool = F.avg_pool3d if len(grid) == 3 else F.avg_pool2d
+        x = pool(x, kernel, kernel)
+    return patchify(x, grid, target)
