@@ -3,9 +3,15 @@
 
     medssl bench label-efficiency --store STORE --out OUT --tasks segmentation classification \\
         --fractions 0.1 0.5 1 --seeds 0 1 2 --encoder voco=ARTIFACT [--encoder monai=ARTIFACT] \\
-        --max-steps 200 [--trainer-config configs/trainer/cpu.yaml] [-- --data.batch_size 4 ...]
+        --max-steps 200 [--trainer-config configs/trainer/cpu.yaml] \\
+        [--task-config segmentation=configs/finetune/segmentation.yaml,configs/finetune/smoke.yaml] \\
+        [-- --data.batch_size 4 ...]
 
-Arguments after ``--`` go to every ``medssl finetune`` run unchanged.
+``--task-config TASK=A,B,...`` gives a task's config list, passed in order after the trainer's
+(later files win; default ``configs/finetune/TASK.yaml``); entries for one task add up in
+order; an entry whose value is an inline YAML mapping (``TASK={model: {init_args: {lr: 3.0e-3}}}``,
+as ``-c`` takes) is one item, commas and all. Arguments after ``--`` go to every
+``medssl finetune`` run unchanged.
 
     medssl bench probe --probe-set PROBE.safetensors --out OUT --encoder voco=ARTIFACT \
         anatomy=ARTIFACT joint2d3d=ARTIFACT [--scratch-seeds 0 1 2] [--no-scratch]
@@ -35,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--no-scratch", action="store_true", help="leave out the from-scratch baseline")
     le.add_argument("--max-steps", type=int, default=100, help="optimiser steps per run (the same budget for every run)")
     le.add_argument("--trainer-config", action="append", default=None, help="trainer config(s) (default configs/trainer/cpu.yaml)")
-    le.add_argument("--task-config", action="extend", nargs="+", default=[], metavar="TASK=FILE", help="override task config files (repeatable)")
+    le.add_argument("--task-config", action="extend", nargs="+", default=[], metavar="TASK=FILE[,FILE...]", help="a task's config list, in order (repeatable; entries add up)")
     le.add_argument("extra", nargs="*", help="after --: arguments for every finetune run")
     pr = sub.add_parser("probe", help="kNN and linear-probe accuracy of exported encoders on one probe set")
     pr.add_argument("--probe-set", required=True, help="a probe set (medssl probe-set)")
@@ -62,7 +68,7 @@ def bench_main(argv: list[str]) -> int:
         scratch=not args.no_scratch,
         max_steps=args.max_steps,
         trainer_configs=tuple(args.trainer_config or ["configs/trainer/cpu.yaml"]),
-        task_configs=_pairs(args.task_config, "--task-config"),
+        task_configs=_task_configs(args.task_config),
         extra_args=tuple(args.extra),
     )
     results = run_harness(config)
@@ -86,6 +92,19 @@ def _probe(args: argparse.Namespace) -> int:
     print(probe_table(rows))
     print(f"results {csv_path}; table {table}")
     return 0
+
+
+def _task_configs(values: list[str]) -> dict[str, tuple[str, ...]]:
+    """``TASK=A,B`` entries as each task's config list, in order; an inline YAML mapping
+    (``TASK={...}``) is one item."""
+    out: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        task, sep, configs = value.partition("=")
+        items = [configs] if configs.lstrip().startswith("{") else [c.strip() for c in configs.split(",")]
+        if not sep or not task or not all(items):
+            raise ConfigError(f"--task-config {value!r}: expected TASK=FILE[,FILE...]")
+        out[task] = (*out.get(task, ()), *items)
+    return out
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:

@@ -6,6 +6,11 @@ same budget (steps, crops, trainer); then a validation pass over the same held-o
 Fractions are nested per seed (the 5 % subset lies inside the 10 % subset), so a curve
 compares like with like. Every run's metrics go to ``results.csv`` as they arrive; a rerun
 skips the runs already there, so a killed harness resumes.
+
+A run's config files are the trainer's, then the task's list, in order (later files win):
+by default ``configs/finetune/<task>.yaml`` alone; an experiment composes its own, e.g.
+``segmentation.yaml, smoke.yaml, configs/data/demo.yaml``. Any value ``-c`` takes (a file or
+an inline YAML mapping) may stand in the list.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ log = logging.getLogger("medssl.bench")
 FIELDS = ("task", "init", "fraction", "seed", "train_cases", "metric", "value")
 # the metric that summarises each task in the table and the plot (all metrics go to the CSV)
 HEADLINE = {TaskKind.SEGMENTATION: "dice", TaskKind.DETECTION: "froc_cpm", TaskKind.CLASSIFICATION: "auroc"}
-TASK_CONFIGS = {t: f"configs/finetune/{t}.yaml" for t in HEADLINE}
+TASK_CONFIGS = {t: (f"configs/finetune/{t}.yaml",) for t in HEADLINE}
 
 
 @dataclass(frozen=True)
 class HarnessConfig:
-    """What to run: ``encoders`` maps an initialisation's name to an artifact folder."""
+    """What to run: ``encoders`` maps an initialisation's name to an artifact folder;
+    ``task_configs`` a task to its config list (default :data:`TASK_CONFIGS`)."""
 
     store: str
     out: str
@@ -42,7 +48,7 @@ class HarnessConfig:
     scratch: bool = True
     max_steps: int = 100
     trainer_configs: Sequence[str] = ("configs/trainer/cpu.yaml",)
-    task_configs: dict[str, str] = field(default_factory=dict)
+    task_configs: dict[TaskKind, tuple[str, ...]] = field(default_factory=dict)  # plain strings are parsed; one path is a list of one
     extra_args: Sequence[str] = ()
 
     def __post_init__(self) -> None:
@@ -50,6 +56,14 @@ class HarnessConfig:
         if unknown:
             raise ConfigError(f"unknown task(s) {unknown}; expected some of {', '.join(HEADLINE)}")
         object.__setattr__(self, "tasks", tuple(TaskKind(t) for t in self.tasks))
+        unknown = [t for t in self.task_configs if t not in HEADLINE]
+        if unknown:
+            raise ConfigError(f"config list(s) for unknown task(s) {unknown}; expected some of {', '.join(HEADLINE)}")
+        lists = {TaskKind(t): (v,) if isinstance(v, str) else tuple(str(c) for c in v) for t, v in self.task_configs.items()}
+        empty = [t for t, configs in lists.items() if not configs]
+        if empty:
+            raise ConfigError(f"task(s) {empty}: an empty config list; give at least the task's file")
+        object.__setattr__(self, "task_configs", lists)
         bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
         if bad:
             raise ConfigError(f"label fractions must lie in (0, 1], got {bad}")
@@ -63,6 +77,10 @@ class HarnessConfig:
 
     def inits(self) -> list[tuple[str, str | None]]:
         return ([("scratch", None)] if self.scratch else []) + sorted(self.encoders.items())
+
+    def configs(self, task: TaskKind) -> tuple[str, ...]:
+        """The ``-c`` values of a run of ``task``, in order: the trainer's, then the task's."""
+        return tuple(str(c) for c in (*self.trainer_configs, *self.task_configs.get(task, TASK_CONFIGS[task])))
 
 
 def run_harness(config: HarnessConfig) -> Path:
@@ -84,11 +102,12 @@ def run_harness(config: HarnessConfig) -> Path:
     return results
 
 
-def _one_run(config: HarnessConfig, task: TaskKind, init: str, artifact: str | None, fraction: float, seed: int) -> tuple[dict[str, float], int]:
+def finetune_argv(config: HarnessConfig, task: TaskKind, init: str, artifact: str | None, fraction: float, seed: int) -> list[str]:
+    """The ``medssl finetune`` arguments of one run: its configs, then the harness's budget,
+    then ``extra_args``, then the encoder artifact (none: from scratch)."""
     argv: list[str] = []
-    for path in (*config.trainer_configs, config.task_configs.get(task, TASK_CONFIGS[task])):
-        argv += ["-c", str(path)]
-    run = f"{task}-{init}-f{fraction:g}-s{seed}"
+    for path in config.configs(task):
+        argv += ["-c", path]
     argv += [
         "--data.store", config.store,
         "--data.label_fraction", str(fraction),
@@ -102,19 +121,27 @@ def _one_run(config: HarnessConfig, task: TaskKind, init: str, artifact: str | N
         "--trainer.num_sanity_val_steps", "0",
         "--trainer.limit_val_batches", "0",
         "--checkpoint.every_n_train_steps", str(config.max_steps),
-        "--run_name", run,
+        "--run_name", _run_name(task, init, fraction, seed),
         *config.extra_args,
     ]
     if artifact is not None:
         argv += ["--model.encoder", str(artifact)]
-    cli = build_cli(argv)
+    return argv
+
+
+def _one_run(config: HarnessConfig, task: TaskKind, init: str, artifact: str | None, fraction: float, seed: int) -> tuple[dict[str, float], int]:
+    cli = build_cli(finetune_argv(config, task, init, artifact, fraction, seed))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.limit_val_batches = 1.0
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     metrics = {k: float(v) for k, v in getattr(cli.model, "val_summary", {}).items()}
     if not metrics:
-        raise RuntimeError(f"run {run}: the task reported no validation metrics")
+        raise RuntimeError(f"run {_run_name(task, init, fraction, seed)}: the task reported no validation metrics")
     return metrics, len(cli.datamodule.train_cases)
+
+
+def _run_name(task: TaskKind, init: str, fraction: float, seed: int) -> str:
+    return f"{task}-{init}-f{fraction:g}-s{seed}"
 
 
 def read_results(path: Path) -> list[dict]:

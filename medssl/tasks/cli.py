@@ -7,11 +7,16 @@
 from scratch). The data module reads labels from the store; the number of outputs and their
 names and mask values are linked from the data module into the task (``data.num_classes`` ->
 ``model.num_classes``, ``data.class_names`` -> ``model.class_names``, ``data.class_values``
--> ``model.class_values``), so a config never repeats them. Then ``medssl export RUNS/<task>/<run>/checkpoints/last.ckpt --out ARTIFACT``
-writes an artifact with the heads, their label names and the plan.
+-> ``model.class_values``), so a config never repeats them. The data module's ``task`` goes
+the other way, from the model's class (its ``task`` attribute): a config names the task
+once, by its class; a ``--data.task`` that contradicts the class is refused. Then
+``medssl export RUNS/<task>/<run>/checkpoints/last.ckpt --out ARTIFACT`` writes an artifact
+with the heads, their label names and the plan.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -19,7 +24,7 @@ from medssl.tasks.base import FinetuneTask
 from medssl.training.cli import MedsslCLI, fit_main
 from medssl.training.cli import build_cli as _build
 
-__all__ = ["FinetuneCLI", "build_cli", "finetune_main"]
+__all__ = ["FinetuneCLI", "build_cli", "data_task", "finetune_main"]
 
 
 class FinetuneCLI(MedsslCLI):
@@ -27,9 +32,29 @@ class FinetuneCLI(MedsslCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
+        # data.task defaults to "not given" here (not the signature's segmentation), so the
+        # link can tell an explicit --data.task that contradicts the model from no --data.task
+        parser.set_defaults({"data": {"class_path": self.default_data, "init_args": {"task": None}}})
+        parser.link_arguments(("model.class_path", "data.init_args.task"), "data.init_args.task", compute_fn=data_task, apply_on="parse")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_values", "model.init_args.class_values", apply_on="instantiate")
+
+
+def data_task(class_path: str, given: str | None = None) -> str:
+    """The data module's task: the ``task`` attribute of the model class at ``class_path``.
+
+    Raises:
+        ValueError: the class sets no task kind, or ``given`` (an explicit ``data.task``) is
+            another kind than the class's.
+    """
+    module, _, name = class_path.rpartition(".")
+    task = getattr(getattr(importlib.import_module(module), name), "task", None)
+    if task is None:
+        raise ValueError(f"model {class_path}: sets no task kind (a FinetuneTask subclass sets its `task` attribute)")
+    if given is not None and given != task:
+        raise ValueError(f"data.task {given!r} contradicts the model {class_path} (a {task} task); leave data.task out: it follows the model")
+    return str(task)
 
 
 def build_cli(argv: list[str]) -> FinetuneCLI:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from medssl.bench.cli import _pairs, build_parser
+import pytest
+import yaml
+
+from medssl.bench.cli import _pairs, _task_configs, build_parser
 
 
 def test_task_configs_and_encoders_take_several_values_or_repeat():
@@ -46,3 +49,40 @@ def test_a_pair_without_a_name_or_a_path_is_refused():
     assert _pairs(["voco=x/y"], "--encoder") == {"voco": "x/y"}
     with pytest.raises(Exception, match="expected NAME=PATH"):
         _pairs(["voco"], "--encoder")
+
+
+def test_a_task_config_is_a_list_and_entries_for_one_task_add_up_in_order():
+    configs = _task_configs(
+        [
+            "segmentation=seg.yaml, smoke.yaml,data/demo.yaml",
+            "detection=det.yaml",  # the old single-path form: a list of one
+            "segmentation={data: {structures: [a, b]}, model: {init_args: {lr: 3.0e-3}}}",  # inline, commas and all
+            "segmentation=last.yaml",
+        ]
+    )
+    assert configs == {
+        "segmentation": ("seg.yaml", "smoke.yaml", "data/demo.yaml", "{data: {structures: [a, b]}, model: {init_args: {lr: 3.0e-3}}}", "last.yaml"),
+        "detection": ("det.yaml",),
+    }
+    for bad in ("segmentation", "=a.yaml", "segmentation=", "segmentation=a.yaml,,b.yaml"):
+        with pytest.raises(Exception, match="expected TASK=FILE"):
+            _task_configs([bad])
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_task_config_a_shipped_pipeline_names_exists(recipe):
+    from medssl.cli import build_parser as medssl_parser
+    from medssl.pipeline import load_stages
+
+    for command, argv in load_stages(recipe, medssl_parser()):
+        if command != "bench" or argv[1] != "label-efficiency":
+            continue
+        for task, configs in _task_configs(build_parser().parse_args(argv[1:]).task_config).items():
+            for item in configs:
+                if item.startswith("{"):  # an inline mapping, as -c takes it
+                    assert isinstance(yaml.safe_load(item), dict), (task, item)
+                else:
+                    assert (ROOT / item).is_file(), (recipe.name, task, item)
