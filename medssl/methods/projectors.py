@@ -52,3 +52,35 @@ class MLPProjector(nn.Module):
         if x.ndim != 2:
             raise ValueError(f"projector input must be [N, features], got {tuple(x.shape)}")
         return self.net(x)
+
+
+class VoCoProjector(nn.Module):
+    """VoCo's head (Wu et al. CVPR 2024, both released codes): three linear maps with
+    BatchNorm *without* affine parameters or running statistics + ReLU between them.
+
+    BatchNorm always normalises by the current batch (every crop and base of the step), in
+    training and evaluation alike, as the reference's ``track_running_stats=False`` does.
+    ``[N, in_dim] -> [N, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        if min(in_dim, hidden_dim, out_dim) < 1:
+            raise ValueError(
+                f"projector needs positive widths, got {in_dim}, {hidden_dim}, {out_dim}"
+            )
+        blocks: list[nn.Module] = []
+        for a, b in ((in_dim, hidden_dim), (hidden_dim, hidden_dim)):
+            blocks += [
+                nn.Linear(a, b),
+                nn.BatchNorm1d(b, affine=False, track_running_stats=False),
+                nn.ReLU(),
+            ]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(
+                f"projector input must be [N >= 2, features] (BatchNorm over N), got {tuple(x.shape)}"
+            )
+        return self.net(x)

@@ -1,12 +1,15 @@
-"""VoCo (medssl.losses.voco): position labels by hand, loss minimum, regulariser, total."""
+"""VoCo (medssl.losses.voco): position labels by hand, loss minimum, regulariser, both forms' totals."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from medssl.losses import (
     base_regularization,
+    inter_volume_loss,
     overlap_labels,
     position_logits,
     position_loss,
@@ -103,14 +106,49 @@ def test_position_loss_is_zero_when_predictions_equal_labels_and_grows_away_from
         assert position_loss(noisy, labels) > at_labels
     further = [position_loss((labels + d).clamp(0, 1), labels).item() for d in (0.1, 0.3, 0.6)]
     assert further == sorted(further)
+    assert abs(position_loss(labels, labels, negatives="square").item()) < 1e-5
 
 
-def test_predicting_a_one_hot_crop_from_orthogonal_bases_costs_nothing():
+def test_cvpr_negatives_cost_p_squared_and_extended_negatives_minus_log_one_minus_p():
+    labels = torch.tensor([[[1.0, 0.0]]])  # the crop lies in base 0 only
+    predictions = torch.tensor([[[1.0, 0.5]]])  # exact on base 0, 0.5 on the untouched base 1
+    assert position_loss(predictions, labels, negatives="square").item() == pytest.approx(
+        0.25, abs=1e-5
+    )
+    assert position_loss(predictions, labels, negatives="log").item() == pytest.approx(
+        math.log(2), abs=1e-5
+    )
+    with pytest.raises(ValueError):
+        position_loss(predictions, labels, negatives="hinge")
+
+
+def teacher(crops: torch.Tensor, bases: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"teacher_crop_embeddings": crops, "teacher_base_embeddings": bases}
+
+
+def embeddings(seed: int, batch: int = 3, crops: int = 6, bases: int = 4, width: int = 16):
+    """Student crops, bases, teacher crops, bases (near the student's) and overlap labels."""
+    torch.manual_seed(seed)
+    c, b = torch.randn(batch, crops, width), torch.randn(batch, bases, width)
+    tc, tb = c + 0.3 * torch.randn_like(c), b + 0.3 * torch.randn_like(b)
+    labels = overlap_labels(random_crops_inside(batch, crops, 2, 2.0, 1.0), GRID_2D[:bases])
+    return c, b, tc, tb, labels
+
+
+@pytest.mark.parametrize("form", ["cvpr", "extended", "student-bases"])
+def test_predicting_a_one_hot_crop_from_orthogonal_bases_costs_nothing(form):
     bases = torch.eye(4, 8).unsqueeze(0)  # four orthogonal base embeddings
     crops = bases[:, [2, 0]]  # crop 0 is base 2's content, crop 1 base 0's
     labels = overlap_labels(GRID_2D[[2, 0]].unsqueeze(0), GRID_2D)
     assert torch.equal(position_logits(crops, bases), labels)
-    terms = voco_loss(crops, bases, labels)
+    terms = voco_loss(
+        crops,
+        bases,
+        labels,
+        teacher_crop_embeddings=crops,
+        teacher_base_embeddings=bases,
+        form=form,
+    )
     assert abs(terms["position"].item()) < 1e-5 and terms["regularization"].item() == 0.0
 
 
@@ -130,69 +168,106 @@ def test_base_regulariser_is_zero_for_orthogonal_bases_and_one_for_identical_one
     assert base_regularization(torch.randn(2, 9, 4)).item() > 0.0
 
 
-def test_voco_total_is_the_weighted_sum_of_named_terms():
-    torch.manual_seed(1)
-    crops, bases = torch.randn(3, 6, 16), torch.randn(3, 4, 16)
-    t_crops, t_bases = crops + 0.1 * torch.randn_like(crops), bases + 0.1 * torch.randn_like(bases)
-    labels = overlap_labels(random_crops_inside(3, 6, 2, 2.0, 1.0), GRID_2D)
+def test_base_regulariser_pushes_each_base_only_from_the_later_ones_as_the_reference():
+    """Pairs i < j with base j detached: the last base gets no gradient, the first does."""
+    bases = torch.randn(2, 4, 8, requires_grad=True)
+    value = base_regularization(bases)
+    b = torch.nn.functional.normalize(bases.detach(), dim=-1)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    expected = torch.stack([(b[:, i] * b[:, j]).sum(-1).relu().pow(2) for i, j in pairs]).mean()
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+    value.backward()
+    assert bases.grad[:, -1].abs().sum() == 0 and bases.grad[:, 0].abs().sum() > 0
+
+
+def test_cvpr_prediction_averages_both_student_teacher_pairings():
+    c, b, tc, tb, labels = embeddings(0)
+    terms = voco_loss(c, b, labels, **teacher(tc, tb), form="cvpr")
+    averaged = 0.5 * (position_logits(c, tb) + position_logits(tc, b))
+    expected = position_loss(averaged, labels, negatives="square")
+    assert terms["position"].item() == pytest.approx(expected.item(), abs=1e-6)
+    student_only = position_loss(position_logits(c, b), labels, negatives="square")
+    assert terms["position"].item() != pytest.approx(student_only.item(), abs=1e-4)
+    assert terms["inter_volume"].item() == 0.0
+
+
+def test_extended_scores_student_crops_against_teacher_bases_plus_the_inter_volume_term():
+    c, b, tc, tb, labels = embeddings(1)
+    terms = voco_loss(c, b, labels, **teacher(tc, tb), form="extended")
+    intra = position_loss(position_logits(c, tb), labels, negatives="log")
+    assert terms["position"].item() == pytest.approx(intra.item(), abs=1e-6)
+    inter = inter_volume_loss(c, b, tc, tb)
+    assert terms["inter_volume"].item() == pytest.approx(inter.item(), abs=1e-6) and inter > 0
+    # the intra term gives the student bases no gradient: they learn from inter + regulariser
+    bases = b.clone().requires_grad_(True)
+    voco_loss(c, bases, labels, **teacher(tc, tb), form="extended", regularization_weight=0.0,
+              inter_volume_weight=0.0)["total"].backward()  # fmt: skip
+    assert bases.grad.abs().sum() == 0
+
+
+def test_inter_volume_pairs_each_volume_with_the_next_and_one_volume_with_itself():
+    c, b, tc, tb, _ = embeddings(2)
+    student = position_logits(c, torch.roll(b, -1, 0))
+    teacher = position_logits(tc, torch.roll(tb, -1, 0))
+    assert inter_volume_loss(c, b, tc, tb).item() == pytest.approx(
+        position_loss(student, teacher).item(), abs=1e-6
+    )
+    one = inter_volume_loss(c[:1], b[:1], tc[:1], tb[:1])
+    own = position_loss(position_logits(c[:1], b[:1]), position_logits(tc[:1], tb[:1]))
+    assert one.item() == pytest.approx(own.item(), abs=1e-6) and one > 0
+    assert abs(inter_volume_loss(c, b, c, b).item()) < 1e-5  # teacher = student: nothing to learn
+
+
+def test_student_bases_form_scores_crops_against_the_students_own_bases_without_teacher():
+    c, b, _, _, labels = embeddings(5)
+    terms = voco_loss(c, b, labels, form="student-bases")
+    expected = position_loss(position_logits(c, b), labels, negatives="log")
+    assert terms["position"].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert terms["inter_volume"].item() == 0.0
+
+
+@pytest.mark.parametrize("form", ["cvpr", "extended", "student-bases"])
+def test_voco_total_is_the_weighted_sum_of_named_terms(form):
+    c, b, tc, tb, labels = embeddings(3)
     terms = voco_loss(
-        crops,
-        bases,
+        c,
+        b,
         labels,
-        teacher_crop_embeddings=t_crops,
-        teacher_base_embeddings=t_bases,
-        position_weight=1.0,
+        **teacher(tc, tb),
+        form=form,
         regularization_weight=0.5,
         inter_volume_weight=2.0,
     )
     assert set(terms) == {"position", "regularization", "inter_volume", "total"}
     expected = terms["position"] + 0.5 * terms["regularization"] + 2.0 * terms["inter_volume"]
     assert torch.allclose(terms["total"], expected)
-    assert terms["inter_volume"] > 0
 
 
-def test_inter_volume_term_is_zero_without_teacher_for_equal_teacher_or_one_volume():
-    crops, bases = torch.randn(3, 6, 16), torch.randn(3, 4, 16)
-    labels = torch.full((3, 6, 4), 0.25)
-    assert voco_loss(crops, bases, labels)["inter_volume"].item() == 0.0
-    same = voco_loss(
-        crops, bases, labels, teacher_crop_embeddings=crops, teacher_base_embeddings=bases
-    )
-    assert abs(same["inter_volume"].item()) < 1e-5
-    one = voco_loss(
-        crops[:1],
-        bases[:1],
-        labels[:1],
-        teacher_crop_embeddings=crops[:1] + 1,
-        teacher_base_embeddings=bases[:1],
-    )
-    assert one["inter_volume"].item() == 0.0
-
-
-def test_gradients_reach_the_student_only_and_are_finite():
-    crops = torch.randn(2, 5, 16, requires_grad=True)
-    bases = torch.randn(2, 4, 16, requires_grad=True)
-    t_crops = torch.randn(2, 5, 16, requires_grad=True)
-    t_bases = torch.randn(2, 4, 16, requires_grad=True)
-    labels = overlap_labels(random_crops_inside(2, 5, 2, 2.0, 1.0), GRID_2D)
-    voco_loss(
-        crops, bases, labels, teacher_crop_embeddings=t_crops, teacher_base_embeddings=t_bases
-    )["total"].backward()
-    assert torch.isfinite(crops.grad).all() and crops.grad.abs().sum() > 0
-    assert torch.isfinite(bases.grad).all() and bases.grad.abs().sum() > 0
-    assert t_crops.grad is None and t_bases.grad is None
+@pytest.mark.parametrize("form", ["cvpr", "extended", "student-bases"])
+def test_gradients_reach_the_student_only_and_are_finite(form):
+    c, b, tc, tb, labels = embeddings(4)
+    c, b = c.requires_grad_(True), b.requires_grad_(True)
+    tc, tb = tc.requires_grad_(True), tb.requires_grad_(True)
+    voco_loss(c, b, labels, **teacher(tc, tb), form=form)["total"].backward()
+    assert torch.isfinite(c.grad).all() and c.grad.abs().sum() > 0
+    assert torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
+    assert tc.grad is None and tb.grad is None
 
 
 def test_bad_inputs_raise_value_error():
-    crops, bases, labels = torch.randn(2, 5, 16), torch.randn(2, 4, 16), torch.rand(2, 5, 4)
+    c, b, labels = torch.randn(2, 5, 16), torch.randn(2, 4, 16), torch.rand(2, 5, 4)
     with pytest.raises(ValueError):
-        voco_loss(crops, bases, labels[:, :, :3])
+        voco_loss(c, b, labels[:, :, :3], **teacher(c, b))
     with pytest.raises(ValueError):
-        voco_loss(crops, bases[..., :8], labels)
+        voco_loss(c, b[..., :8], labels, **teacher(c, b[..., :8]))
     with pytest.raises(ValueError):
-        voco_loss(crops, bases, labels, teacher_crop_embeddings=crops[:1])
+        voco_loss(c, b, labels, **teacher(c[:1], b))
+    with pytest.raises(ValueError, match="needs teacher_crop_embeddings"):
+        voco_loss(c, b, labels, form="extended")
     with pytest.raises(ValueError):
-        voco_loss(crops, bases, labels, regularization_weight=-1.0)
+        voco_loss(c, b, labels, **teacher(c, b), regularization_weight=-1.0)
+    with pytest.raises(ValueError):
+        voco_loss(c, b, labels, **teacher(c, b), form="ema-teacher")
     with pytest.raises(ValueError):
         position_loss(labels, labels + 1.0)  # labels outside [0, 1]
     with pytest.raises(ValueError):

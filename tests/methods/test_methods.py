@@ -62,27 +62,78 @@ def test_every_loss_term_is_logged():
         assert f"train/{term}" in trainer.callback_metrics
 
 
-def test_voco_teacher_follows_the_student_by_ema_and_gets_no_gradient():
-    model = build("voco", ema_momentum=0.5)
-    teacher_before = [p.clone() for p in model.teacher["backbone"].parameters()]
+@pytest.mark.parametrize(
+    "form,teacher_modules",
+    [("cvpr", {"backbone", "projector"}), ("extended", {"projector"}), ("student-bases", set())],
+)
+def test_voco_teacher_follows_the_student_by_ema_and_gets_no_gradient(form, teacher_modules):
+    """CVPR: the whole network has an EMA teacher; extended: the projector only (shared
+    backbone); student-bases: none."""
+    assert build("voco", form=form).hparams.ema_momentum == 0.9  # both references
+    model = build("voco", form=form, ema_momentum=0.5)
+    assert set(model.teacher) == teacher_modules
+    before = {
+        name: [p.clone() for p in model.teacher[name].parameters()] for name in teacher_modules
+    }
     fit(model)
-    for t0, t1, s in zip(
-        teacher_before, model.teacher["backbone"].parameters(), model.backbone.parameters()
-    ):
-        assert not t1.requires_grad and t1.grad is None
-        torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s.detach())
+    for name in teacher_modules:
+        student = getattr(model, name).parameters()
+        for t0, t1, s in zip(before[name], model.teacher[name].parameters(), student, strict=True):
+            assert not t1.requires_grad and t1.grad is None
+            torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s.detach())
 
 
-def test_voco_without_teacher_has_no_inter_volume_term():
-    model = build("voco", ema_momentum=None)
-    trainer = fit(model)
-    assert model.teacher is None and float(trainer.callback_metrics["train/inter_volume"]) == 0.0
+def test_voco_inter_volume_term_is_the_extended_forms_only():
+    for form in ("cvpr", "student-bases"):
+        assert float(fit(build("voco", form=form)).callback_metrics["train/inter_volume"]) == 0.0
+    assert float(fit(build("voco", form="extended")).callback_metrics["train/inter_volume"]) > 0.0
+
+
+def test_voco_projector_is_batchnorm_without_affine_on_every_scale_pooled():
+    model = build("voco")
+    norms = [m for m in model.projector.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2
+    assert all(not n.affine and not n.track_running_stats for n in norms)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.projector.modules())
+    first = model.projector.net[0]
+    assert first.in_features == sum(model.backbone.feature_channels)  # 4 + 8 + 16, not 16
+
+
+@pytest.mark.parametrize("form", ["cvpr", "extended"])
+def test_voco_dropout_hits_the_extended_students_features_only(form):
+    """Extended: nn.Dropout1d(0.2) on [M, F] (the reference) zeroes whole student embeddings
+    and scales the rest by 1/0.8; the teacher projector sees the undropped features."""
+    model = build("voco", form=form, num_random_crops=8)
+    seen = {}
+    model.projector.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0]))
+    model.teacher["projector"].register_forward_pre_hook(
+        lambda m, a: seen.__setitem__("teacher", a[0])
+    )
+    fit(model)  # one step: a CVPR teacher is still the student's copy
+    student, teacher = seen["student"].detach(), seen["teacher"]
+    if form == "cvpr":
+        torch.testing.assert_close(student, teacher)
+        return
+    rows = torch.nn.Dropout1d(0.5)(torch.ones(64, 8))  # what the reference's call does on [M, F]
+    assert all(len(set(r.tolist())) == 1 for r in rows) and 0 < int((rows == 0).sum()) < 64 * 8
+    dropped = (student == 0).all(dim=1)
+    assert 0 < int(dropped.sum()) < len(student)
+    torch.testing.assert_close(student[~dropped], teacher[~dropped] / 0.8)
+
+
+def test_voco_augments_every_crop_on_its_own_draw():
+    regions = torch.randn(2, 1, 16, 16, 8, generator=torch.Generator().manual_seed(0))
+    plain, _ = build("voco", augment=False).make_views(regions, torch.Generator().manual_seed(1))
+    augmented, labels = build("voco").make_views(regions, torch.Generator().manual_seed(1))
+    assert augmented.shape == plain.shape == (2, 4 + 4, 1, 8, 8, 8) and labels.shape == (2, 4, 4)
+    changed = [not torch.equal(a, p) for a, p in zip(augmented.flatten(0, 1), plain.flatten(0, 1))]
+    assert 0 < sum(changed) < len(changed)  # some crops flipped/turned/shifted, others not
 
 
 def test_voco_3d_grid_cuts_n_cubed_base_crops():
     model = build("voco", grid_dims=3, num_random_crops=3)
     shapes = []
-    model.backbone.register_forward_pre_hook(
+    model.backbone.stem.register_forward_pre_hook(
         lambda module, args: shapes.append(tuple(args[0].shape))
     )
     fit(model)

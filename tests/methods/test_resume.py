@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
     "voco": {
         "class_path": "medssl.methods.VoCo",
-        "init_args": {"grid_size": 2, "ema_momentum": 0.9},
+        "init_args": {"grid_size": 2, "form": "extended"},
     },
     "swav": {
         "class_path": "medssl.methods.SwAV",
