@@ -1,35 +1,44 @@
-"""Guideline-query decoder: guideline sentences as queries over an encoder's last feature map.
+"""Dual guideline decoder: label queries and guideline-sentence queries over an encoder's last
+feature map.
 
 Paper: Li et al. 2025, "RAD: Towards Trustworthy Retrieval-Augmented Multi-modal Clinical
-Diagnosis" (guideline knowledge as decoder queries; the prediction comes with evidence).
+Diagnosis" (NeurIPS 2025): a dual transformer decoder, one decoder queried by the labels and
+one by the guideline text, each giving class logits (reference: ``models/clip_tqn.py``
+``TQN_Model_fusion`` twice, ``engine/train_rad.py``).
 
-Shapes (S = number of spatial dims, 2 or 3; T = prod(spatial) image tokens; N sentences)::
+Shapes (S = number of spatial dims, 2 or 3; T = prod(spatial) image tokens; N sentences;
+C classes)::
 
-    feature_map [B, C, *spatial] -> tokens [B, T, E] (1x1 projection + LayerNorm) plus a
+    feature_map [B, C_in, *spatial] -> tokens [B, T, E] (1x1 projection + LayerNorm) plus a
         Fourier positional encoding of the normalised voxel coordinates (any grid size), so
         keys and values both carry content and place
-    guideline embeddings [N, text_dim] (a buffer) -> queries [N, E], shared by the batch
-    num_layers x (cross-attention queries->tokens, residual, LayerNorm, FFN, residual, LayerNorm)
-    sentence_scores [B, N] = match + Linear(E, 1) of the updated query, where match is the
-        last layer's mean over heads of logsumexp over tokens of the attention logits
-        - log T (high where a token fits the sentence; the attention map shows that token)
-    evidence logit of class c = logsumexp over c's sentences of the scores - log(n_c)
+    label path: one learned query per class [C, E] -> num_layers x QueryLayer ->
+        label_logits [B, C] = match + Linear(E, 1) of the updated query
+    guideline path: guideline embeddings [N, text_dim] (a buffer) -> Linear, plus the
+        label query of the sentence's class -> queries [N, E] -> its own num_layers x
+        QueryLayer ->
+        sentence_scores [B, N] = match + Linear(E, 1) of the updated query;
+        guideline_logits of class c = logsumexp over c's sentences - log(n_c)
         (a smooth max that does not grow with the number of sentences)
-    linear logit = Linear(E, C) of the mean image token
-    logits [B, C] = evidence logits + linear logits (a sum: the linear path learns what
-        guideline text cannot express; either path alone can decide)
+    match = the last layer's mean over heads of logsumexp over tokens of the attention
+        logits - log T (high where a token fits the query; the attention map shows that token)
+    logits [B, C] = (label_logits + guideline_logits) / 2
+        (+ bypass_logits = Linear(E, C) of the mean token, only with ``linear_bypass``;
+        off by default, so every logit comes from a query that attended somewhere)
 
-Outputs also carry ``image_embedding [B, E]`` (unit mean image token after a projection) and
-``guideline_embedding [N, E]`` (unit projected sentences), the two inputs of
-:func:`medssl.losses.guideline.guideline_contrastive_loss`, and ``attention [B, N, *spatial]``
-(last layer, averaged over heads; sums to 1 over space).
+:meth:`GuidelineDecoder.path_shares` gives each path's share of each logit, for the evidence
+report. Outputs also carry ``image_embedding [B, text_dim]`` (unit projection of the mean
+token into the text space) and ``guideline_embedding [N, text_dim]`` (the unit guideline
+embeddings themselves, fixed), the inputs of the guideline loss
+(:mod:`medssl.losses.guideline`), and ``attention [B, N, *spatial]`` /
+``label_attention [B, C, *spatial]`` (last layer, averaged over heads; sum to 1 over space).
 
 For ``build_head("classification", spec, ...)``: the spec is the constructor's keyword
 arguments (:meth:`GuidelineDecoder.spec`, primitives only: feature_dim, num_classes,
-text_dim, embed_dim, num_heads, num_layers, multi_label, spatial_dims, dropout). The
-guideline embeddings are buffers (``guideline_text_embedding [N, text_dim]``,
-``sentence_class [N]``), so a state dict restores them with no text model; loading resizes
-them to the stored N.
+text_dim, embed_dim, num_heads, num_layers, multi_label, spatial_dims, dropout,
+linear_bypass). The guideline embeddings are buffers (``guideline_text_embedding
+[N, text_dim]``, ``sentence_class [N]``), so a state dict restores them with no text model;
+loading resizes them to the stored N.
 """
 
 from __future__ import annotations
@@ -109,19 +118,21 @@ class QueryLayer(nn.Module):
 
 
 class GuidelineDecoder(nn.Module):
-    """Diagnosis head whose queries are guideline sentences (module docstring).
+    """Diagnosis head with label queries and guideline-sentence queries (module docstring).
 
     Args:
-        feature_dim: channels C of the encoder's last feature map.
+        feature_dim: channels of the encoder's last feature map.
         num_classes: diagnosis classes.
         text_dim: dimension of the guideline sentence embeddings (384 for MiniLM).
         embed_dim: decoder width E (divisible by num_heads).
         num_heads: attention heads.
-        num_layers: query layers.
+        num_layers: query layers of each path.
         multi_label: classes are independent (sigmoid) rather than exclusive (softmax);
             changes only how :meth:`evidence` picks predicted classes.
         spatial_dims: 2 or 3, the dims of the feature map.
         dropout: in attention and feed-forward blocks.
+        linear_bypass: add a linear map of the mean token to the logits (a path no query
+            explains; its share is reported by :meth:`path_shares`).
     """
 
     def __init__(
@@ -135,6 +146,7 @@ class GuidelineDecoder(nn.Module):
         multi_label: bool = False,
         spatial_dims: int = 3,
         dropout: float = 0.0,
+        linear_bypass: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("feature_dim", feature_dim), ("num_classes", num_classes),
@@ -150,7 +162,7 @@ class GuidelineDecoder(nn.Module):
             "feature_dim": feature_dim, "num_classes": num_classes, "text_dim": text_dim,
             "embed_dim": embed_dim, "num_heads": num_heads, "num_layers": num_layers,
             "multi_label": bool(multi_label), "spatial_dims": spatial_dims,
-            "dropout": float(dropout),
+            "dropout": float(dropout), "linear_bypass": bool(linear_bypass),
         }
         self.num_classes = num_classes
         self.multi_label = bool(multi_label)
@@ -158,13 +170,18 @@ class GuidelineDecoder(nn.Module):
         self.token_proj = nn.Linear(feature_dim, embed_dim)
         self.token_norm = nn.LayerNorm(embed_dim)
         self.positions = FourierPositions(spatial_dims, embed_dim)
+        self.label_queries = nn.Parameter(torch.randn(num_classes, embed_dim) * embed_dim**-0.5)
+        self.label_layers = nn.ModuleList(
+            QueryLayer(embed_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.label_score = nn.Linear(embed_dim, 1)
         self.text_proj = nn.Linear(text_dim, embed_dim)
         self.layers = nn.ModuleList(
             QueryLayer(embed_dim, num_heads, dropout) for _ in range(num_layers)
         )
         self.score = nn.Linear(embed_dim, 1)
-        self.classifier = nn.Linear(embed_dim, num_classes)
-        self.image_proj = nn.Linear(embed_dim, embed_dim)
+        self.bypass = nn.Linear(embed_dim, num_classes) if linear_bypass else None
+        self.image_proj = nn.Linear(embed_dim, text_dim)
         self.register_buffer("guideline_text_embedding", torch.zeros(0, text_dim))
         self.register_buffer("sentence_class", torch.zeros(0, dtype=torch.long))
 
@@ -216,51 +233,91 @@ class GuidelineDecoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def guideline_queries(self) -> Tensor:
-        """Projected guideline sentences ``[N, E]`` (the decoder's initial queries)."""
+        """The guideline path's initial queries ``[N, E]``: each projected sentence plus its
+        class's label query (the anchor keeps sentence attention on the class's finding; with
+        free sentence queries it drifted to fixed places on some seeds)."""
         if self.num_sentences == 0:
             raise ValueError("GuidelineDecoder has no guidelines: call set_guidelines first")
-        return self.text_proj(self.guideline_text_embedding)
+        return self.text_proj(self.guideline_text_embedding) + self.label_queries[self.sentence_class]
 
     def class_membership(self) -> Tensor:
         """``[C, N]`` bool: sentence n belongs to class c."""
         classes = torch.arange(self.num_classes, device=self.sentence_class.device)
         return classes[:, None] == self.sentence_class[None, :]
 
+    @staticmethod
+    def _decode(layers: nn.ModuleList, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[Q, E]`` shared queries over ``[B, T, E]`` keys -> queries ``[B, Q, E]``,
+        last weights ``[B, Q, T]``, last match ``[B, Q]``."""
+        queries = queries.unsqueeze(0).expand(keys.shape[0], -1, -1)
+        for layer in layers:
+            queries, weights, match = layer(queries, keys)
+        return queries, weights, match
+
     def forward(self, feature_map: Tensor) -> dict[str, Tensor]:
-        """``[B, C, *spatial]`` -> logits, image_embedding, guideline_embedding,
-        sentence_scores, attention (module docstring)."""
+        """``[B, C_in, *spatial]`` -> logits, label_logits, guideline_logits (bypass_logits),
+        image_embedding, guideline_embedding, sentence_scores, attention, label_attention
+        (module docstring)."""
         expected = 2 + self.spatial_dims
         if feature_map.ndim != expected or feature_map.shape[1] != self._spec["feature_dim"]:
             raise ValueError(
                 f"feature_map must be [B, {self._spec['feature_dim']}, *spatial] with "
                 f"{self.spatial_dims} spatial dims, got {tuple(feature_map.shape)}"
             )
-        queries0 = self.guideline_queries()
+        sentences = self.guideline_queries()
         batch, spatial = feature_map.shape[0], tuple(feature_map.shape[2:])
         tokens = self.token_norm(self.token_proj(feature_map.flatten(2).transpose(1, 2)))
         keys = tokens + self.positions(grid_coordinates(spatial, feature_map.device))
-        queries = queries0.unsqueeze(0).expand(batch, -1, -1)
-        for layer in self.layers:
-            queries, weights, match = layer(queries, keys)
-        scores = match + self.score(queries).squeeze(-1)
+
+        label_q, label_weights, label_match = self._decode(self.label_layers, self.label_queries, keys)
+        label_logits = label_match + self.label_score(label_q).squeeze(-1)
+
+        guide_q, weights, match = self._decode(self.layers, sentences, keys)
+        scores = match + self.score(guide_q).squeeze(-1)
         membership = self.class_membership()
         masked = scores.unsqueeze(1).masked_fill(~membership, float("-inf"))
-        evidence_logits = torch.logsumexp(masked, dim=-1) - membership.sum(1).float().log()
+        guideline_logits = torch.logsumexp(masked, dim=-1) - membership.sum(1).float().log()
+
         pooled = tokens.mean(dim=1)
-        return {
-            "logits": evidence_logits + self.classifier(pooled),
+        out = {
+            "logits": (label_logits + guideline_logits) / 2,
+            "label_logits": label_logits,
+            "guideline_logits": guideline_logits,
             "image_embedding": F.normalize(self.image_proj(pooled), dim=-1),
-            "guideline_embedding": F.normalize(queries0, dim=-1),
+            "guideline_embedding": F.normalize(self.guideline_text_embedding, dim=-1),
             "sentence_scores": scores,
-            "attention": weights.reshape(batch, queries0.shape[0], *spatial),
+            "attention": weights.reshape(batch, sentences.shape[0], *spatial),
+            "label_attention": label_weights.reshape(batch, self.num_classes, *spatial),
         }
+        if self.bypass is not None:
+            out["bypass_logits"] = self.bypass(pooled)
+            out["logits"] = out["logits"] + out["bypass_logits"]
+        return out
+
+    @staticmethod
+    def path_shares(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each path's share of each logit, ``{"label_queries", "guideline_queries"[,
+        "linear_bypass"]: [B, C]}``: ``|contribution| / sum of |contributions|`` (the decoder
+        paths contribute half their logit each), summing to 1 per class; equal shares where
+        every contribution is 0."""
+        parts = {
+            "label_queries": outputs["label_logits"].detach() / 2,
+            "guideline_queries": outputs["guideline_logits"].detach() / 2,
+        }
+        if "bypass_logits" in outputs:
+            parts["linear_bypass"] = outputs["bypass_logits"].detach()
+        size = torch.stack([p.abs() for p in parts.values()])  # [P, B, C]
+        total = size.sum(dim=0, keepdim=True)
+        shares = torch.where(total > 0, size / total.clamp_min(1e-30), 1.0 / len(parts))
+        return dict(zip(parts, shares.unbind(0)))
 
     def evidence(self, outputs: dict[str, Tensor], top_k: int = 3) -> list[dict[int, list[int]]]:
         """Per image: ``{predicted class: indices of its top_k highest-scoring sentences}``.
 
         Single-label: the argmax class. Multi-label: every class with sigmoid > 0.5 (the
         argmax class when none is). Indices point into the installed sentences (the
-        guideline set's ``texts``), best first.
+        guideline set's ``texts``), best first. The sentences explain the guideline path;
+        :meth:`path_shares` says how much of each logit that path carries.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

@@ -15,8 +15,9 @@ geometry, write the outputs asked for. Per head kind:
 * detection: the detector on the whole preprocessed volume (fp32); boxes mapped to world
   RAS mm -> summary, and ``sr.dcm`` (TID 1500) for DICOM input with any detection.
 * classification: class probabilities, the top guideline sentences of the predicted class
-  as evidence (texts where the artifact carries them, else indices) and where each of those
-  sentences attended (world RAS mm of the attention peak).
+  as evidence (texts where the artifact carries them, else indices), where each of those
+  sentences attended (world RAS mm of the attention peak), and each decoder path's share of
+  the predicted class's logit (label queries, guideline queries, a linear bypass if built).
 
 The input's modality is checked against the artifact's (``modality.check_modality``): a
 mismatch, or a NIfTI/NRRD whose modality had to be assumed, is a line in the summary's
@@ -263,12 +264,15 @@ class ArtifactPredictor:
             with amp:
                 out = self.model.classify(name, padded.to(self.device))
             out = {k: v.float().cpu() for k, v in out.items()}
-            evidence = self.model.heads[name].evidence(out, top_k=3)[0]
+            head = self.model.heads[name]
+            evidence = head.evidence(out, top_k=3)[0]
+            shares = head.path_shares(out)
         on_grid = Grid(grid.affine, grid.input_shape, tuple(padded.shape[2:]),
                        valid=tuple(image.shape[2:]))
         return diagnosis(out, evidence, self.model.class_names(name),
                           self.model.guideline_texts(name),
-                          bool(self.model.specs[name].kwargs.get("multi_label", False)), on_grid)
+                          bool(self.model.specs[name].kwargs.get("multi_label", False)), on_grid,
+                          shares)
 
     def _write_segmentations(
         self, outputs: frozenset[str], inp: InputVolume, label_maps: dict[str, np.ndarray],

@@ -64,9 +64,12 @@ def structures(label_map: np.ndarray, affine: np.ndarray, classes: Sequence[Outp
 
 
 def diagnosis(out: dict[str, torch.Tensor], evidence: dict[int, list[int]], names: list[str],
-              texts: list[str] | None, multi_label: bool, grid: Grid) -> dict[str, Any]:
+              texts: list[str] | None, multi_label: bool, grid: Grid,
+              shares: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Probabilities per class; per predicted class its top sentences, each with its score and
-    the world position (RAS mm) and weight of its attention peak."""
+    the world position (RAS mm) and weight of its attention peak, and (given ``shares``, each
+    ``[B, K]``) each decoder path's share of that class's logit: the sentences explain the
+    ``guideline_queries`` share only."""
     logits = out["logits"][0]
     probs = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
     attention = out["attention"][0]  # [N, *feature grid]
@@ -86,7 +89,10 @@ def diagnosis(out: dict[str, torch.Tensor], evidence: dict[int, list[int]], name
                 "attention_peak_ras_mm": [round(float(v), 2) for v in peak],
                 "attention_peak_weight": round(float(attention[i].reshape(-1)[flat]), 6),
             })
-        found.append({"class": names[c], "sentences": items})
+        entry: dict[str, Any] = {"class": names[c], "sentences": items}
+        if shares is not None:
+            entry["path_shares"] = {path: round(float(v[0, c]), 6) for path, v in shares.items()}
+        found.append(entry)
     return {
         "probabilities": {names[c]: round(float(p), 6) for c, p in enumerate(probs)},
         "predicted": [names[c] for c in evidence],

@@ -1,23 +1,31 @@
-"""Guideline-enhanced contrastive loss: pull image embeddings to their class's guideline text.
+"""Guideline-enhanced contrastive losses: pull image embeddings to their classes' guideline text.
 
 Paper: Li et al. 2025, "RAD: Towards Trustworthy Retrieval-Augmented Multi-modal Clinical
-Diagnosis" (guideline-enhanced contrastive loss); the multi-positive form follows Khosla et
-al. 2020, "Supervised Contrastive Learning" (mean log-likelihood over the positives).
+Diagnosis" (NeurIPS 2025, arXiv:2509.19980), guideline-enhanced contrastive loss.
 
-Choice made here: one prototype per class. Each class's sentence embeddings are
-L2-normalised, averaged and re-normalised (:func:`class_prototypes`), and every image is a
-softmax classification among the C prototypes. A class with many sentences therefore weighs
-as much as a class with two (per-sentence InfoNCE would let sentence counts tilt the
-softmax), and the logits are exactly the zero-shot logits used at inference.
+Both forms compare an image embedding with one unit prototype per class: each class's
+sentence embeddings are L2-normalised, averaged and re-normalised (:func:`class_prototypes`;
+the reference has one guideline text per class, so its prototype is that text). With
+``s_ic = cos(z_i, p_c) / T`` and target weights ``w_ic >= 0`` (one-hot for single-label,
+multi-hot for multi-label, or soft), positives ``P_i = {c : w_ic > 0}``:
 
-For image ``i`` with logits ``l_ic = cos(z_i, p_c) / T`` and target weights ``w_ic >= 0``
-(one-hot for single-label, multi-hot for multi-label, or soft)::
+* :func:`guideline_bce_loss` ("rad", the reference form): the positives plus
+  ``min(k |P_i|, C - |P_i|)`` negatives drawn uniformly without replacement from the other
+  classes (``k = negatives_per_positive``, 5 in the reference), each scored by binary
+  cross-entropy with target ``w_ic / sum_c' w_ic'`` (``1 / |P_i|`` for multi-hot, as the
+  reference) for a positive and 0 for a negative::
 
-    loss_i = - sum_c (w_ic / sum_c' w_ic') * log softmax(l_i)_c
+      loss_i = mean over c in P_i + N_i of BCE(s_ic, t_ic)
 
-averaged over images with at least one positive (an image with no positive class, e.g. a
-multi-label "no finding" without its own class, has nothing to be pulled to and is skipped;
-a batch without any positive gives 0 with a gradient path).
+  The reference's vision term uses T = 2.0 and weight 0.1 (``main_rad.py`` defaults).
+* :func:`prototype_softmax_loss` ("prototype", medssl's earlier form): a softmax over all C
+  prototypes, supervised-contrastive style (Khosla et al. 2020)::
+
+      loss_i = - sum_c (w_ic / sum_c' w_ic') * log softmax(s_i)_c
+
+Both average over images with at least one positive (an image without a positive class has
+nothing to be pulled to and is skipped; a batch without any positive gives 0 with a gradient
+path).
 
 Shapes: ``z [B, D]`` image embeddings after a trainable projection; ``g [N, D]`` guideline
 sentence embeddings in the same space; ``sentence_class [N]`` class index of each sentence;
@@ -71,7 +79,7 @@ def class_prototypes(g: Tensor, sentence_class: Tensor, num_classes: int | None 
     return F.normalize(sums, dim=-1)
 
 
-def zero_shot_logits(z: Tensor, prototypes: Tensor, temperature: float = 1.0) -> Tensor:
+def prototype_logits(z: Tensor, prototypes: Tensor, temperature: float = 1.0) -> Tensor:
     """Cosine of each image to each class prototype over T: ``[B, D] x [C, D] -> [B, C]``."""
     _check_temperature(temperature)
     if z.ndim != 2 or prototypes.ndim != 2 or z.shape[1] != prototypes.shape[1]:
@@ -109,7 +117,75 @@ def target_weights(targets: Tensor, batch: int, num_classes: int) -> Tensor:
     return weights
 
 
-def guideline_contrastive_loss(
+def _logits_and_weights(
+    z: Tensor, g: Tensor, sentence_class: Tensor, targets: Tensor, temperature: float,
+    num_classes: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Validated ``s [B, C]`` (cosine to prototypes over T) and target weights ``w [B, C]``."""
+    if z.ndim != 2 or z.shape[0] < 1:
+        raise ValueError(f"image embeddings z must be [B, D] with B >= 1, got {tuple(z.shape)}")
+    if g.ndim != 2 or g.shape[1] != z.shape[1]:
+        raise ValueError(
+            f"guideline embeddings must be [N, D] with D = {z.shape[1]} (as z), got "
+            f"{tuple(g.shape)}"
+        )
+    prototypes = class_prototypes(g, sentence_class, num_classes)
+    logits = prototype_logits(z, prototypes, temperature)
+    return logits, target_weights(targets.to(z.device), z.shape[0], prototypes.shape[0])
+
+
+def sample_negatives(
+    positive: Tensor, per_positive: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """``[B, C]`` bool: per row ``min(per_positive * |P|, C - |P|)`` non-positive classes drawn
+    uniformly without replacement (random keys, the k smallest win)."""
+    if not isinstance(per_positive, int) or per_positive < 1:
+        raise ValueError(f"negatives_per_positive must be an int >= 1, got {per_positive!r}")
+    # drawn on the CPU so a CPU generator serves any device
+    keys = torch.rand(positive.shape, generator=generator).to(positive.device)
+    keys = keys.masked_fill(positive, math.inf)
+    rank = keys.argsort(dim=1).argsort(dim=1)
+    count = positive.sum(dim=1, keepdim=True)
+    wanted = torch.minimum(per_positive * count, positive.shape[1] - count)
+    return (rank < wanted) & ~positive
+
+
+def guideline_bce_loss(
+    z: Tensor,
+    g: Tensor,
+    sentence_class: Tensor,
+    targets: Tensor,
+    temperature: float = 2.0,
+    negatives_per_positive: int = 5,
+    num_classes: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """RAD's guideline-enhanced contrastive loss (module docstring), a scalar.
+
+    Args:
+        z: image embeddings ``[B, D]`` (normalised inside; scale does not matter).
+        g: guideline sentence embeddings ``[N, D]``.
+        sentence_class: ``[N]`` class index of each sentence.
+        targets: ``[B]`` class indices, or ``[B, C]`` non-negative weights (multi-label).
+        temperature: T > 0 (the reference's vision term: 2.0).
+        negatives_per_positive: k, negatives drawn per positive class (reference: 5).
+        num_classes: C; default ``max(sentence_class) + 1``.
+        generator: for the negative draw (default: the global RNG).
+    """
+    logits, weights = _logits_and_weights(z, g, sentence_class, targets, temperature, num_classes)
+    positive = weights > 0
+    has_positive = positive.any(dim=1)
+    if not bool(has_positive.any()):
+        return logits.sum() * 0.0
+    negative = sample_negatives(positive, negatives_per_positive, generator)
+    scored = (positive | negative).float()
+    target = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    per_image = (bce * scored).sum(dim=1) / scored.sum(dim=1).clamp_min(1.0)
+    return per_image[has_positive].mean()
+
+
+def prototype_softmax_loss(
     z: Tensor,
     g: Tensor,
     sentence_class: Tensor,
@@ -117,7 +193,7 @@ def guideline_contrastive_loss(
     temperature: float = 0.07,
     num_classes: int | None = None,
 ) -> Tensor:
-    """Guideline-enhanced contrastive loss (module docstring), a scalar.
+    """Softmax over the class prototypes (module docstring), a scalar.
 
     Args:
         z: image embeddings ``[B, D]`` (normalised inside; scale does not matter).
@@ -127,16 +203,7 @@ def guideline_contrastive_loss(
         temperature: softmax temperature T > 0.
         num_classes: C; default ``max(sentence_class) + 1``.
     """
-    if z.ndim != 2 or z.shape[0] < 1:
-        raise ValueError(f"image embeddings z must be [B, D] with B >= 1, got {tuple(z.shape)}")
-    if g.ndim != 2 or g.shape[1] != z.shape[1]:
-        raise ValueError(
-            f"guideline embeddings must be [N, D] with D = {z.shape[1]} (as z), got "
-            f"{tuple(g.shape)}"
-        )
-    prototypes = class_prototypes(g, sentence_class, num_classes)
-    logits = zero_shot_logits(z, prototypes, temperature)
-    weights = target_weights(targets.to(z.device), z.shape[0], prototypes.shape[0])
+    logits, weights = _logits_and_weights(z, g, sentence_class, targets, temperature, num_classes)
     total = weights.sum(dim=1, keepdim=True)
     has_positive = total.squeeze(1) > 0
     if not bool(has_positive.any()):

@@ -3,28 +3,42 @@
 
 Each class's guideline sentences (``configs/guidelines/*.yaml``) are embedded once by a local
 text encoder (bundled MiniLM by default, any local Hugging Face folder instead) and installed
-in a :class:`~medssl.heads.guideline_decoder.GuidelineDecoder`, whose sentence queries attend
-over the encoder's last feature map. The loss is cross-entropy (multi-class) or binary
-cross-entropy (multi-label) on the logits plus ``guideline_weight`` times the guideline
-contrastive loss (:func:`~medssl.losses.guideline.guideline_contrastive_loss`), which pulls
-each image embedding to its classes' guideline prototypes and away from the others.
+in a :class:`~medssl.heads.guideline_decoder.GuidelineDecoder`, whose label queries and
+guideline-sentence queries attend over the encoder's last feature map (RAD's dual decoder).
+The loss, as in the reference, is the classification loss of each path on its own
+(cross-entropy, or binary cross-entropy when multi-label; plus one on the summed logits when
+the linear bypass is on) plus ``guideline_weight`` times the guideline loss between the
+pooled image embedding and the class guideline prototypes: ``guideline_loss="rad"`` is the
+reference's BCE over the positives and sampled negatives
+(:func:`~medssl.losses.guideline.guideline_bce_loss`, T = 2.0, weight 0.1, 5 negatives per
+positive, the defaults here); ``"prototype"`` is medssl's earlier softmax over all class
+prototypes (:func:`~medssl.losses.guideline.prototype_softmax_loss`, used with T = 0.07,
+weight 0.5).
 
-Validation logs ``val/accuracy``, ``val/auroc``, ``val/f1`` and ``val/zero_shot_accuracy``
-(classification by similarity to guideline prototypes alone).
+Validation logs ``val/accuracy``, ``val/auroc``, ``val/f1`` (the prediction),
+``val/label_path_accuracy`` and ``val/guideline_path_accuracy`` (each decoder path alone), and
+``val/guideline_match_accuracy`` / ``val/guideline_match_auroc``: classification by the
+cosine of the pooled image embedding to each class's guideline prototype. This is not
+zero-shot: the image projection is trained on the labels through the guideline loss.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from medssl.heads.guideline_decoder import GuidelineDecoder
-from medssl.losses.guideline import class_prototypes, guideline_contrastive_loss, zero_shot_logits
+from medssl.losses.guideline import (
+    class_prototypes,
+    guideline_bce_loss,
+    prototype_logits,
+    prototype_softmax_loss,
+)
 from medssl.metrics.classification import classification_metrics
 from medssl.tasks.base import FinetuneTask
 from medssl.text.encoder import TextEncoder, embed_guidelines
@@ -38,7 +52,8 @@ def name_key(name: str) -> str:
 
 
 class Diagnosis(FinetuneTask):
-    """Encoder + guideline-query decoder; classification loss + guideline contrastive loss.
+    """Encoder + dual (label / guideline) query decoder; per-path classification loss +
+    guideline loss.
 
     Args:
         num_classes, class_names: the store's diagnosis vocabulary (linked from the data module);
@@ -49,8 +64,13 @@ class Diagnosis(FinetuneTask):
         multi_label: independent classes (sigmoid) instead of exclusive ones; None takes it
             from the data module.
         embed_dim, num_heads, num_layers: the decoder.
-        guideline_weight: weight of the guideline contrastive loss.
-        temperature: of the guideline contrastive loss.
+        guideline_loss: "rad" (the reference's BCE over positives and sampled negatives) or
+            "prototype" (softmax over all class prototypes).
+        guideline_weight: weight of the guideline loss (reference: 0.1).
+        temperature: of the guideline loss (reference: 2.0 for the image side).
+        negatives_per_positive: negatives drawn per positive class by the "rad" loss.
+        linear_bypass: add a linear map of the pooled features to the logits (off: every
+            logit comes from a decoder query; on: its share is reported with the evidence).
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments.
     """
 
@@ -67,11 +87,16 @@ class Diagnosis(FinetuneTask):
         embed_dim: int = 256,
         num_heads: int = 4,
         num_layers: int = 1,
-        guideline_weight: float = 0.5,
-        temperature: float = 0.07,
+        guideline_loss: Literal["rad", "prototype"] = "rad",
+        guideline_weight: float = 0.1,
+        temperature: float = 2.0,
+        negatives_per_positive: int = 5,
+        linear_bypass: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if guideline_loss not in ("rad", "prototype"):
+            raise ValueError(f"guideline_loss must be 'rad' or 'prototype', got {guideline_loss!r}")
         names = list(class_names or [])
         if len(names) != num_classes or num_classes < 2:
             raise ValueError(f"diagnosis needs >= 2 named classes; got num_classes {num_classes} and names {names}")
@@ -90,11 +115,11 @@ class Diagnosis(FinetuneTask):
         feature_dim = self.encoder.feature_channels[-1]
         decoder = GuidelineDecoder(
             feature_dim, num_classes, int(embeddings.shape[1]), embed_dim, num_heads, num_layers,
-            bool(multi_label), self.encoder.spatial_dims,
+            bool(multi_label), self.encoder.spatial_dims, linear_bypass=linear_bypass,
         )
         decoder.set_guidelines(embeddings, sentence_class)
         self.heads["dx"] = decoder
-        self._val: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._val: list[tuple[Tensor, ...]] = []
         self.val_summary: dict[str, float] = {}
 
     def setup(self, stage: str) -> None:
@@ -120,41 +145,57 @@ class Diagnosis(FinetuneTask):
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         return self.heads["dx"](self.encoder.forward_features(image)[-1])
 
+    def _classification_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return F.cross_entropy(logits.float(), target.long())
+
+    def _guideline_loss(self, image_embedding: Tensor, guideline_embedding: Tensor, target: Tensor) -> Tensor:
+        args = (image_embedding.float(), guideline_embedding.float(), self.heads["dx"].sentence_class, target,
+                self.hparams.temperature)
+        if self.hparams.guideline_loss == "rad":
+            return guideline_bce_loss(*args, self.hparams.negatives_per_positive, self.hparams.num_classes)
+        return prototype_softmax_loss(*args, self.hparams.num_classes)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self(batch[BatchKey.IMAGE])
         target = batch[BatchKey.TARGET]
         with torch.autocast(device_type=self.device.type, enabled=False):
-            logits = out["logits"].float()
-            if self.multi_label:
-                cls = F.binary_cross_entropy_with_logits(logits, target.float())
-            else:
-                cls = F.cross_entropy(logits, target.long())
-            guide = guideline_contrastive_loss(
-                out["image_embedding"].float(), out["guideline_embedding"].float(),
-                self.heads["dx"].sentence_class, target, self.hparams.temperature,
-            )
+            terms = {
+                "classification_label": self._classification_loss(out["label_logits"], target),
+                "classification_guideline": self._classification_loss(out["guideline_logits"], target),
+            }
+            if "bypass_logits" in out:  # the bypass learns only through the summed logits
+                terms["classification_fused"] = self._classification_loss(out["logits"], target)
+            cls = sum(terms.values())
+            guide = self._guideline_loss(out["image_embedding"], out["guideline_embedding"], target)
         total = cls + self.hparams.guideline_weight * guide
-        return self.finish_step({"total": total, "classification": cls, "guideline": guide})
+        return self.finish_step({"total": total, "classification": cls, **terms, "guideline": guide})
+
+    def _probabilities(self, logits: Tensor) -> Tensor:
+        logits = logits.float()
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=1)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch[BatchKey.IMAGE])
-        logits = out["logits"].float()
-        probs = logits.sigmoid() if self.multi_label else logits.softmax(dim=1)
-        prototypes = class_prototypes(out["guideline_embedding"].float(), self.heads["dx"].sentence_class, self.hparams.num_classes)
-        zero_shot = zero_shot_logits(out["image_embedding"].float(), prototypes)
-        self._val.append((probs.cpu(), zero_shot.cpu(), batch[BatchKey.TARGET].cpu()))
+        prototypes = class_prototypes(out["guideline_embedding"].float(), self.heads["dx"].sentence_class,
+                                      self.hparams.num_classes)
+        match = prototype_logits(out["image_embedding"].float(), prototypes, self.hparams.temperature)
+        self._val.append(tuple(part.cpu() for part in (
+            self._probabilities(out["logits"]), self._probabilities(out["label_logits"]),
+            self._probabilities(out["guideline_logits"]), self._probabilities(match), batch[BatchKey.TARGET],
+        )))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        probs, zero_shot, targets = (torch.cat(parts).numpy() for parts in zip(*self._val))
+        probs, label_path, guideline_path, match, targets = (torch.cat(parts).numpy() for parts in zip(*self._val))
         self._val = []
         summary = classification_metrics(probs, targets, self.multi_label)
-        if self.multi_label:
-            zs = classification_metrics(1 / (1 + np.exp(-zero_shot / 0.1)), targets, True)
-        else:
-            zs = classification_metrics(zero_shot, targets, False)
-        summary["zero_shot_accuracy"] = zs["accuracy"]
-        summary["zero_shot_auroc"] = zs["auroc"]
+        summary["label_path_accuracy"] = classification_metrics(label_path, targets, self.multi_label)["accuracy"]
+        summary["guideline_path_accuracy"] = classification_metrics(guideline_path, targets, self.multi_label)["accuracy"]
+        matched = classification_metrics(match, targets, self.multi_label)
+        summary["guideline_match_accuracy"] = matched["accuracy"]
+        summary["guideline_match_auroc"] = matched["auroc"]
         self.val_summary = {k: float(v) for k, v in summary.items()}
         self.log_dict({f"val/{k}": v for k, v in self.val_summary.items() if math.isfinite(v)}, sync_dist=True)

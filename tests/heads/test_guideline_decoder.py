@@ -1,4 +1,5 @@
-"""GuidelineDecoder: shapes, attention as a distribution, learning where the evidence is,
+"""GuidelineDecoder: shapes, attention as a distribution, both query sets trained, no linear
+bypass by default (and each path's share when there is one), learning where the evidence is,
 state-dict round trip with the guideline buffers."""
 
 from __future__ import annotations
@@ -33,15 +34,68 @@ def make_decoder(spatial_dims: int = 3, num_classes: int = 3, **kwargs) -> Guide
 def test_output_shapes_and_attention_sums_to_one(spatial_dims, spatial):
     dec = make_decoder(spatial_dims, num_layers=2)
     out = dec(torch.randn(4, 8, *spatial))
-    assert out["logits"].shape == (4, 3)
-    assert out["image_embedding"].shape == (4, 16)
-    assert out["guideline_embedding"].shape == (6, 16)
+    for key in ("logits", "label_logits", "guideline_logits"):
+        assert out[key].shape == (4, 3)
+    assert out["image_embedding"].shape == (4, 12)  # in the text space
+    assert out["guideline_embedding"].shape == (6, 12)
     assert out["sentence_scores"].shape == (4, 6)
     assert out["attention"].shape == (4, 6, *spatial)
-    total = out["attention"].flatten(2).sum(-1)
-    torch.testing.assert_close(total, torch.ones_like(total))
-    assert bool((out["attention"] >= 0).all())
+    assert out["label_attention"].shape == (4, 3, *spatial)
+    for key in ("attention", "label_attention"):
+        total = out[key].flatten(2).sum(-1)
+        torch.testing.assert_close(total, torch.ones_like(total))
+        assert bool((out[key] >= 0).all())
     torch.testing.assert_close(out["image_embedding"].norm(dim=-1), torch.ones(4))
+
+
+def test_both_query_sets_exist_and_both_get_gradients():
+    dec = make_decoder(3)
+    assert dec.label_queries.shape == (3, 16)  # one label query per class
+    assert dec.guideline_queries().shape == (6, 16)  # one guideline query per sentence
+    out = dec(torch.randn(2, 8, 3, 3, 3))
+    torch.nn.functional.cross_entropy(out["logits"], torch.tensor([0, 2])).backward()
+    for name in ("label_queries", "label_layers.0.q.weight", "label_score.weight",
+                 "text_proj.weight", "layers.0.q.weight", "score.weight", "token_proj.weight"):
+        grad = dict(dec.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_without_bypass_the_logits_come_only_from_the_two_query_paths():
+    dec = make_decoder(3).eval()
+    assert dec.bypass is None and dec.spec()["linear_bypass"] is False
+    x = torch.randn(2, 8, 3, 3, 3)
+    out = dec(x)
+    torch.testing.assert_close(out["logits"], (out["label_logits"] + out["guideline_logits"]) / 2)
+    with torch.no_grad():  # the pooled-feature projection feeds the guideline loss, not the logits
+        dec.image_proj.weight.add_(torch.randn_like(dec.image_proj.weight))
+        dec.image_proj.bias.add_(1.0)
+    torch.testing.assert_close(dec(x)["logits"], out["logits"])
+    shares = dec.path_shares(out)
+    assert set(shares) == {"label_queries", "guideline_queries"}
+    torch.testing.assert_close(sum(shares.values()), torch.ones(2, 3))
+
+
+def test_with_bypass_the_logits_move_with_it_and_its_share_is_reported():
+    dec = make_decoder(3, linear_bypass=True).eval()
+    x = torch.randn(2, 8, 3, 3, 3)
+    out = dec(x)
+    torch.testing.assert_close(
+        out["logits"], (out["label_logits"] + out["guideline_logits"]) / 2 + out["bypass_logits"]
+    )
+    with torch.no_grad():
+        dec.bypass.bias.add_(1.0)
+    assert not torch.allclose(dec(x)["logits"], out["logits"])
+    shares = dec.path_shares(out)
+    assert set(shares) == {"label_queries", "guideline_queries", "linear_bypass"}
+    torch.testing.assert_close(sum(shares.values()), torch.ones(2, 3))
+    assert all(bool(((v >= 0) & (v <= 1)).all()) for v in shares.values())
+    by_hand = GuidelineDecoder.path_shares({
+        "label_logits": torch.tensor([[2.0]]), "guideline_logits": torch.tensor([[-4.0]]),
+        "bypass_logits": torch.tensor([[1.0]]),
+    })  # contributions 1, -2, 1
+    assert [float(v) for v in by_hand.values()] == [0.25, 0.5, 0.25]
+    zero = GuidelineDecoder.path_shares({"label_logits": torch.zeros(1, 1), "guideline_logits": torch.zeros(1, 1)})
+    assert [float(v) for v in zero.values()] == [0.5, 0.5]
 
 
 def test_bad_inputs_raise():
@@ -116,18 +170,25 @@ def test_learns_blob_quadrant_and_attends_to_it():
     opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
     for _ in range(150):
         x, y = quadrant_batch(32, g)
-        loss = torch.nn.functional.cross_entropy(dec(x)["logits"], y)
+        out = dec(x)  # each path supervised on its own, as the diagnosis task does
+        loss = sum(torch.nn.functional.cross_entropy(out[k], y) for k in ("label_logits", "guideline_logits"))
         opt.zero_grad()
         loss.backward()
         opt.step()
     x, y = quadrant_batch(200, g)
     with torch.no_grad():
         out = dec(x)
-    accuracy = (out["logits"].argmax(1) == y).float().mean()
-    assert accuracy > 0.9
-    # attention mass per quadrant [B, N, 4], averaged over each class's two sentences
+    for key in ("logits", "label_logits", "guideline_logits"):
+        assert (out[key].argmax(1) == y).float().mean() > 0.9, key
+    # attention mass per quadrant: label queries [B, 4, 4]; sentences [B, 4 classes, 4], the
+    # mean of each class's two sentences
+    label_mass = out["label_attention"].reshape(200, 4, 2, 4, 2, 4).sum((3, 5)).reshape(200, 4, 4)
+    label_true = label_mass[torch.arange(200), y]  # [B, 4 quadrants]
+    assert (label_true.argmax(1) == y).float().mean() > 0.9
+    for q in range(4):  # on average, every class's label query looks at its blob's quadrant
+        assert int(label_true[y == q].mean(0).argmax()) == q
     mass = out["attention"].reshape(200, 8, 2, 4, 2, 4).sum((3, 5)).reshape(200, 4, 2, 4).mean(2)
-    true_class_mass = mass[torch.arange(200), y]  # [B, 4 quadrants]
-    assert (true_class_mass.argmax(1) == y).float().mean() > 0.75
-    for q in range(4):  # on average, every class's sentences look at its blob's quadrant
-        assert int(true_class_mass[y == q].mean(0).argmax()) == q
+    true_class_mass = mass[torch.arange(200), y]
+    # sentence attention localizes less reliably than the label queries' (0.755 here, up to
+    # 1.0 over seeds 0-2): well above chance (0.25) is what the design gives
+    assert (true_class_mass.argmax(1) == y).float().mean() > 0.6

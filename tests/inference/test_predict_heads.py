@@ -88,6 +88,9 @@ def test_classification_gives_probabilities_and_guideline_evidence(inputs, tmp_p
         assert np.all(ijk[:3] >= -0.5) and np.all(ijk[:3] <= np.array(volume.array.shape) - 0.5)
         assert 0.0 < sentence["attention_peak_weight"] <= 1.0
     assert len(dx["attention_grid"]) == 3
+    shares = evidence["path_shares"]  # no linear bypass by default: two decoder paths
+    assert set(shares) == {"label_queries", "guideline_queries"}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_classification_without_texts_gives_sentence_indices(inputs, tmp_path):

@@ -1,4 +1,5 @@
-"""Diagnosis fine-tuning with guideline text: vocabulary matching, training, validation metrics, export."""
+"""Diagnosis fine-tuning with guideline text: vocabulary matching, the RAD loss and its weight,
+training, validation metrics, export."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from medssl.export.cli import export_checkpoint
 from medssl.inference.artifact import load_artifact
+from medssl.losses.guideline import guideline_bce_loss, prototype_softmax_loss
 from medssl.tasks.cli import build_cli
 from medssl.tasks.diagnosis import Diagnosis, name_key
 from tests.data.labelled_store import default_cases, write_labelled_store
@@ -57,10 +59,15 @@ def test_diagnosis_trains_validates_and_exports_its_guidelines(dx_store, tmp_pat
     cli.trainer.fit(model, datamodule=cli.datamodule)
     cli.trainer.validate(model, datamodule=cli.datamodule, verbose=False)
     summary = model.val_summary
-    assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["zero_shot_accuracy"] <= 1.0
+    for key in ("accuracy", "label_path_accuracy", "guideline_path_accuracy", "guideline_match_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert not any("zero_shot" in key for key in summary)  # the projection is trained on labels
     with open(tmp_path / "diagnosis" / "run" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/guideline")]
-    assert rows and all(math.isfinite(float(r["train/guideline"])) and math.isfinite(float(r["train/classification"])) for r in rows)
+        rows = list(csv.DictReader(f))
+    assert any(r.get("val/guideline_match_accuracy") for r in rows)
+    rows = [r for r in rows if r.get("train/guideline")]
+    terms = ("train/guideline", "train/classification", "train/classification_label", "train/classification_guideline")
+    assert rows and all(math.isfinite(float(r[t])) for r in rows for t in terms)
 
     artifact = load_artifact(export_checkpoint(tmp_path / "diagnosis" / "run" / "checkpoints" / "last.ckpt", tmp_path / "art", store=dx_store))
     assert artifact.heads["dx"].kind == "classification"
@@ -74,3 +81,41 @@ def test_a_class_without_guideline_text_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"no text for classes \['pneumothorax'\]"):
         Diagnosis(num_classes=2, class_names=["solid nodule", "pneumothorax"], text_cache=str(tmp_path), backbone="resenc3d",
                   backbone_kwargs={"channels": [8, 16], "blocks_per_stage": [1, 1], "strides": [2, 2]})
+
+
+TINY = {"backbone": "resenc3d", "backbone_kwargs": {"channels": [8, 16], "blocks_per_stage": [1, 1], "strides": [2, 2]}}
+
+
+def _step_terms(model: Diagnosis, batch: dict) -> dict:
+    """The loss terms one training step hands to finish_step."""
+    seen = {}
+    model.finish_step = lambda terms: seen.update(terms) or terms["total"]
+    model.training_step(batch, 0)
+    return seen
+
+
+@pytest.mark.parametrize("form", ["rad", "prototype"])
+def test_training_step_adds_the_guideline_loss_at_its_weight(tmp_path, form):
+    kwargs = {} if form == "rad" else {"guideline_loss": "prototype", "guideline_weight": 0.5, "temperature": 0.07}
+    model = Diagnosis(num_classes=2, class_names=["no lesion", "Solid nodule"], text_cache=str(tmp_path), **TINY, **kwargs)
+    if form == "rad":  # the reference's defaults
+        hp = model.hparams
+        assert (hp.guideline_loss, hp.guideline_weight, hp.temperature, hp.negatives_per_positive) == ("rad", 0.1, 2.0, 5)
+        assert hp.linear_bypass is False and model.heads["dx"].bypass is None
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(3, 1, 16, 16, 16), "target": torch.tensor([0, 1, 1])}
+    terms = _step_terms(model, batch)
+    weight = model.hparams.guideline_weight
+    torch.testing.assert_close(terms["total"], terms["classification"] + weight * terms["guideline"])
+    torch.testing.assert_close(terms["classification"], terms["classification_label"] + terms["classification_guideline"])
+    with torch.no_grad():
+        out = model(batch["image"])
+    loss = guideline_bce_loss if form == "rad" else prototype_softmax_loss
+    expected = loss(out["image_embedding"], out["guideline_embedding"], model.heads["dx"].sentence_class, batch["target"],
+                    model.hparams.temperature)  # two classes: every negative scored, nothing drawn
+    torch.testing.assert_close(terms["guideline"].detach(), expected)
+
+
+def test_unknown_guideline_loss_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="guideline_loss"):
+        Diagnosis(num_classes=2, class_names=["no lesion", "solid nodule"], text_cache=str(tmp_path), guideline_loss="infonce", **TINY)
