@@ -1,17 +1,22 @@
-"""VoCo learns on generated anatomy: its loss falls and the online probe rises, well above chance.
+"""VoCo learns on generated anatomy: the online probe rises, well above chance.
 
 CT phantoms (tools.phantom) in a store, the real pretraining data module, a small CNN. The
 probe asks which organ a 16^3 crop centres on (6 organs, chance 1/6), with kNN and a linear
 probe fitted on half the volumes and tested on the other half.
 
-Default suite: 4 phantoms, a 4-8-16 CNN, 30 steps (~5 s per variant on 2 cores). ``slow``: 6
-phantoms, an 8-16-32 CNN, 60 steps (~25 s per variant), with the regulariser checked too.
+Default suite: 4 phantoms, a 4-8-16 CNN, 30 steps (~35 s on 2 busy cores). ``slow``: 6 phantoms,
+an 8-16-32 CNN, 60 steps (~1 min per form), with the regulariser checked too.
 
-Forms: ``student-bases`` learns here. The published forms (``cvpr``, ``extended``,
-matched to the authors' code) did not within this budget: at 30 steps on 4 phantoms
-``cvpr`` ended at kNN 0.41 / linear 0.46 (from 0.50 / 0.46) and ``extended`` at 0.51 / 0.51,
-where ``student-bases`` reached 0.54 / 0.58. The reference head's BatchNorm starts the loss
-low (~0.9, against ~5 with the earlier LayerNorm head), so the loss bar is a 20 % fall.
+Forms. Default scale: only ``student-bases`` learns within 30 steps. The published forms
+(``cvpr``, ``extended``, matched to the authors' code) did not: ``cvpr`` ended at kNN 0.41 /
+linear 0.46 (from 0.50 / 0.46), ``extended`` at 0.51 / 0.51, ``student-bases`` at 0.54 /
+0.58. Slow scale (from 0.58 / 0.62), two runs differing only in thread timing and the
+dropout's generator: ``cvpr`` 0.61 / 0.72 and 0.60 / 0.65, ``extended`` 0.67 / 0.80 and
+0.62 / 0.66, ``student-bases`` 0.68 / 0.79 and a pass. The published forms' slow cases are
+therefore non-strict xfails. The reference head's BatchNorm starts the loss near its floor
+(~0.5-1.6, against ~5 with the earlier LayerNorm head) and the teacher's targets move, so the
+loss is no progress measure at the slow scale (it rose for ``extended``); the default-scale
+test keeps a 20 % fall for ``student-bases``.
 
 What neither scale can tell: whether the position labels reach the right crops. Training on
 labels shuffled between a volume's crops passes both (the probe rises as the features
@@ -20,6 +25,7 @@ decollapse); label values are pinned by tests/losses/test_voco.py.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -29,6 +35,8 @@ from medssl.data.pretrain import PretrainDataModule
 from medssl.methods import VoCo
 from medssl.training.online_probe import OnlineProbe
 from tests.methods.phantom_data import phantom_probe_set, phantom_store
+
+PUBLISHED_FORMS_SLOW = "learns in 60 steps in some runs only (module doc)"
 
 
 class Losses(Callback):
@@ -85,9 +93,7 @@ def train_on_phantoms(
     return trainer, losses, probe
 
 
-def assert_loss_falls_and_probe_rises(losses: Losses, probe: OnlineProbe, steps: int) -> None:
-    first, last = sum(losses.values[:5]) / 5, sum(losses.values[-5:]) / 5
-    assert last < 0.8 * first, losses.values
+def assert_probe_rises(probe: OnlineProbe, steps: int) -> None:
     start, end = probe.history[0], probe.history[-1]
     assert [row["step"] for row in probe.history] == [0, steps // 2, steps]
     assert end["linear_acc"] >= start["linear_acc"] + 0.05, probe.history
@@ -99,16 +105,26 @@ def assert_loss_falls_and_probe_rises(losses: Losses, probe: OnlineProbe, steps:
 @pytest.mark.parametrize("form", ["student-bases"])
 def test_voco_loss_falls_and_the_probe_rises_on_a_few_phantoms(tmp_path, form):
     _, losses, probe = train_on_phantoms(tmp_path, form, volumes=4, steps=30, channels=[4, 8, 16])
-    assert_loss_falls_and_probe_rises(losses, probe, steps=30)
+    first, last = sum(losses.values[:5]) / 5, sum(losses.values[-5:]) / 5
+    assert last < 0.8 * first, losses.values
+    assert_probe_rises(probe, steps=30)
 
 
-@pytest.mark.slow  # 6 phantoms, 60 steps, an 8-16-32 CNN: ~25 s per variant on 2 cores
-@pytest.mark.parametrize("form", ["student-bases"])
-def test_voco_loss_falls_and_the_probe_rises_on_phantoms(tmp_path, form):
+@pytest.mark.slow  # 6 phantoms, 60 steps, an 8-16-32 CNN: ~1 min per variant on 2 cores
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(form, marks=pytest.mark.xfail(reason=PUBLISHED_FORMS_SLOW, strict=False))
+        for form in ("cvpr", "extended")
+    ]
+    + ["student-bases"],
+)
+def test_voco_probe_rises_and_the_bases_spread_on_phantoms(tmp_path, form):
     trainer, losses, probe = train_on_phantoms(
         tmp_path, form, volumes=6, steps=60, channels=[8, 16, 32]
     )
-    assert_loss_falls_and_probe_rises(losses, probe, steps=60)
+    assert all(math.isfinite(v) for v in losses.values)
+    assert_probe_rises(probe, steps=60)
     assert (
         float(trainer.callback_metrics["train/regularization"]) < 0.5
     )  # bases no longer collapsed
