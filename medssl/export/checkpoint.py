@@ -46,6 +46,7 @@ class CheckpointContents:
     label_values: list[int] | None = None  # the training masks' value of each label
     modalities: list[str] | None = None  # modalities of the volumes the task trained on
     extra: dict[str, Any] | None = None  # task extras (guideline texts) for the artifact's "extra"
+    metrics: dict[str, float] | None = None  # the fine-tuning run's last validation ("step", "val/...")
 
 
 def read_checkpoint(path: str | Path) -> CheckpointContents:
@@ -111,6 +112,7 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         label_values=record.get("label_values"),
         modalities=record.get("modalities"),
         extra=record.get("extra") or None,
+        metrics=dict(record.get("metrics") or {}) or None,
     )
 
 

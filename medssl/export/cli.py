@@ -97,6 +97,7 @@ def export_checkpoint(
         label_values=contents.label_values,
         modalities=contents.modalities,
         plan=plan,
+        metrics=contents.metrics,
         extra={**(contents.extra or {}), "source": source},
     )
 

@@ -14,6 +14,7 @@ norm statistics do not drift.
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
@@ -166,5 +167,19 @@ class FinetuneTask(GuardedModule, ABC):
             "encoder_source": self.encoder_source,
             "extra": self.checkpoint_extra(),
             "store": None if store is None else str(Path(store).resolve()),
+            "metrics": self.validation_record(),
         }
+
+    def on_validation_end(self) -> None:
+        if not self.trainer.sanity_checking:  # the sanity check runs untrained weights on 2 batches
+            self.val_summary_step = int(self.global_step)
+
+    def validation_record(self) -> dict[str, float | int]:
+        """The last full validation's metrics and the step it ran at (empty: none ran yet);
+        what the checkpoint and then the artifact record (plain numbers, NaN left out)."""
+        step = getattr(self, "val_summary_step", None)
+        summary = getattr(self, "val_summary", None) or {}
+        if step is None or not summary:
+            return {}
+        return {"step": step, **{f"val/{k}": float(v) for k, v in summary.items() if math.isfinite(float(v))}}
 

@@ -9,7 +9,9 @@ names and mask values are linked from the data module into the task (``data.num_
 ``model.num_classes``, ``data.class_names`` -> ``model.class_names``, ``data.class_values``
 -> ``model.class_values``), so a config never repeats them. The data module's ``task`` goes
 the other way, from the model's class (its ``task`` attribute): a config names the task
-once, by its class; a ``--data.task`` that contradicts the class is refused. Then
+once, by its class; a ``--data.task`` that contradicts the class is refused. After
+training, the final weights are validated (:func:`final_validation`) and the metrics go
+into ``last.ckpt``'s record. Then
 ``medssl export RUNS/<task>/<run>/checkpoints/last.ckpt --out ARTIFACT`` writes an artifact
 with the heads, their label names and the plan.
 """
@@ -21,10 +23,11 @@ import importlib
 from lightning.pytorch.cli import LightningArgumentParser
 
 from medssl.tasks.base import FinetuneTask
+from medssl.training.checkpointing import checkpoint_dir
 from medssl.training.cli import MedsslCLI, fit_main
 from medssl.training.cli import build_cli as _build
 
-__all__ = ["FinetuneCLI", "build_cli", "data_task", "finetune_main"]
+__all__ = ["FinetuneCLI", "build_cli", "data_task", "final_validation", "finetune_main"]
 
 
 class FinetuneCLI(MedsslCLI):
@@ -63,5 +66,21 @@ def build_cli(argv: list[str]) -> FinetuneCLI:
 
 
 def finetune_main(argv: list[str]) -> int:
-    """``medssl finetune ARGS``: train; returns 0, or 143 after a SIGTERM checkpoint."""
-    return fit_main(build_cli, argv, "fine-tuning")
+    """``medssl finetune ARGS``: train, validate the final weights; returns 0, or 143 after a
+    SIGTERM checkpoint."""
+    return fit_main(build_cli, argv, "fine-tuning", after_fit=final_validation)
+
+
+def final_validation(cli: FinetuneCLI) -> None:
+    """Validate the weights training ended with, unless the last validation ran at that step
+    or the run has no validation cases (or ``limit_val_batches`` 0), then refresh
+    ``last.ckpt`` so its record holds the metrics (``medssl export`` copies them into the
+    artifact; ``val/*`` rows also land in the run's ``metrics.csv``)."""
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    if not getattr(data, "val_cases", None) or trainer.global_step == 0 or trainer.limit_val_batches == 0:
+        return
+    if getattr(model, "val_summary_step", None) != trainer.global_step:
+        trainer.validate(model, datamodule=data, verbose=False)
+    last = checkpoint_dir(trainer) / "last.ckpt"
+    if last.is_file():
+        trainer.save_checkpoint(last)

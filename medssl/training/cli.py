@@ -109,8 +109,9 @@ def build_cli(cli_class: type[MedsslCLI], model_class: type[LightningModule], ar
         )
 
 
-def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str) -> int:
-    """Build the CLI from ``argv`` and fit; returns 0, or 143 after a SIGTERM checkpoint.
+def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str, after_fit: Callable[[MedsslCLI], None] | None = None) -> int:
+    """Build the CLI from ``argv`` and fit, then ``after_fit(cli)``; returns 0, or 143 after a
+    SIGTERM checkpoint.
 
     Raises:
         medssl.errors.ConfigError: ``--ckpt_path`` names no checkpoint file.
@@ -125,5 +126,7 @@ def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str
     except SIGTERMException:
         log.warning("stopped by SIGTERM after step %d", cli.trainer.global_step)
         return SIGTERM_EXIT
+    if after_fit is not None:
+        after_fit(cli)
     log.info("%s done: %d steps; run folder %s", what, cli.trainer.global_step, cli.trainer.log_dir)
     return 0

@@ -121,3 +121,23 @@ def test_bad_task_arguments_are_refused():
         Segmentation(num_classes=2, class_values=[6, 0])
     with pytest.raises(ValueError, match="freeze"):
         Segmentation(num_classes=2, freeze="some")
+
+
+def test_a_finetune_run_validates_its_final_weights_and_the_artifact_records_the_metrics(labelled_store, tmp_path):
+    import csv
+
+    # 6 steps, validation every 1000 epochs: no validation would run without the final one
+    assert finetune_main(_argv(labelled_store, tmp_path, 6)) == 0
+    run = tmp_path / "segmentation" / "run"
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    val_rows = [r for r in rows if r.get("val/dice")]
+    assert val_rows and int(val_rows[-1]["step"]) == 6, rows[-1]
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    record = torch.load(ckpt, weights_only=True)["medssl"]
+    assert record["metrics"]["step"] == 6
+    assert 0.0 <= record["metrics"]["val/dice"] <= 1.0
+    artifact = load_artifact(export_checkpoint(ckpt, tmp_path / "artifact", store=labelled_store))
+    assert artifact.metrics == record["metrics"]
+    assert "val/lung_right/dice" in artifact.metrics
