@@ -6,6 +6,8 @@ was made from) and the ids that failed. Written last, after every array and side
 index that covers the wanted set means the cache is complete
 (:mod:`medssl.preprocess.build_once`). Subclasses name their entry type, the JSON key of
 the entries and the index version; the file layout is theirs, byte for byte.
+:class:`ArrayCacheBuilder` is the build-once half such a cache shares: one array per manifest
+row, current while its sidecar names the row's store file.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import numpy as np
 
 from medssl.preprocess.build_once import (
     INDEX_FILE,
+    BuildOnce,
+    array_current,
     index_covers,
     read_index_json,
     read_sidecar,
     write_index_json,
 )
+from medssl.store.volume_row import VolumeRow
 
 
 class CachedArray(Protocol):
@@ -34,6 +39,7 @@ class CachedArray(Protocol):
 
 
 EntryT = TypeVar("EntryT", bound=CachedArray)
+IndexT = TypeVar("IndexT", bound="ArrayIndex")
 
 
 @dataclass(frozen=True)
@@ -88,3 +94,29 @@ class ArrayIndex(Generic[EntryT]):
         }
         write_index_json(root / INDEX_FILE, payload)
         return index
+
+
+class ArrayCacheBuilder(BuildOnce[IndexT, VolumeRow]):
+    """A build-once cache of one array per manifest row: a job is current when its ``.npy``
+    and sidecar exist and the sidecar names the row's store file (sha256); the index is
+    ``INDEX`` collected from the sidecars. Subclasses give the folder, the rows, the worker
+    and, if their index has one, its header (``index_header``)."""
+
+    INDEX: ClassVar[type]
+    plan_hash: str
+
+    def key(self, job: VolumeRow) -> str:
+        return job.sha256
+
+    def read_index(self) -> IndexT | None:
+        return self.INDEX.read(self.root)
+
+    def done(self, job: VolumeRow) -> bool:
+        return array_current(self.root, job.volume_id, job.sha256)
+
+    def index_header(self) -> dict:
+        return {}
+
+    def write_index(self, failed: list[str]) -> IndexT:
+        done = [row.volume_id for row in self.jobs if self.done(row)]
+        return self.INDEX.collect(self.root, self.plan_hash, done, failed, **self.index_header())

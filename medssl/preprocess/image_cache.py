@@ -25,13 +25,11 @@ import numpy as np
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
-from medssl.preprocess.array_index import ArrayIndex
+from medssl.preprocess.array_index import ArrayCacheBuilder, ArrayIndex
 from medssl.preprocess.build_once import (
     POLL_S,
     WAIT_TIMEOUT_S,
-    BuildOnce,
     Worker,
-    array_current,
     write_array,
 )
 from medssl.preprocess.stage import preprocess
@@ -99,31 +97,19 @@ def ensure_image_cache(store: str | Path, plan: Plan, workers: int = 1, progress
     return ImageCacheBuilder(store, plan).ensure(workers, progress, timeout_s, poll_s)
 
 
-class ImageCacheBuilder(BuildOnce[ImageIndex, VolumeRow]):
+class ImageCacheBuilder(ArrayCacheBuilder[ImageIndex]):
     """The 2D image cache of ``store`` under ``plan``: one job per 2D image."""
 
     name = "2D image cache"
     description = "caching 2D images"
+    INDEX = ImageIndex
 
     def __init__(self, store: str | Path, plan: Plan, max_pixels: int = MAX_PIXELS) -> None:
         super().__init__(image_cache_dir(store, plan), planned_images(store))
-        self.store, self.plan, self.max_pixels = Path(store), plan, int(max_pixels)
-
-    def key(self, job: VolumeRow) -> str:
-        return job.sha256
-
-    def read_index(self) -> ImageIndex | None:
-        return ImageIndex.read(self.root)
-
-    def done(self, job: VolumeRow) -> bool:
-        return array_current(self.root, job.volume_id, job.sha256)
+        self.store, self.plan, self.plan_hash, self.max_pixels = Path(store), plan, plan.hash, int(max_pixels)
 
     def worker(self) -> Worker:
         return Worker(cache_image, init_image_worker, (str(self.store), str(self.root), self.plan.to_json(), self.max_pixels))
-
-    def write_index(self, failed: list[str]) -> ImageIndex:
-        done = [row.volume_id for row in self.jobs if self.done(row)]
-        return ImageIndex.collect(self.root, self.plan.hash, done, failed)
 
 
 # the worker -------------------------------------------------------------------------------

@@ -26,13 +26,11 @@ import torch
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
 from medssl.io.nifti import read_nifti
-from medssl.preprocess.array_index import ArrayIndex
+from medssl.preprocess.array_index import ArrayCacheBuilder, ArrayIndex
 from medssl.preprocess.build_once import (
     POLL_S,
     WAIT_TIMEOUT_S,
-    BuildOnce,
     Worker,
-    array_current,
     write_array,
 )
 from medssl.preprocess.stage import preprocess
@@ -123,24 +121,19 @@ def ensure_cache(store: str | Path, plan: Plan, workers: int = 1, progress: bool
     return VolumeCacheBuilder(store, plan).ensure(workers, progress, timeout_s, poll_s)
 
 
-class VolumeCacheBuilder(BuildOnce[CacheIndex, VolumeRow]):
+class VolumeCacheBuilder(ArrayCacheBuilder[CacheIndex]):
     """The volume cache of ``store`` under ``plan``: one job per planned volume."""
 
     name = "cache"
     description = "caching"
+    INDEX = CacheIndex
 
     def __init__(self, store: str | Path, plan: Plan) -> None:
         super().__init__(cache_dir(store, plan), planned_volumes(store, plan))
-        self.store, self.plan = Path(store), plan
+        self.store, self.plan, self.plan_hash = Path(store), plan, plan.hash
 
-    def key(self, job: VolumeRow) -> str:
-        return job.sha256
-
-    def read_index(self) -> CacheIndex | None:
-        return CacheIndex.read(self.root)
-
-    def done(self, job: VolumeRow) -> bool:
-        return array_current(self.root, job.volume_id, job.sha256)
+    def index_header(self) -> dict:
+        return {"dtype": self.plan.cache_dtype}
 
     def prepare(self) -> None:
         if not (self.root / "plan.json").is_file():
@@ -148,10 +141,6 @@ class VolumeCacheBuilder(BuildOnce[CacheIndex, VolumeRow]):
 
     def worker(self) -> Worker:
         return Worker(cache_volume, init_worker, (str(self.store), str(self.root), self.plan.to_json()))
-
-    def write_index(self, failed: list[str]) -> CacheIndex:
-        done = [row.volume_id for row in self.jobs if self.done(row)]
-        return CacheIndex.collect(self.root, self.plan.hash, done, failed, dtype=self.plan.cache_dtype)
 
 
 # the worker -------------------------------------------------------------------------------
