@@ -59,15 +59,18 @@ from medssl.losses import (
 from medssl.methods.alignment import ConditionalAlignment
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.distillation_head import DistillationHead
-from medssl.methods.masked_patches import masked_mean_term, pooled_patches, upsample_mask
+from medssl.methods.masked_patches import (
+    keyed_patch_masks,
+    keyed_view_boxes,
+    masked_mean_term,
+    pooled_patches,
+    upsample_mask,
+)
 from medssl.methods.projectors import Norm
-from medssl.transforms.rng import keyed_generator
-from medssl.transforms.views import crop_boxes, random_resized_boxes
 from medssl.types import BatchKey, ViewSource
 
 log = logging.getLogger("medssl.methods")
 WEIGHTS = ("global", "patch", "anatomy", "alignment", "reconstruction")
-VIEW_BOX_SALT = -7  # keys the view boxes apart from the patch masks
 
 
 class Anatomy(SSLMethod):
@@ -204,38 +207,15 @@ class Anatomy(SSLMethod):
             grid = self.backbone.forward_features(torch.zeros(1, 1, *probe))[-1].shape[2:]
         return tuple(p // g for p, g in zip(probe, grid))
 
-    # views and masks ----------------------------------------------------------------------
+    # views and masks: keyed per (seed, step, batch, view, crop key), so a crop gets the same
+    # mask and box wherever the batch was split (medssl.methods.masked_patches)
     def patch_masks(self, keys: Tensor, views: int, patches: int, batch_idx: int) -> Tensor:
-        """``[views * N, P]`` bool, each row drawn from ``(seed, step, batch, view, key)``.
-
-        ``keys`` ``[N]`` name the crops (``batch["index"]`` when given, else the crop's row in
-        the global batch), so a crop gets the same mask wherever the batch was split.
-        """
-        count = min(patches - 1, max(1, round(self.hparams.mask_ratio * patches)))
-        rows = []
-        for view in range(views):
-            for key in keys.tolist():
-                g = keyed_generator(self.hparams.seed, self.global_step, batch_idx, view, key)
-                rows.append(torch.rand(patches, generator=g).argsort() < count)
-        return torch.stack(rows)  # exactly `count` masked patches per row
+        key = (self.hparams.seed, self.global_step, batch_idx)
+        return keyed_patch_masks(key, keys, views, patches, self.hparams.mask_ratio)
 
     def cut_views(self, views: list[Tensor], keys: Tensor, batch_idx: int) -> Tensor:
-        """``[2N, 1, *S]``: view ``v`` of each crop from its own random box (``view_scale``) of
-        ``views[v]``, resized to ``S``; boxes drawn per ``(seed, step, batch, view, key)`` as the masks."""
-        low, high = self.hparams.view_scale
-        if low >= 1.0:
-            return torch.cat(list(views))
-        shape = tuple(views[0].shape[2:])
-        out = []
-        for view, image in enumerate(views):
-            boxes = torch.stack([
-                random_resized_boxes(shape, (low, high), 1, keyed_generator(
-                    self.hparams.seed, self.global_step, batch_idx, VIEW_BOX_SALT, view, key
-                ))[0]
-                for key in keys.tolist()
-            ])  # fmt: skip
-            out.append(crop_boxes(image, boxes[:, None], shape)[:, 0])
-        return torch.cat(out)
+        key = (self.hparams.seed, self.global_step, batch_idx)
+        return keyed_view_boxes(key, views, keys, self.hparams.view_scale)
 
     def teacher_temperature(self) -> float:
         """This step's teacher temperature (DINO's linear warm-up)."""

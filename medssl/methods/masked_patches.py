@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from medssl.losses import global_mean_scale, masked_reconstruction_loss
+from medssl.transforms.rng import keyed_generator
+from medssl.transforms.views import crop_boxes, random_resized_boxes
 
 
 def masked_mean_term(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -51,3 +54,39 @@ def pooled_patches(
         pool = F.avg_pool3d if len(grid) == 3 else F.avg_pool2d
         x = pool(x, kernel, kernel)
     return patchify(x, grid, target)
+
+
+VIEW_BOX_SALT = -7  # keys the view boxes apart from the patch masks
+
+
+def keyed_patch_masks(step_key: tuple[int, ...], keys: Tensor, views: int, patches: int, mask_ratio: float) -> Tensor:
+    """``[views * N, P]`` bool, each row drawn from ``(*step_key, view, key)``, with exactly
+    ``round(mask_ratio * P)`` (at least 1, at most P - 1) masked patches per row.
+
+    ``keys`` ``[N]`` name the crops (``batch["index"]`` when given, else the crop's row in the
+    global batch), so a crop gets the same mask wherever the batch was split.
+    """
+    count = min(patches - 1, max(1, round(mask_ratio * patches)))
+    rows = []
+    for view in range(views):
+        for key in keys.tolist():
+            g = keyed_generator(*step_key, view, key)
+            rows.append(torch.rand(patches, generator=g).argsort() < count)
+    return torch.stack(rows)
+
+
+def keyed_view_boxes(step_key: tuple[int, ...], views: list[Tensor], keys: Tensor, scale: tuple[float, float]) -> Tensor:
+    """``[2N, 1, *S]``: view ``v`` of each crop cut from its own random box (area fraction in
+    ``scale``) of ``views[v]`` and resized to ``S``; boxes drawn per ``(*step_key, view, key)``."""
+    low, high = scale
+    if low >= 1.0:
+        return torch.cat(list(views))
+    shape = tuple(views[0].shape[2:])
+    out = []
+    for view, image in enumerate(views):
+        boxes = torch.stack([
+            random_resized_boxes(shape, (low, high), 1, keyed_generator(*step_key, VIEW_BOX_SALT, view, key))[0]
+            for key in keys.tolist()
+        ])  # fmt: skip
+        out.append(crop_boxes(image, boxes[:, None], shape)[:, 0])
+    return torch.cat(out)
