@@ -3,6 +3,7 @@
 
     medssl bench label-efficiency --store STORE --out OUT --tasks segmentation classification \\
         --fractions 0.1 0.5 1 --seeds 0 1 2 --encoder voco=ARTIFACT [--encoder monai=ARTIFACT] \\
+        [--encoder supervised=ARTIFACT --control supervised] \\
         --max-steps 200 [--trainer-config configs/trainer/cpu.yaml] \\
         [--task-config segmentation=configs/finetune/segmentation.yaml,configs/finetune/smoke.yaml] \\
         [-- --data.batch_size 4 ...]
@@ -11,7 +12,9 @@
 (later files win; default ``configs/finetune/TASK.yaml``); entries for one task add up in
 order; an entry whose value is an inline YAML mapping (``TASK={model: {init_args: {lr: 3.0e-3}}}``,
 as ``-c`` takes) is one item, commas and all. Arguments after ``--`` go to every
-``medssl finetune`` run unchanged.
+``medssl finetune`` run unchanged. ``--control NAME`` marks one ``--encoder`` as the positive
+control, pretrained with labels: the report says whether it beat scratch and, if it did not at
+the lowest fraction, that the harness's other verdicts are not evidence.
 
     medssl bench probe --probe-set PROBE.safetensors --out OUT --encoder voco=ARTIFACT \
         anatomy=ARTIFACT joint2d3d=ARTIFACT [--scratch-seeds 0 1 2] [--no-scratch]
@@ -23,7 +26,7 @@ import argparse
 
 from medssl.bench.label_efficiency import HEADLINE, HarnessConfig, read_results, run_harness
 from medssl.bench.probe import compare_encoders, probe_table, write_probe_report
-from medssl.bench.report import markdown_table, write_report
+from medssl.bench.report import write_report
 from medssl.errors import ConfigError
 from medssl.types import TaskKind
 
@@ -38,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.5, 1.0])
     le.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     le.add_argument("--encoder", action="extend", nargs="+", default=[], metavar="NAME=ARTIFACT", help="pretrained encoder(s) to compare (repeatable)")
+    le.add_argument("--control", default=None, metavar="NAME", help="the --encoder pretrained with labels that must beat scratch (positive control)")
     le.add_argument("--no-scratch", action="store_true", help="leave out the from-scratch baseline")
     le.add_argument("--max-steps", type=int, default=100, help="optimiser steps per run (the same budget for every run)")
     le.add_argument("--trainer-config", action="append", default=None, help="trainer config(s) (default configs/trainer/cpu.yaml)")
@@ -70,12 +74,13 @@ def bench_main(argv: list[str]) -> int:
         trainer_configs=tuple(args.trainer_config or ["configs/trainer/cpu.yaml"]),
         task_configs=_task_configs(args.task_config),
         extra_args=tuple(args.extra),
+        control=args.control,
     )
     results = run_harness(config)
     rows = read_results(results)
     table, png = write_report(rows, HEADLINE, results.parent)
-    print(markdown_table(rows, HEADLINE))
-    print(f"results {results}; table {table}; plot {png or 'not written (no matplotlib)'}")
+    print(table.read_text())
+    print(f"results {results}; table {table}; comparison {table.parent / 'comparison.csv'}; plot {png or 'not written (no matplotlib)'}")
     return 0
 
 

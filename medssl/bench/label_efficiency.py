@@ -5,7 +5,12 @@ fraction of the labelled training cases and each seed, one ``medssl finetune`` r
 same budget (steps, crops, trainer); then a validation pass over the same held-out cases.
 Fractions are nested per seed (the 5 % subset lies inside the 10 % subset), so a curve
 compares like with like. Every run's metrics go to ``results.csv`` as they arrive; a rerun
-skips the runs already there, so a killed harness resumes.
+skips the runs already there, so a killed harness resumes. ``harness.json`` records the
+budget and the positive control for the report.
+
+The positive control (``control``, one of the named encoders) is an encoder pretrained *with*
+labels (supervised on other structures or other slabs): it must beat scratch at the lowest
+fraction, or the report says the harness cannot tell at this budget.
 
 A run's config files are the trainer's, then the task's list, in order (later files win):
 by default ``configs/finetune/<task>.yaml`` alone; an experiment composes its own, e.g.
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl.atomic import atomic_write_bytes
+from medssl.bench.report import HarnessRecord
 from medssl.errors import ConfigError
 from medssl.tasks.cli import build_cli
 from medssl.types import TaskKind
@@ -37,7 +43,8 @@ TASK_CONFIGS = {t: (f"configs/finetune/{t}.yaml",) for t in HEADLINE}
 @dataclass(frozen=True)
 class HarnessConfig:
     """What to run: ``encoders`` maps an initialisation's name to an artifact folder;
-    ``task_configs`` a task to its config list (default :data:`TASK_CONFIGS`)."""
+    ``task_configs`` a task to its config list (default :data:`TASK_CONFIGS`); ``control``
+    names the encoder pretrained with labels that must beat scratch (the positive control)."""
 
     store: str
     out: str
@@ -50,6 +57,7 @@ class HarnessConfig:
     trainer_configs: Sequence[str] = ("configs/trainer/cpu.yaml",)
     task_configs: dict[TaskKind, tuple[str, ...]] = field(default_factory=dict)  # plain strings are parsed; one path is a list of one
     extra_args: Sequence[str] = ()
+    control: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in HEADLINE]
@@ -74,6 +82,10 @@ class HarnessConfig:
                 raise ConfigError(f"encoder name {name!r}: use a plain word other than 'scratch'")
             if not (Path(path) / "artifact.json").is_file():
                 raise ConfigError(f"encoder {name}: {path} is not an artifact folder (no artifact.json)")
+        if self.control is not None and self.control not in self.encoders:
+            raise ConfigError(f"positive control {self.control!r}: not one of the encoders ({', '.join(self.encoders) or 'none given'}); name it with --encoder {self.control}=ARTIFACT")
+        if self.control is not None and not self.scratch:
+            raise ConfigError(f"positive control {self.control!r}: it is judged against scratch; keep the from-scratch baseline")
 
     def inits(self) -> list[tuple[str, str | None]]:
         return ([("scratch", None)] if self.scratch else []) + sorted(self.encoders.items())
@@ -82,12 +94,24 @@ class HarnessConfig:
         """The ``-c`` values of a run of ``task``, in order: the trainer's, then the task's."""
         return tuple(str(c) for c in (*self.trainer_configs, *self.task_configs.get(task, TASK_CONFIGS[task])))
 
+    def record(self) -> HarnessRecord:
+        """The budget and control the report states (``harness.json``)."""
+        return HarnessRecord(
+            tasks=tuple(str(t) for t in self.tasks),
+            inits=tuple(name for name, _ in self.inits()),
+            fractions=tuple(float(f) for f in self.fractions),
+            seeds=tuple(int(s) for s in self.seeds),
+            max_steps=self.max_steps,
+            control=self.control,
+        )
+
 
 def run_harness(config: HarnessConfig) -> Path:
     """Run every missing (task, init, fraction, seed); returns the results CSV path."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.csv"
+    config.record().write(out / "harness.json")
     rows = read_results(results)
     done = {(r["task"], r["init"], float(r["fraction"]), int(r["seed"])) for r in rows}
     plan = [(t, i, f, s) for t in config.tasks for i in config.inits() for f in config.fractions for s in config.seeds]

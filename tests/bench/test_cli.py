@@ -86,3 +86,25 @@ def test_every_task_config_a_shipped_pipeline_names_exists(recipe):
                     assert isinstance(yaml.safe_load(item), dict), (task, item)
                 else:
                     assert (ROOT / item).is_file(), (recipe.name, task, item)
+
+
+def test_control_runs_end_to_end_into_harness_json_and_the_table(tmp_path, monkeypatch, capsys):
+    import medssl.bench.label_efficiency as harness
+    from medssl.bench.cli import bench_main
+
+    (tmp_path / "sup").mkdir()
+    (tmp_path / "sup" / "artifact.json").write_text("{}")
+
+    def fake_run(config, task, init, artifact, fraction, seed):  # the control gains 0.2 (+ seed wobble) at every fraction
+        return {"dice": 0.5 + 0.01 * seed + (0.2 + 0.01 * seed if init == "supervised" else 0.0)}, 4
+
+    monkeypatch.setattr(harness, "_one_run", fake_run)
+    out = tmp_path / "out"
+    argv = ["label-efficiency", "--store", "S", "--out", str(out), "--fractions", "0.25", "1", "--seeds", "0", "1", "2"]
+    assert bench_main([*argv, "--encoder", f"supervised={tmp_path / 'sup'}", "--control", "supervised", "--max-steps", "7"]) == 0
+    assert '"control": "supervised"' in (out / "harness.json").read_text()
+    table = (out / "table.md").read_text()
+    assert table.startswith("Budget: 7 optimiser steps per run; label fractions 25%, 100%; seeds 0, 1, 2 (n = 3 runs per cell)")
+    assert "- segmentation: 25% better" in table and "The harness could not show" not in table
+    assert (out / "comparison.csv").read_text().count(",better") == 2
+    assert table in capsys.readouterr().out
