@@ -12,6 +12,7 @@ and hands the shared options to the base as one :class:`LoaderOptions`.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ class LoaderOptions:
         return cls(**{f.name: arguments[f.name] for f in dataclasses.fields(cls)})
 
 
-class CropDataModule(LightningDataModule):
+class CropDataModule(LightningDataModule, ABC):
     """A store, an optional crop size and the shared :class:`LoaderOptions`; subclasses make
     ``plan``, ``train_set`` and ``val_set`` in ``setup`` and say how to collate
     (:meth:`collate_fn`); this class serves the loaders."""
@@ -74,9 +75,9 @@ class CropDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
+    @abstractmethod
     def collate_fn(self) -> Callable[[list[dict]], dict]:
         """How items become a batch (called once ``setup`` has run)."""
-        raise NotImplementedError
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         o = self.options
