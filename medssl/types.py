@@ -110,6 +110,14 @@ class ViewSource(StrEnum):
     EITHER = "either"  # uses the data module's views when there are some, else makes its own
 
 
+class SplitSide(StrEnum):
+    """The side of a train/validation split that a label table fixes for a case (``split:``
+    in docs/labels.md); a store where no case has one is split by hashing patients."""
+
+    TRAIN = "train"
+    VAL = "val"
+
+
 @dataclass(frozen=True)
 class OutputClass:
     """One output of a trained head, as the artifact records it (``labels`` + ``label_values``).

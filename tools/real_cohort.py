@@ -12,7 +12,10 @@ label map and a label table for ``medssl ingest --labels`` (docs/labels.md):
 - mask ``[X, Y, Z]`` -> ``masks/slabNN_seg.nii.gz`` ``[X/f, Y/f, S]`` uint8: the source
   structures merged into a few groups (both lungs' lobes, all vertebrae, ...) and reduced by
   the block's most frequent group (ties to the lower value), same affine as the image;
-- ``labels.yaml``: ``structures`` {value: group} and one case per slab.
+- ``labels.yaml``: ``structures`` {value: group} and one case per slab, the validation slabs
+  marked ``split: val`` (default every second slab but the ends, 2, 4 and 6 of 7: each lies between two training slabs, so
+  validation interpolates anatomy the training slabs bracket; a hashed split would depend
+  on the project key and could validate on the two ends, anatomy no training slab shows).
 
 Caveats (state them with any figure made on this cohort): all slabs come from one patient, so
 a validation slab shares the patient (scanner, body habitus, contrast phase) with the training
@@ -155,9 +158,19 @@ def write_cohort(
     gap: int = 3,
     factor: int = 4,
     groups: dict[str, list[str]] | None = None,
+    val_slabs: Sequence[int] | None = None,
 ) -> Path:
-    """Write the slab cohort under ``out`` (see the module docstring); returns the label table."""
+    """Write the slab cohort under ``out`` (see the module docstring); returns the label table.
+
+    ``val_slabs``: 1-based slab numbers marked ``split: val`` in the table (None: 2, 4, ...
+    short of the last slab; empty: none)."""
     groups = groups or DEFAULT_GROUPS
+    val_slabs = range(2, slabs, 2) if val_slabs is None else val_slabs
+    outside = sorted(set(val_slabs) - set(range(1, slabs + 1)))
+    if outside:
+        raise ValueError(f"val_slabs {outside}: expected slab numbers in 1..{slabs}")
+    if len(set(val_slabs)) >= slabs:
+        raise ValueError(f"val_slabs {sorted(set(val_slabs))}: at least one of the {slabs} slabs must train")
     image_nii, mask_nii = nib.load(str(ct)), nib.load(str(mask))
     if image_nii.shape != mask_nii.shape or not np.allclose(
         image_nii.affine, mask_nii.affine, atol=1e-3
@@ -183,7 +196,8 @@ def write_cohort(
             nii.set_qform(affine, code=1)
             nii.set_sform(affine, code=1)
             nib.save(nii, str(out / folder / f"{name}{suffix}.nii.gz"))
-        cases.append({"image": f"images/{name}.nii.gz", "mask": f"masks/{name}_seg.nii.gz"})
+        case = {"image": f"images/{name}.nii.gz", "mask": f"masks/{name}_seg.nii.gz"}
+        cases.append({**case, "split": "val"} if k in val_slabs else case)
     table = out / "labels.yaml"
     header = (
         f"# derived by tools/real_cohort.py: {slabs} disjoint axial slabs of {slab_slices} slices, "
@@ -206,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slab-slices", type=int, default=16)
     p.add_argument("--gap", type=int, default=3, help="slices left out between slabs")
     p.add_argument("--factor", type=int, default=4, help="in-plane reduction (block mean / mode)")
+    p.add_argument("--val-slabs", type=int, nargs="*", default=None, help="1-based slabs marked 'split: val' (default 2, 4, ... short of the last; none given: the hashed split decides)")
     args = p.parse_args(argv)
     for path in (args.ct, args.mask, args.structures):
         if not path.is_file():
@@ -223,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.slab_slices,
         args.gap,
         args.factor,
+        val_slabs=args.val_slabs,
     )
     print(f"wrote {args.slabs} slabs and {table}")
     return 0

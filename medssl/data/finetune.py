@@ -57,7 +57,7 @@ from medssl.data.sampler import resumable_sampler
 from medssl.data.split import split_by_patient
 from medssl.preprocess.label_cache import LabelCache, build_label_cache, ensure_label_cache
 from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
-from medssl.store.labels import class_names, read_labels, structure_names
+from medssl.store.labels import class_names, read_labels, read_split, structure_names
 from medssl.store.plan import Plan, load_or_make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 from medssl.types import BatchKey, TaskKind
@@ -161,7 +161,7 @@ class FinetuneDataModule(LightningDataModule):
         cases, extra = self._cases()
         position = {v.volume_id: i for i, v in enumerate(self.index.volumes)}
         volumes = [position[vid] for vid in cases]
-        train, val = split_by_patient([self.index.volumes[i] for i in volumes], self.val_fraction, self.split_seed)
+        train, val = split_by_patient([self.index.volumes[i] for i in volumes], self.val_fraction, self.split_seed, read_split(self.store))
         train = [volumes[k] for k in train]
         train = [train[k] for k in labelled_subset([self.index.volumes[i].volume_id for i in train], self.label_fraction, self.fraction_seed)]
         val = [volumes[k] for k in val]

@@ -31,6 +31,7 @@ from medssl.preprocess.image_cache import (
     planned_images,
 )
 from medssl.preprocess.volume_cache import build_cache, ensure_cache, planned_volumes
+from medssl.store.labels import read_split
 from medssl.store.plan import load_or_make_plan
 from medssl.transforms.rng import keyed_generator
 from medssl.transforms.spatial import crop_box
@@ -199,7 +200,7 @@ class JointDataModule(CropDataModule):
         for split in ("train", "val"):
             sets[split] = {"stacks": None, "images": None, "n": 0}
         if has_volumes:
-            train, val = split_by_patient(volumes.volumes, o.val_fraction, o.seed)
+            train, val = split_by_patient(volumes.volumes, o.val_fraction, o.seed, read_split(self.store))
             for split, ids in (("train", train), ("val", val)):
                 if ids:
                     sets[split]["stacks"] = SliceStackDataset(
@@ -214,7 +215,7 @@ class JointDataModule(CropDataModule):
                     )
                     sets[split]["n"] = max(sets[split]["n"], len(ids))
         if has_images:
-            train, val = split_by_patient(images.images, o.val_fraction, o.seed)
+            train, val = split_by_patient(images.images, o.val_fraction, o.seed, read_split(self.store))
             for split, ids in (("train", train), ("val", val)):
                 if ids:
                     sets[split]["images"] = ImageCropDataset(

@@ -21,6 +21,7 @@ from medssl.data.crop_module import CropDataModule, LoaderOptions
 from medssl.data.crops import CropCollate, CropDataset, make_views
 from medssl.data.split import split_by_patient
 from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
+from medssl.store.labels import read_split
 from medssl.store.plan import Plan, load_or_make_plan
 from medssl.transforms.pipeline import AugmentConfig, BatchAugment
 from medssl.types import BatchKey
@@ -72,7 +73,7 @@ class _AugmentedCropModule(CropDataModule):
             raise ValueError(f"store {self.store}: no volume to pretrain on (the plan selects 3D volumes of at least {self.plan.min_slices} slices)")
         crop = self.crop_size or self.default_crop_size(self.plan)
         self.augment = None if self.augment_on == "none" else BatchAugment.from_config(self.augment_config, crop)
-        train, val = split_by_patient(self.index.volumes, o.val_fraction, o.seed)
+        train, val = split_by_patient(self.index.volumes, o.val_fraction, o.seed, read_split(self.store))
         common = {"crop_size": crop, "crops_per_volume": self.crops_per_volume, "slice_axis": self.slice_axis, "seed": o.seed}
         self.train_set = CropDataset(self.index, train, length=o.samples_per_epoch, **common)
         self.val_set = CropDataset(self.index, val, fixed=True, **common) if val else None

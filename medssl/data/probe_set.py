@@ -33,7 +33,7 @@ from medssl.errors import ConfigError
 from medssl.preprocess.label_cache import ensure_label_cache
 from medssl.preprocess.volume_cache import ensure_cache
 from medssl.progress import Progress
-from medssl.store.labels import read_labels
+from medssl.store.labels import read_labels, read_split
 from medssl.store.plan import load_or_make_plan
 
 log = logging.getLogger("medssl.probe")
@@ -177,7 +177,7 @@ def build_probe_set(
         raise ConfigError(
             f"store {store}: no labelled volume is in the pretraining cache (plan: 3D volumes of >= {plan.min_slices} slices)"
         )
-    _, held_out = split_by_patient(volumes, val_fraction, seed)
+    _, held_out = split_by_patient(volumes, val_fraction, seed, read_split(store))
     if len(held_out) >= 2:
         volumes = [volumes[i] for i in held_out]
     else:

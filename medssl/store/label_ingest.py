@@ -143,6 +143,8 @@ def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest
     mask_sha = None if mask_bytes is None else hashlib.sha256(mask_bytes).hexdigest()
     boxes = [{"label": b.label, "min": list(b.min), "max": list(b.max)} for b in case.boxes]
     facts = {"v": DIGEST_VERSION, "mask": mask_sha, "image": volume.sha256, "structures": table.structures, "classes": case.classes, "boxes": boxes}
+    if case.split is not None:  # only then: a store labelled before splits existed keeps its digests
+        facts["split"] = str(case.split)
     digest = pseudo.token(json.dumps(facts, sort_keys=True, default=str), "label")
     old = manifest.label(vid)
     if old is not None and old["label_digest"] == digest and _file_intact(store, old):
@@ -150,7 +152,7 @@ def _label_case(case: LabelCase, vid: str, table: LabelTable, manifest: Manifest
         return False
     shape, affine = _image_grid(store / volume.path)
     _check_boxes(case.boxes, shape, affine)
-    row = {"volume_id": vid, "mask_path": None, "mask_sha256": None, "structures": {}, "classes": list(case.classes), "boxes": boxes, "label_digest": digest, "corrections": []}
+    row = {"volume_id": vid, "mask_path": None, "mask_sha256": None, "structures": {}, "classes": list(case.classes), "boxes": boxes, "label_digest": digest, "corrections": [], "split": None if case.split is None else str(case.split)}
     if mask_bytes is not None:
         if len(shape) != 3:
             raise IngestError(RejectReason.LABEL_INVALID, f"label maps are for 3D volumes; this image is {'a 2D image' if len(shape) == 2 else f'a 4D series of {shape[3]} frames'}")

@@ -6,7 +6,8 @@ YAML (``.yaml``/``.yml``)::
     classes: [normal, nodule]               # diagnosis vocabulary (optional)
     cases:
       - {image: ct/case01, mask: ct/case01_seg.nii.gz, classes: [nodule],
-         boxes: [{label: lesion, min: [x0, y0, z0], max: [x1, y1, z1]}]}
+         boxes: [{label: lesion, min: [x0, y0, z0], max: [x1, y1, z1]}],
+         split: val}                        # optional: a fixed train/val side (else hashed)
 
 CSV (``.csv``): columns ``image`` and optionally ``mask`` and ``classes`` (``;``-separated);
 structure names come from a ``structures.csv`` beside the table, else ``label_<value>``.
@@ -30,11 +31,12 @@ import yaml
 
 from medssl.errors import ConfigError
 from medssl.store.labels import Box
+from medssl.types import SplitSide
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9 _\-.()/,+']{1,64}")
 MAX_LABEL_VALUE = 65535
 _TABLE_KEYS = {"structures", "classes", "cases"}
-_CASE_KEYS = {"image", "mask", "classes", "boxes"}
+_CASE_KEYS = {"image", "mask", "classes", "boxes", "split"}
 _VALUE_COLUMNS = ("value", "id", "label_value", "index", "label")
 _NAME_COLUMNS = ("name", "structure", "structure_name", "label_name", "segment")
 
@@ -48,6 +50,7 @@ class LabelCase:
     mask: Path | None
     classes: tuple[str, ...]
     boxes: tuple[Box, ...]
+    split: SplitSide | None = None  # a side the table fixes; None: the hashed split decides
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def _read_yaml(path: Path) -> LabelTable:
         unknown = set(raw) - _CASE_KEYS
         if unknown:
             raise ConfigError(f"label table case {index}: unknown keys {sorted(map(str, unknown))[:5]}; expected {sorted(_CASE_KEYS)}")
-        cases.append(_case(path.parent, index, raw.get("image"), raw.get("mask"), raw.get("classes") or [], raw.get("boxes") or []))
+        cases.append(_case(path.parent, index, raw.get("image"), raw.get("mask"), raw.get("classes") or [], raw.get("boxes") or [], raw.get("split")))
     return _finish(path, structures, vocab, cases, support)
 
 
@@ -196,16 +199,19 @@ def _names(raw: object, where: str) -> tuple[str, ...]:
     return tuple(check_name(n, where) for n in items)
 
 
-def _case(folder: Path, index: int, image, mask, classes, boxes) -> LabelCase:
+def _case(folder: Path, index: int, image, mask, classes, boxes, split=None) -> LabelCase:
     where = f"label table case {index}"
     if image is None or image == "":
         raise ConfigError(f"{where}: 'image' is required")
+    if split is not None and split not in tuple(SplitSide):
+        raise ConfigError(f"{where}: 'split' is {str(split)[:10]!r}; expected one of {', '.join(SplitSide)}")
     return LabelCase(
         row=index,
         image=_resolve(folder, image, f"{where} image"),
         mask=None if mask is None else _resolve(folder, mask, f"{where} mask", file=True),
         classes=tuple(dict.fromkeys(_names(classes, f"{where} classes"))),
         boxes=tuple(_box(b, f"{where} box {n}") for n, b in enumerate(_as_list(boxes, where), start=1)),
+        split=None if split is None else SplitSide(split),
     )
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medssl.types import SplitSide
+
 LABELS_DIR = "labels"
 CLASSES_META_KEY = "label_classes"  # the table's diagnosis vocabulary (JSON list), when it gave one
 
@@ -52,6 +54,13 @@ def read_labels(store: str | Path) -> dict[str, LabelRecord]:
     """Every labelled volume of ``store``: ``volume_id -> LabelRecord`` (``{}`` when none)."""
     rows = _query(store, "SELECT * FROM labels ORDER BY volume_id")
     return {row["volume_id"]: record_from_row(row) for row in rows or []}
+
+
+def read_split(store: str | Path) -> dict[str, SplitSide]:
+    """The sides the label table fixed: ``volume_id -> SplitSide`` for the cases that gave
+    ``split:`` (``{}`` when none did: then the split hashes patients, :mod:`medssl.data.split`)."""
+    rows = _query(store, "SELECT * FROM labels ORDER BY volume_id")
+    return {row["volume_id"]: SplitSide(row["split"]) for row in rows or [] if row.get("split")}
 
 
 def record_from_row(row: dict) -> LabelRecord:

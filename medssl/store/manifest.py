@@ -77,6 +77,7 @@ LABEL_COLUMNS: dict[str, str] = {
     "label_digest": "TEXT",  # keyed digest of mask bytes, table row and image: a change is rewritten
     "corrections": "TEXT",  # JSON list, e.g. the map was resampled onto the image grid
     "created_at": "TEXT",
+    "split": "TEXT",  # "train" | "val" when the label table fixes the case's side; NULL: hashed
 }
 
 
@@ -100,10 +101,11 @@ class Manifest:
             self.db.execute("CREATE TABLE IF NOT EXISTS sources_done (source_ref TEXT PRIMARY KEY, created_at TEXT)")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            present = {row[1] for row in self.db.execute("PRAGMA table_info(volumes)")}
-            for name, kind in VOLUME_COLUMNS.items():  # a store from an older medssl gains new columns
-                if name not in present:
-                    self.db.execute(f"ALTER TABLE volumes ADD COLUMN {name} {kind.replace('PRIMARY KEY', '').replace('NOT NULL', '')}")
+            for table, columns in (("volumes", VOLUME_COLUMNS), ("labels", LABEL_COLUMNS)):
+                present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns.items():  # a store from an older medssl gains new columns
+                    if name not in present:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.replace('PRIMARY KEY', '').replace('NOT NULL', '')}")
 
     def close(self) -> None:
         self.db.close()

@@ -106,7 +106,8 @@ def write_labelled_store(root: Path, cases: list[Case] | None = None, classes: l
             present = sorted({les.kind for les in ph.lesions})
             case_classes = classes[i] if classes is not None else [CLASS_OF_KIND[k] for k in present]
             db.execute(
-                "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO labels (volume_id, mask_path, mask_sha256, structures, classes, boxes, label_digest, corrections, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (volume_id, mask_path, sha, json.dumps({str(k): v for k, v in names.items()}), json.dumps(case_classes),
                  json.dumps(lesion_world_boxes(ph, store_affine(case))), sha, "[]", "2024-01-01T00:00:00+00:00"),
             )

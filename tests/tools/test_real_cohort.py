@@ -90,6 +90,7 @@ def test_each_slab_sits_where_it_was_in_the_source(source):
     spec = yaml.safe_load(table.read_text())
     assert spec["structures"] == {1: "liver", 2: "lung_left", 3: "vertebrae"}
     assert len(spec["cases"]) == 3
+    assert [c.get("split") for c in spec["cases"]] == [None, "val", None]  # validation between training slabs
     seen: set[int] = set()
     for case, (start, stop) in zip(spec["cases"], slab_ranges(20, 3, 5, 2)):
         img = nib.load(table.parent / case["image"])
@@ -106,3 +107,13 @@ def test_each_slab_sits_where_it_was_in_the_source(source):
         seen |= slices
         labels = np.asarray(seg.dataobj)
         assert labels[:4].max() == labels[:4].min() == 1 and set(np.unique(labels[4:])) <= {2, 3}
+
+
+def test_validation_slabs_must_exist_and_leave_one_to_train(source):
+    root, _ = source
+    args = (root / "ct.nii.gz", root / "mask.nii.gz", root / "structures.csv", root / "out")
+    for bad, match in (([4], "1..3"), ([1, 2, 3], "must train")):
+        with pytest.raises(ValueError, match=match):
+            write_cohort(*args, slabs=3, slab_slices=5, gap=2, factor=2, groups=GROUPS, val_slabs=bad)
+    table = write_cohort(*args, slabs=3, slab_slices=5, gap=2, factor=2, groups=GROUPS, val_slabs=[])
+    assert all("split" not in c for c in yaml.safe_load(table.read_text())["cases"])
