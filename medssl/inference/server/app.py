@@ -5,7 +5,8 @@ loaded and warmed up), ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST
 /v1/predict`` (multipart ``file`` parts or one raw body; ``?outputs=json,nifti,seg,sr,png``;
 ``?format=zip`` for a zip of every output; ``?modality=MR`` states a NIfTI/NRRD input's
 modality). The answer's ``warnings`` (also in ``summary``) says when the input's modality was
-assumed or is not one the model was trained on. Everything but the probes needs the bearer
+assumed or is not one the model was trained on. ``GET /openapi.json`` and ``GET /docs`` (unless
+``settings.api_docs`` is off) describe these routes. Everything but the probes needs the bearer
 token.
 
 The model loads in a background thread started at startup, so ``/live`` answers at once.
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,13 +35,28 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from medssl import __version__
 from medssl.errors import MedsslError
 from medssl.inference.predictor import OUTPUT_KINDS, Predictor
-from medssl.inference.server.auth import BearerAuth
+from medssl.inference.server.auth import OPEN_PATHS, BearerAuth
 from medssl.inference.server.drain import DrainBeforeAnswer
 from medssl.inference.server.jobs import JobFolder, JobResult, run_job
 from medssl.inference.server.limits import BodyLimit, ConcurrencyGate, run_with_deadline
 from medssl.inference.server.metrics import MetricsMiddleware, ServiceMetrics
+from medssl.inference.server.openapi import (
+    FORMAT_QUERY,
+    MODALITY_QUERY,
+    NOT_READY,
+    OUTPUTS_QUERY,
+    PREDICT_BODY,
+    PREDICT_ERRORS,
+    PREDICT_OK,
+    TOKEN_ERRORS,
+    ModelsAnswer,
+    ProbeAnswer,
+    bearer_openapi,
+    errors,
+)
 from medssl.inference.server.responses import ApiError, error_response, send_error
 from medssl.inference.server.settings import ServerSettings
 from medssl.inference.server.uploads import receive_upload
@@ -144,8 +160,17 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
         executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
-        title="medssl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="medssl inference service",
+        version=__version__,
+        description=_describe(settings),
+        lifespan=lifespan,
+        docs_url="/docs" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
+    if settings.token is not None:
+        app.openapi = bearer_openapi(app, OPEN_PATHS)
     app.state.model, app.state.settings = model, settings
 
     @app.exception_handler(ApiError)
@@ -166,26 +191,69 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
             ApiError(422, "invalid_query", f"invalid request parameters {fields}", close=True)
         )
 
-    @app.get("/live")
+    @app.get(
+        "/live",
+        tags=["probes"],
+        response_model=ProbeAnswer,
+        summary="Liveness: the process answers (no token)",
+        response_description="alive",
+    )
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/ready")
+    @app.get(
+        "/ready",
+        tags=["probes"],
+        response_model=ProbeAnswer,
+        responses=errors({503: NOT_READY}),
+        summary="Readiness: 200 once the model is loaded and warmed up (no token)",
+        response_description="the model is loaded and warmed up",
+    )
     async def ready() -> dict[str, str]:
         model.require()
         return {"status": "ready"}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        tags=["monitoring"],
+        summary="Prometheus metrics of this server",
+        response_class=Response,
+        response_description="Prometheus text exposition",
+        responses={
+            200: {"content": {metrics.content_type: {"schema": {"type": "string"}}}},
+            **errors(TOKEN_ERRORS),
+        },
+    )
     async def metrics_text() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models")
+    @app.get(
+        "/v1/models",
+        tags=["models"],
+        response_model=ModelsAnswer,
+        summary="The served model: labels, modalities, heads, outputs",
+        response_description="one entry: the model this server loaded",
+        responses=errors({**TOKEN_ERRORS, 503: NOT_READY}),
+    )
     async def models() -> dict[str, Any]:
         return {"models": [dict(model.require().info)]}
 
-    @app.post("/v1/predict")
-    async def predict(request: Request, outputs: str = "json", format: str = "json",
-                      modality: str | None = None) -> Response:
+    @app.post(
+        "/v1/predict",
+        tags=["prediction"],
+        summary="Predict on one uploaded series or volume",
+        openapi_extra={"requestBody": PREDICT_BODY},
+        responses={200: PREDICT_OK, **errors(PREDICT_ERRORS)},
+    )
+    async def predict(
+        request: Request,
+        outputs: Annotated[str, OUTPUTS_QUERY] = "json",
+        format: Annotated[str, FORMAT_QUERY] = "json",
+        modality: Annotated[str | None, MODALITY_QUERY] = None,
+    ) -> Response:
+        """Streams the upload to a private folder, waits for a prediction slot, predicts in a
+        worker thread. Every request counts against the admission queue and the request
+        timeout (upload + wait + prediction)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout_s
         predictor = model.require()
@@ -261,3 +329,20 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
     app.add_middleware(DrainBeforeAnswer, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _describe(settings: ServerSettings) -> str:
+    """The schema's description: authentication and this server's limits."""
+    auth = (
+        "Every route but `/live` and `/ready` needs `Authorization: Bearer <token>`."
+        if settings.token is not None
+        else "Authentication is off (loopback only)."
+    )
+    return (
+        f'{auth} Errors are JSON `{{"error": code, "detail": reason}}`; any route may answer '
+        "500 `internal` (never a traceback). Limits of this server: request body "
+        f"{settings.max_upload_bytes} bytes, {settings.max_files} files, "
+        f"{settings.max_concurrent} predictions running and {settings.max_queued} waiting "
+        f"(one more is 503 `busy`), {settings.request_timeout_s:g} s per request "
+        "(upload + wait + prediction)."
+    )

@@ -4,6 +4,8 @@ The API token comes from ``--token-file``, ``$MEDSSL_SERVE_TOKEN_FILE`` or
 ``$MEDSSL_SERVE_TOKEN`` (never a flag: ``ps`` would show it). ``--no-auth`` is accepted on
 a loopback address only. STOW-RS: ``--stow-url`` or ``$MEDSSL_STOW_URL``, credentials in
 ``$MEDSSL_STOW_TOKEN`` or ``$MEDSSL_STOW_USER`` + ``$MEDSSL_STOW_PASSWORD``.
+``--no-api-docs`` leaves out ``/openapi.json`` and ``/docs``. Usage, curl examples, errors
+and limits: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 422 for an input whose modality is unknown or not one the model was trained "
         "on (default: predict, with a warning in the answer)",
     )
+    p.add_argument(
+        "--no-api-docs",
+        action="store_true",
+        help="do not serve /openapi.json and /docs (default: served, behind the token)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -80,7 +87,8 @@ def settings_from_args(args: argparse.Namespace, env=None) -> ServerSettings:
     token = read_token(env, args.token_file)
     if token is None and not args.no_auth:
         raise ConfigError(
-            "no API token: set MEDSSL_SERVE_TOKEN or MEDSSL_SERVE_TOKEN_FILE, or pass --token-file (or --no-auth on loopback)"
+            "no API token: pass --token-file (or set MEDSSL_SERVE_TOKEN_FILE), or --no-auth on "
+            "loopback; see docs/serving.md"
         )
     if args.no_auth:
         if not _is_loopback(args.host):
@@ -95,6 +103,7 @@ def settings_from_args(args: argparse.Namespace, env=None) -> ServerSettings:
         max_files=args.max_files,
         workdir=args.workdir,
         stow=read_stow_target(env, args.stow_url),
+        api_docs=not args.no_api_docs,
     )
 
 

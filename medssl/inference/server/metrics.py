@@ -24,7 +24,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-ROUTES = frozenset({"/live", "/ready", "/metrics", "/v1/models", "/v1/predict"})
+ROUTES = frozenset(
+    {"/live", "/ready", "/metrics", "/v1/models", "/v1/predict", "/openapi.json", "/docs"}
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 

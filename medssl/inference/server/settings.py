@@ -53,6 +53,8 @@ class ServerSettings:
         max_files: files in one upload; max_header_bytes: one multipart part's headers.
         workdir: parent of the private per-request folders (the system temp dir if None).
         stow: optional STOW-RS target for DICOM outputs.
+        api_docs: serve ``/openapi.json`` and ``/docs`` (behind the token, like every route
+            but the probes); ``False`` leaves them out (404).
     """
 
     token: str | None = field(default=None, repr=False)
@@ -64,6 +66,7 @@ class ServerSettings:
     max_header_bytes: int = 16 << 10
     workdir: Path | None = None
     stow: StowTarget | None = None
+    api_docs: bool = True
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
