@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from medssl.errors import MedsslError
@@ -34,7 +35,7 @@ def _ingest_parser(sub) -> None:
     p.add_argument("--max-gb", type=float, default=4.0, help="refuse any single file or volume larger than this (GiB)")
     p.add_argument("--labels", type=Path, metavar="TABLE", help="label table (YAML or CSV, see docs/labels.md): its images are ingested too, its masks, classes and boxes land in STORE/labels")
     p.add_argument("--locate", metavar="REF", help="print the source files whose reference starts with REF (key holders only), then exit")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     p.set_defaults(func=_run_ingest)
 
 
@@ -76,8 +77,14 @@ def _parse_private(value: str) -> tuple[str, int]:
 
 
 def _pipeline_parser(sub) -> None:
-    p = sub.add_parser("pipeline", help="run a multi-stage recipe (pipelines/*.yaml)")
-    p.add_argument("file", type=Path)
+    p = sub.add_parser(
+        "pipeline",
+        help="run a multi-stage recipe (pipelines/*.yaml)",
+        description="Run the stages of a YAML recipe in order, each the medssl command a person would type "
+        "(stages: [{ingest: {sources: [...], out: STORE}}, {pretrain: {config: [...], data.store: STORE}}, ...]). "
+        "Every stage is checked against the real parser before the first one runs; the first failing stage stops the rest.",
+    )
+    p.add_argument("file", type=Path, metavar="RECIPE", help="the recipe: a YAML file with a 'stages' list (e.g. pipelines/demo.yaml)")
     p.set_defaults(func=_run_pipeline)
 
 
@@ -88,7 +95,13 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _probe_set_parser(sub) -> None:
-    p = sub.add_parser("probe-set", help="labelled crops of the store's held-out labelled volumes for the online probe (--probe.path of medssl pretrain)")
+    p = sub.add_parser(
+        "probe-set",
+        help="labelled crops of the store's held-out labelled volumes for the online probe (--probe.path of medssl pretrain)",
+        description="Cut labelled crops, one structure each, from the labelled volumes that pretraining holds out "
+        "(the same split as --data.val_fraction and --data.seed), and write them to one .safetensors file. "
+        "medssl pretrain --probe.path FILE then fits a kNN and a linear probe on the frozen backbone during pretraining.",
+    )
     p.add_argument("--store", required=True, type=Path, help="a store with label maps (medssl ingest --labels)")
     p.add_argument("--out", required=True, type=Path, help="the probe set file to write (.safetensors)")
     p.add_argument("--structures", nargs="+", metavar="NAME", help="structures to probe (default: all with enough voxels)")
@@ -97,7 +110,7 @@ def _probe_set_parser(sub) -> None:
     p.add_argument("--min-voxels", type=int, default=50, help="a structure counts in a volume from this many voxels (default 50)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="pretraining's --data.val_fraction: probe volumes are its held-out patients (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="pretraining's --data.seed (the split) and the crop draw (default 0)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     p.set_defaults(func=_run_probe_set)
 
 
@@ -119,18 +132,74 @@ def _run_probe_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _passthrough_parser(sub, name: str, help: str, target: str) -> None:
-    """A stage whose own parser (LightningCLI, export's) reads everything after its name."""
+def _passthrough_parser(sub, name: str, help: str, target: str, short_help: str | None = None) -> None:
+    """A stage whose own parser (LightningCLI, export's) reads everything after its name;
+    ``short_help`` answers ``-h``/``--help`` without importing the stage (LightningCLI takes
+    seconds to build its parser; ``--help-all`` asks it for every option)."""
     p = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
     p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: _delegate(target, args.args))
+    p.set_defaults(func=lambda args: _delegate(target, args.args, short_help))
 
 
-def _delegate(target: str, argv: list[str]) -> int:
+def _delegate(target: str, argv: list[str], short_help: str | None = None) -> int:
+    if short_help is not None and ("-h" in argv or "--help" in argv):
+        print(short_help)
+        return 0
     module, _, function = target.partition(":")
     import importlib
 
     return int(getattr(importlib.import_module(module), function)(argv) or 0)
+
+
+def _training_help(command: str, example: str, specific: list[tuple[str, str]], checkpoints: str, model_class: str) -> str:
+    """The short ``--help`` of ``medssl pretrain``/``finetune``: the options most runs set."""
+    options = [
+        ("-c, --config FILE", "a YAML config; repeat to compose them (trainer, method or task, overlays; the later wins)"),
+        ("--data.store STORE", "the store written by medssl ingest"),
+        *specific,
+        ("--trainer.max_steps N", "optimizer steps to train: the length of the run"),
+        ("--trainer.devices N", "GPUs (or CPU processes) to train on; -1: every GPU"),
+        ("--trainer.default_root_dir RUNS", "where run folders go: RUNS/<model>/<run_name>/ (default: runs)"),
+        ("--run_name NAME", "the run folder's name (default: the next version_N)"),
+        ("--ckpt_path FILE", "resume from this checkpoint, e.g. RUNS/<model>/NAME/checkpoints/last.ckpt"),
+        ("--tracking NAME", "csv (default): metrics.csv only; tensorboard or mlflow: that logger too"),
+        ("--print_config", "print the whole configuration this run would use, and exit"),
+    ]
+    width = max(len(flag) for flag, _ in options) + 4
+    lines = [f"usage: medssl {command} -c CONFIG [-c CONFIG ...] --data.store STORE [OPTIONS]", "", *example.splitlines(), "", "main options:"]
+    for flag, text in options:
+        wrapped = textwrap.wrap(text, 100 - width)
+        lines += [f"  {flag:<{width - 2}}{wrapped[0]}", *(" " * width + rest for rest in wrapped[1:])]
+    lines += ["", "checkpoints (in RUNS/<model>/NAME/checkpoints/):", *textwrap.wrap(checkpoints, 98, initial_indent="  ", subsequent_indent="  ")]
+    lines += [
+        "",
+        "every option (each argument of the trainer, model and data classes is a flag):",
+        f"  medssl {command} --help-all    the full list (LightningCLI; takes a few seconds)",
+        f"  medssl {command} --model.help {model_class}",
+        "      the arguments of one model class (likewise --data.help CLASS)",
+    ]
+    return "\n".join(lines)
+
+
+PRETRAIN_HELP = _training_help(
+    "pretrain",
+    "Self-supervised pretraining of an encoder on a store, e.g.\n"
+    "  medssl pretrain -c configs/trainer/cpu.yaml -c configs/pretrain/voco.yaml \\\n"
+    "      -c configs/pretrain/smoke.yaml --data.store STORE --trainer.max_steps 20 --run_name try1",
+    [("--probe.path FILE", "a probe set (medssl probe-set): kNN and linear probes of the backbone as it trains")],
+    "last.ckpt, and step=N.ckpt every --checkpoint.every_n_train_steps N steps (default 1000), all kept.",
+    "medssl.methods.VoCo",
+)
+FINETUNE_HELP = _training_help(
+    "finetune",
+    "Fine-tune segmentation, detection or diagnosis heads on an encoder, e.g.\n"
+    "  medssl finetune -c configs/trainer/cpu.yaml -c configs/finetune/segmentation.yaml \\\n"
+    "      --model.encoder ARTIFACT --data.store STORE --trainer.max_steps 200 --run_name seg1",
+    [("--model.encoder ARTIFACT", "the pretrained encoder (medssl export); leave it out to train from scratch")],
+    "last.ckpt, and the --checkpoint.save_top_k K (default 3) best by the task's validation metric (val/dice, "
+    "val/froc_cpm, val/auroc), validated every --trainer.val_check_interval N batches (default 1000).",
+    "medssl.tasks.segmentation.Segmentation",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _ingest_parser(sub)
-    _passthrough_parser(sub, "pretrain", "self-supervised pretraining (LightningCLI: -c configs/pretrain/voco.yaml --data.store STORE ...)", "medssl.methods.cli:pretrain_main")
+    _passthrough_parser(sub, "pretrain", "self-supervised pretraining (LightningCLI: -c configs/pretrain/voco.yaml --data.store STORE ...)", "medssl.methods.cli:pretrain_main", PRETRAIN_HELP)
     _passthrough_parser(sub, "export", "checkpoint -> artifact (model.safetensors + artifact.json): CHECKPOINT --out DIR", "medssl.export.cli:export_main")
-    _passthrough_parser(sub, "finetune", "fine-tune segmentation/detection/diagnosis heads (LightningCLI: -c configs/finetune/segmentation.yaml --model.encoder ARTIFACT --data.store STORE ...)", "medssl.tasks.cli:finetune_main")
+    _passthrough_parser(sub, "finetune", "fine-tune segmentation/detection/diagnosis heads (LightningCLI: -c configs/finetune/segmentation.yaml --model.encoder ARTIFACT --data.store STORE ...)", "medssl.tasks.cli:finetune_main", FINETUNE_HELP)
     _passthrough_parser(sub, "bench", "experiments across runs: label-efficiency --store STORE --out DIR --encoder NAME=ARTIFACT ...", "medssl.bench.cli:bench_main")
     _passthrough_parser(sub, "predict", "artifact + DICOM/NIfTI/NRRD -> NIfTI, DICOM SEG/SR, JSON, PNG: --model ARTIFACT --input PATH --out DIR", "medssl.inference.predict_cli:predict_main")
     _passthrough_parser(sub, "serve", "HTTP inference service: --model ARTIFACT [--host 127.0.0.1] [--port 8000]", "medssl.inference.server.cli:serve_main")

@@ -56,6 +56,50 @@ def test_ingest_help_lists_its_options():
     assert "reject" in proc.stdout and "resample" in proc.stdout
 
 
+SHORT_HELP_RUN = """
+import sys
+from medssl.cli import main
+code = main([sys.argv[1], "--help"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightning", "jsonargparse"))
+print("IMPORTED:", heavy[:3])
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "own"),
+    [("pretrain", "--probe.path"), ("finetune", "--model.encoder")],
+)
+def test_training_help_is_short_names_the_main_options_and_imports_no_lightning(command, own):
+    # the full LightningCLI parser takes seconds to build: a plain --help must not build it
+    proc = subprocess.run([sys.executable, "-c", SHORT_HELP_RUN, command], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED: []" in proc.stdout
+    help_text = proc.stdout.split("IMPORTED:")[0]
+    assert len(lines(help_text)) < 40
+    options = ("-c, --config", "--data.store", "--trainer.max_steps", "--trainer.devices", "--trainer.default_root_dir", "--run_name", "--ckpt_path", "--tracking", own)
+    for option in options:
+        assert option in help_text, option
+    assert f"medssl {command} --help-all" in help_text and "--model.help" in help_text
+
+
+@pytest.mark.parametrize("command", ["pipeline", "probe-set"])
+def test_pipeline_and_probe_set_help_describe_the_command_and_each_option(command):
+    proc = medssl(command, "--help")
+    assert proc.returncode == 0
+    parser = _subparser(command)
+    assert parser.description and parser.description.split()[0] in proc.stdout
+    undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert not undocumented
+
+
+def _subparser(command: str):
+    from medssl.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return sub.choices[command]
+
+
 def test_ingest_of_a_missing_source_fails_in_one_line_without_the_path(tmp_path):
     missing = tmp_path / PATIENT_LIKE / "CT"
     proc = medssl(

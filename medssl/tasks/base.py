@@ -54,6 +54,7 @@ class FinetuneTask(GuardedModule, ABC):
     """
 
     task: ClassVar[TaskKind]  # each task sets its kind
+    headline: ClassVar[str]  # its validation metric that ranks checkpoints (``val/<headline>``, higher is better)
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ class Detection(FinetuneTask):
     """
 
     task = TaskKind.DETECTION
+    headline = "froc_cpm"
 
     def __init__(
         self,

@@ -75,6 +75,7 @@ class Diagnosis(FinetuneTask):
     """
 
     task = TaskKind.CLASSIFICATION
+    headline = "auroc"
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ class Segmentation(FinetuneTask):
     """
 
     task = TaskKind.SEGMENTATION
+    headline = "dice"
 
     def __init__(
         self,

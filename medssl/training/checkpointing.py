@@ -8,6 +8,9 @@
   callback first writes ``<checkpoints>/sigterm-step=N.ckpt`` at the end of that batch, at
   the same point of the loop where ModelCheckpoint saves, so resuming from it continues
   exactly.
+- :class:`TolerantCheckpoint`: Lightning's ModelCheckpoint (periodic, or the k best by a
+  validation metric), except that a validation that yields no value of the monitored metric
+  (an AUROC undefined on one class, say) ranks nothing instead of stopping the run.
 - :func:`resolve_ckpt_path`: a resume path that does not exist is an error, never a silent
   fresh start.
 """
@@ -47,6 +50,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(target, buffer.getvalue())
 
 
+class TolerantCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that skips the ranking of a validation without the monitored metric.
+
+    Tasks log only finite metrics, so ``val/auroc`` is missing after a validation whose cases
+    are all of one class; Lightning's ModelCheckpoint then raises and ends the run, or, when
+    an earlier validation logged it, ranks this checkpoint by that earlier value.
+    """
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if self.monitor is not None:  # only this validation's value may rank its checkpoint
+            trainer.callback_metrics.pop(self.monitor, None)
+
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # the one place Lightning decides to raise; overriding it keeps the rest of its logic
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            log.warning("step %d: no %s to rank a checkpoint by (validation gave none)", trainer.global_step, self.monitor)
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
 class SigtermCheckpoint(Callback):
     """On SIGTERM, save ``sigterm-step=N.ckpt`` next to the run's other checkpoints before Lightning exits."""
 
@@ -63,7 +87,7 @@ class SigtermCheckpoint(Callback):
             return
         trainer._signal_connector.received_sigterm = True
         path = checkpoint_dir(trainer) / f"sigterm-step={trainer.global_step}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved = path
         log.warning("SIGTERM: checkpoint saved to %s; resume with --ckpt_path %s", path, path)
 
@@ -81,7 +105,7 @@ class FinalCheckpoint(Callback):
             if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
                 last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
                 if callback._last_global_step_saved != trainer.global_step or not last.is_file():
-                    trainer.save_checkpoint(last)
+                    trainer.save_checkpoint(last, weights_only=False)
                     callback._last_global_step_saved = trainer.global_step
                 # Lightning's own on_train_end (runs after this) writes last-v1.ckpt beside a
                 # last.ckpt it did not write itself; tell it this one is the last.

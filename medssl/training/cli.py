@@ -2,9 +2,17 @@
 
 Besides the Trainer, model and data groups it adds:
 
-- ``--checkpoint.*``: the ModelCheckpoint (default: every 1000 steps, all kept, plus ``last.ckpt``);
+- ``--checkpoint.*``: the ModelCheckpoint (default: every 1000 steps, all kept, plus ``last.ckpt``;
+  fine-tuning keeps the best k by the task's validation metric instead, :mod:`medssl.tasks.cli`);
 - ``--ckpt_path FILE``: resume from that checkpoint; a missing file is an error;
-- ``--run_name NAME``: the run folder ``RUNS/<model>/<NAME>`` (default: the next ``version_N``).
+- ``--run_name NAME``: the run folder ``RUNS/<model>/<NAME>`` (default: the next ``version_N``);
+- ``--tracking csv|tensorboard|mlflow``: ``metrics.csv`` always, plus TensorBoard or MLflow
+  (:mod:`medssl.training.tracking`).
+
+``--help-all`` is LightningCLI's ``--help`` (every option); the ``medssl`` command answers a
+plain ``--help`` with the main options without building this parser (:mod:`medssl.cli`).
+The progress bar counts steps of ``max_steps`` (:mod:`~medssl.training.progress_bar`), and
+library warnings a user cannot act on are filtered (:mod:`~medssl.training.quiet`).
 
 Checkpoints are written atomically; SIGTERM writes ``checkpoints/sigterm-step=N.ckpt`` after
 the current batch and the command exits with status 143. ``--trainer.precision bf16-mixed``
@@ -20,17 +28,22 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from medssl.training.checkpointing import (
     AtomicCheckpointIO,
     FinalCheckpoint,
     SigtermCheckpoint,
+    TolerantCheckpoint,
     resolve_ckpt_path,
 )
+from medssl.memory import BUDGET_ENV
+from medssl.training.memory_check import MemoryPlan, check_memory
+from medssl.training.progress_bar import StepProgressBar
+from medssl.training.quiet import quiet_lightning
+from medssl.training.tracking import Tracking, check_tracking, run_loggers
 
 log = logging.getLogger("medssl.train")
 SIGTERM_EXIT = 143  # 128 + SIGTERM: the run stopped early, on purpose, with a checkpoint
@@ -41,6 +54,7 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "step={step}",
     "checkpoint.auto_insert_metric_name": False,
 }
+HELP_ALL = "--help-all"  # LightningCLI's full --help (a plain --help is the short one of medssl.cli)
 MIXED = ("bf16-mixed", "16-mixed", "bf16", "16", "bf16-true", "16-true")
 
 
@@ -53,6 +67,7 @@ class MedsslCLI(LightningCLI):
 
     default_data: str = ""
     extra_groups: tuple[tuple[type, str], ...] = ()
+    memory_plan: MemoryPlan | None = None  # the memory check's planner (medssl.training.memory_check); None: no check
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # ``args`` is what followed the subcommand; sys.argv holds the same words
@@ -61,7 +76,10 @@ class MedsslCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint file (must exist)")
         parser.add_argument("--run_name", type=str | None, default=None, help="run folder RUNS/<model>/<run_name> (default: the next version_N)")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument("--tracking", type=Tracking, default="csv", help="metrics.csv always; tensorboard or mlflow adds that logger (pip install 'medssl[tensorboard]' / 'medssl[mlflow]')")
+        parser.add_argument("--auto_fit", "--auto-fit", action="store_true", help="when the estimated peak memory exceeds the budget, shrink batch, crop or turn on activation checkpointing until it fits (else the run stops before allocating)")
+        parser.add_argument("--memory_budget", "--memory-budget", type=float | None, default=None, help=f"GiB the run may use on its device (default: what is available; env {BUDGET_ENV})")
+        parser.add_lightning_class_args(TolerantCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         for callback, group in self.extra_groups:
             parser.add_lightning_class_args(callback, group)
@@ -69,7 +87,11 @@ class MedsslCLI(LightningCLI):
             parser.set_defaults({"data": {"class_path": self.default_data}})
 
     def before_instantiate_classes(self) -> None:
-        resolve_ckpt_path(self.config.get("ckpt_path"))  # fail before building models and caches
+        # fail before building models and caches
+        resolve_ckpt_path(self.config.get("ckpt_path"))
+        check_tracking(self.config.get("tracking"))
+        if self.memory_plan is not None:  # before any model, cache or run folder exists
+            check_memory(self.config, self.memory_plan, self.config.get("auto_fit"), self.config.get("memory_budget"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -77,9 +99,12 @@ class MedsslCLI(LightningCLI):
         if _on_cpu(config.get("accelerator", "auto")) and str(config.get("precision")) in MIXED:
             warnings.warn(f"--trainer.precision {config['precision']} needs a GPU; training on the CPU in 32-true", stacklevel=1)
             extra["precision"] = "32-true"
-        if config.get("logger") in (None, True):
+        if config.get("logger") is not False:
             root = config.get("default_root_dir") or "runs"
-            extra["logger"] = CSVLogger(save_dir=root, name=type(self.model).__name__.lower(), version=self.config.get("run_name"))
+            extra["logger"] = run_loggers(self.config.get("tracking"), root, type(self.model).__name__.lower(), self.config.get("run_name"), config.get("logger"))
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            extra["callbacks"] = [*callbacks, StepProgressBar()]
         if not config.get("plugins") and "fsdp" not in str(config.get("strategy", "")).lower():  # FSDP writes its own
             extra["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**extra, **kwargs)
@@ -91,22 +116,22 @@ def _on_cpu(accelerator: Any) -> bool:
 
 
 def build_cli(cli_class: type[MedsslCLI], model_class: type[LightningModule], argv: list[str], prog: str, description: str) -> MedsslCLI:
-    """Parse ``argv`` and instantiate model, data and trainer (nothing runs yet)."""
-    with warnings.catch_warnings():  # Lightning's own calls into jsonargparse's deprecated API
-        warnings.filterwarnings("ignore", message=r"(?s).*(deprecated in v4|JsonargparseDeprecationWarning)")
-        return cli_class(
-            model_class,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            trainer_defaults={"callbacks": [SigtermCheckpoint(), FinalCheckpoint()]},
-            seed_everything_default=0,
-            auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": prog, "description": description},
-            args=list(argv),
-            run=False,
-        )
+    """Parse ``argv`` and instantiate model, data and trainer (nothing runs yet); ``--help-all``
+    prints every option."""
+    quiet_lightning()
+    return cli_class(
+        model_class,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults={"callbacks": [SigtermCheckpoint(), FinalCheckpoint()]},
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": prog, "description": description},
+        args=["--help" if a == HELP_ALL else a for a in argv],
+        run=False,
+    )
 
 
 def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str, after_fit: Callable[[MedsslCLI], None] | None = None) -> int:
@@ -129,4 +154,15 @@ def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str
     if after_fit is not None:
         after_fit(cli)
     log.info("%s done: %d steps; run folder %s", what, cli.trainer.global_step, cli.trainer.log_dir)
+    best = best_checkpoint(cli.trainer)
+    if best:
+        log.info("best checkpoint: %s", best)
     return 0
+
+
+def best_checkpoint(trainer: Trainer) -> str | None:
+    """``"PATH (val/dice 0.8123)"`` of the best checkpoint ranked by a metric, else None."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_path:
+            return f"{callback.best_model_path} ({callback.monitor} {float(callback.best_model_score):.4g})"
+    return None

@@ -1,5 +1,6 @@
 """``medssl finetune`` derives ``data.task`` from the model's class: a config names the task
-once, by its class, and an explicit ``--data.task`` that contradicts it is refused."""
+once, by its class, and an explicit ``--data.task`` that contradicts it is refused. Its
+checkpoints are the k best by the task's headline metric, plus last.ckpt."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 
 from medssl.data.finetune import FinetuneDataModule
 from medssl.tasks.base import FinetuneTask
-from medssl.tasks.cli import FinetuneCLI, data_task
+from medssl.tasks.cli import FinetuneCLI, data_task, rank_checkpoints
 from medssl.training.cli import build_cli
 from medssl.types import TaskKind
 
@@ -68,3 +69,26 @@ def test_configs_set_no_data_task_and_trainer_files_no_data_options():
         assert "task" not in data and "task" not in (data.get("init_args") or {}), path
         if path.parent.name == "trainer":
             assert "data" not in config, path
+
+
+HEADLINES = {TaskKind.SEGMENTATION: "val/dice", TaskKind.DETECTION: "val/froc_cpm", TaskKind.CLASSIFICATION: "val/auroc"}
+
+
+@pytest.mark.parametrize("task", list(TaskKind), ids=str)
+def test_checkpoints_rank_by_the_tasks_headline_metric_at_each_validation(task):
+    config = parse("-c", str(ROOT / f"configs/finetune/{task}.yaml"))
+    assert config.trainer.val_check_interval == 1000 and config.checkpoint.every_n_train_steps is None
+    rank_checkpoints(config.checkpoint, config.model.class_path)
+    saver = config.checkpoint
+    assert (saver.monitor, saver.mode, saver.save_top_k, saver.save_last) == (HEADLINES[task], "max", 3, True)
+    assert saver.filename == f"step={{step}}-{HEADLINES[task][4:]}={{{HEADLINES[task]}:.4f}}"
+
+
+def test_periodic_checkpoints_or_an_own_monitor_are_left_as_configured():
+    segmentation = ("-c", str(ROOT / "configs/finetune/segmentation.yaml"))
+    periodic = parse(*segmentation, "--checkpoint.every_n_train_steps", "100")
+    rank_checkpoints(periodic.checkpoint, periodic.model.class_path)
+    assert periodic.checkpoint.monitor is None and periodic.checkpoint.save_top_k == -1  # each one kept
+    own = parse(*segmentation, "--checkpoint.monitor", "val/nsd")
+    rank_checkpoints(own.checkpoint, own.model.class_path)
+    assert (own.checkpoint.monitor, own.checkpoint.filename) == ("val/nsd", "step={step}")

@@ -1,5 +1,6 @@
-"""MedsslCLI and fit_main, on a tiny model: run folder, atomic checkpoints, CPU-safe precision,
-a checked resume path, and exit statuses (0, 143 after SIGTERM, argparse's own)."""
+"""MedsslCLI and fit_main, on a tiny model: run folder, atomic checkpoints, the k best
+checkpoints by a metric, CPU-safe precision, a checked resume path, exit statuses (0, 143
+after SIGTERM, argparse's own) and ``--help-all``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from medssl.errors import ConfigError
-from medssl.training.checkpointing import AtomicCheckpointIO, FinalCheckpoint, SigtermCheckpoint
+from medssl.training.checkpointing import (
+    AtomicCheckpointIO,
+    FinalCheckpoint,
+    SigtermCheckpoint,
+    TolerantCheckpoint,
+)
 from medssl.training.cli import SIGTERM_EXIT, MedsslCLI, build_cli, fit_main
 from medssl.training.fsdp_cpu import CPUFSDPStrategy
 from tests.training.tiny import TinyRegression
@@ -50,7 +56,7 @@ def test_the_cli_builds_a_named_run_with_atomic_checkpoints_and_the_shared_callb
     assert Path(trainer.logger.log_dir) == tmp_path / "runs" / "tinyregression" / "first"
     kinds = {type(c) for c in trainer.callbacks}
     assert {SigtermCheckpoint, FinalCheckpoint} <= kinds
-    (saver,) = [c for c in trainer.callbacks if type(c).__name__ == "ModelCheckpoint"]
+    (saver,) = [c for c in trainer.callbacks if isinstance(c, TolerantCheckpoint)]
     assert (saver._every_n_train_steps, saver.save_top_k, saver.save_last) == (1000, -1, True)
 
 
@@ -118,3 +124,40 @@ def test_help_and_bad_options_return_a_status_instead_of_exiting(capsys):
     assert fit_main(build, ["--help"], "tiny") == 0
     assert "--ckpt_path" in capsys.readouterr().out
     assert fit_main(build, ["--no_such_option", "1"], "tiny") != 0
+
+
+def test_help_all_is_lightning_clis_full_help(capsys):
+    assert fit_main(build, ["--help-all"], "tiny") == 0
+    out = capsys.readouterr().out
+    for option in ("--trainer.max_steps", "--trainer.val_check_interval", "--checkpoint.save_top_k", "--tracking", "--model.help"):
+        assert option in out, option
+
+
+def scored_run(tmp_path: Path, scores: list[float | None], top_k: int) -> Path:
+    """A tiny run of 8 steps validated every 2, whose validations score ``scores``; its checkpoint folder."""
+    argv = [
+        "-c", str(config(tmp_path, max_steps=8, val_check_interval=2, num_sanity_val_steps=0)),
+        "--model", "tests.training.tiny.TinyScored",
+        "--model.scores", str(scores).replace("None", "null"),
+        "--data", "tests.training.tiny.TinyValData",
+        "--checkpoint.monitor", "val/score",
+        "--checkpoint.mode", "max",
+        "--checkpoint.save_top_k", str(top_k),
+        "--checkpoint.every_n_train_steps", "null",
+        "--checkpoint.filename", "step={step}-score={val/score:.1f}",
+        "--run_name", "r",
+    ]  # fmt: skip
+    assert fit_main(build, argv, "tiny") == 0
+    return tmp_path / "runs" / "tinyscored" / "r" / "checkpoints"
+
+
+def test_a_monitored_checkpoint_keeps_the_k_best_validations_and_last(tmp_path):
+    folder = scored_run(tmp_path, [0.2, 0.9, 0.5, 0.1], top_k=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=4-score=0.9.ckpt", "step=6-score=0.5.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_a_validation_without_the_monitored_metric_ranks_nothing_and_the_run_goes_on(tmp_path, caplog):
+    folder = scored_run(tmp_path, [0.2, None, 0.5, None], top_k=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step=2-score=0.2.ckpt", "step=6-score=0.5.ckpt"]
+    assert "step 4: no val/score to rank a checkpoint by" in caplog.text

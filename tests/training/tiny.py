@@ -77,6 +77,33 @@ class TinyData(LightningDataModule):
         return DataLoader(Subset(data, mine), batch_size=share, shuffle=False)
 
 
+class TinyScored(TinyRegression):
+    """TinyRegression whose k-th validation logs ``val/score = scores[k]`` (nothing for None),
+    so a test knows which checkpoints rank best."""
+
+    def __init__(self, scores: list[float | None], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scores, self.validations = list(scores), 0
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        score = self.scores[self.validations]
+        self.validations += 1
+        if score is not None:
+            self.log("val/score", score)
+
+
+class TinyValData(TinyData):
+    """TinyData with one validation batch."""
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x[:4], self.y[:4]), batch_size=4)
+
+
 def quiet_trainer(**kwargs) -> Trainer:
     """A CPU Trainer without logger, progress bar or summary (``kwargs`` win)."""
     args = {
