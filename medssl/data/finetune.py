@@ -54,7 +54,7 @@ from medssl.data.finetune_sets import (
     WholeVolumes,
 )
 from medssl.data.sampler import resumable_sampler
-from medssl.data.split import split_by_patient
+from medssl.data.split import content_id, split_by_patient
 from medssl.preprocess.label_cache import LabelCache, build_label_cache, ensure_label_cache
 from medssl.preprocess.volume_cache import CacheIndex, build_cache, ensure_cache
 from medssl.store.labels import class_names, read_labels, read_split, structure_names
@@ -163,7 +163,7 @@ class FinetuneDataModule(LightningDataModule):
         volumes = [position[vid] for vid in cases]
         train, val = split_by_patient([self.index.volumes[i] for i in volumes], self.val_fraction, self.split_seed, read_split(self.store))
         train = [volumes[k] for k in train]
-        train = [train[k] for k in labelled_subset([self.index.volumes[i].volume_id for i in train], self.label_fraction, self.fraction_seed)]
+        train = [train[k] for k in labelled_subset([content_id(self.index.volumes[i]) for i in train], self.label_fraction, self.fraction_seed)]
         val = [volumes[k] for k in val]
         self.train_cases = [self.index.volumes[i].volume_id for i in train]
         self.val_cases = [self.index.volumes[i].volume_id for i in val]

@@ -91,7 +91,9 @@ def classification_targets(entries: dict[str, CachedLabels], vocabulary: Sequenc
 def labelled_subset(volume_ids: Sequence[str], fraction: float, seed: int = 0) -> list[int]:
     """Positions of a ``fraction`` of ``volume_ids`` (at least one), nested across fractions.
 
-    Cases are ranked once by a keyed hash of (seed, volume_id) and the first
+    ``volume_ids``: any stable identity; the fine-tuning data module passes
+    :func:`~medssl.data.split.content_id`, so the subset does not move with the project key.
+    Cases are ranked once by a hash of (seed, id) and the first
     ``max(1, round(fraction * n))`` taken, so for one seed the 5% subset lies inside the 10%
     one, and a case keeps its rank as the store grows.
     """

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medssl.data.boxes import boxes_in_crop
+from medssl.data.split import content_id
 from medssl.preprocess.geometry import empty_boxes
 from medssl.preprocess.label_cache import LabelCache
 from medssl.preprocess.volume_cache import CacheIndex
@@ -135,7 +136,7 @@ class SegmentationCrops(CaseDataset):
         """Per present class, up to 4096 of its voxels ``[n, 3]`` (drawn once per volume and process)."""
         if i not in self._locations:
             classes = self.lut[np.asarray(self.label_map(i))]
-            rng = np.random.default_rng(i)
+            rng = np.random.default_rng(int(content_id(self.index.volumes[i])[:16], 16))  # no project key moves it
             found = {}
             for c in np.unique(classes).tolist():
                 if c == 0:

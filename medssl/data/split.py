@@ -10,6 +10,11 @@ when any volume of the store has one, the fixed sides decide and ``val_fraction`
 switches validation on (> 0) or off (0). A benchmark then validates on the same cases on
 every machine, whatever project key pseudonymised them; volumes the table did not place
 train, and a patient with volumes on both sides is an error.
+
+Both sides come back in content order (:func:`content_id`: the sha256 of the stored file,
+which no project key changes), not in pseudonym order: the data modules draw crops by
+position in these lists, so a store ingested again under a new key (a fresh ``demo-out``)
+trains on the same crops in the same order.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from collections.abc import Mapping, Sequence
 from medssl.errors import ConfigError
 from medssl.preprocess.volume_cache import CachedVolume
 from medssl.types import SplitSide
+
+
+def content_id(volume: CachedVolume) -> str:
+    """A volume's identity that no project key changes: its stored file's sha256 (and the
+    frame suffix ``.t0003`` of a frame of a 4D series)."""
+    _, dot, frame = volume.volume_id.partition(".")
+    return f"{volume.sha256}{dot}{frame}"
 
 
 def patient_group(volume: CachedVolume) -> str:
@@ -40,7 +52,7 @@ def split_by_patient(
         raise ValueError(f"val_fraction {val_fraction}: expected a value in [0, 1)")
     sides = {i: fixed.get(v.volume_id.partition(".")[0]) for i, v in enumerate(volumes)} if fixed else {}
     if val_fraction > 0 and any(sides.values()):
-        return _fixed_split(volumes, sides)
+        return _in_content_order(volumes, *_fixed_split(volumes, sides))
     groups = sorted({patient_group(v) for v in volumes})
     score = {g: int(hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()[:15], 16) / 16**15 for g in groups}
     val = {g for g in groups if score[g] < val_fraction}
@@ -50,7 +62,11 @@ def split_by_patient(
         val.discard(max(groups, key=score.__getitem__))
     train_idx = [i for i, v in enumerate(volumes) if patient_group(v) not in val]
     val_idx = [i for i, v in enumerate(volumes) if patient_group(v) in val]
-    return train_idx, val_idx
+    return _in_content_order(volumes, train_idx, val_idx)
+
+
+def _in_content_order(volumes: Sequence[CachedVolume], *sides: list[int]) -> tuple[list[int], ...]:
+    return tuple(sorted(side, key=lambda i: content_id(volumes[i])) for side in sides)
 
 
 def _fixed_split(volumes: Sequence[CachedVolume], sides: Mapping[int, SplitSide | None]) -> tuple[list[int], list[int]]:

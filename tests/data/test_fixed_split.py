@@ -8,6 +8,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 
 from medssl.data.finetune import FinetuneDataModule
 from medssl.data.split import split_by_patient
@@ -33,7 +34,7 @@ def test_fixed_sides_decide_and_the_hash_does_not():
     vols = volumes(["a", "b", "c", "d", None])
     fixed = {"v001": VAL, "v003": VAL, "v000": TRAIN}
     for seed in range(5):  # the seed and the fraction no longer move anything
-        assert split_by_patient(vols, 0.9 if seed else 0.1, seed, fixed) == ([0, 2, 4], [1, 3])
+        assert split_by_patient(vols, 0.9 if seed else 0.1, seed, fixed) == ([0, 2, 4], [1, 3])  # equal sha256: index order
 
 
 def test_a_patient_follows_its_marked_volume_and_frames_follow_their_series():
@@ -87,7 +88,7 @@ def test_a_store_from_before_splits_gains_the_column_and_reads_as_unsplit(tmp_pa
     root = write_labelled_store(tmp_path / "store")
     with sqlite3.connect(root / "manifest.sqlite") as db:  # as a store labelled before splits existed
         db.execute("ALTER TABLE labels DROP COLUMN split")
-    columns = lambda: {r[1] for r in sqlite3.connect(root / "manifest.sqlite").execute("PRAGMA table_info(labels)")}  # noqa: E731
+    columns = lambda: {r[1] for r in sqlite3.connect(root / "manifest.sqlite").execute("PRAGMA table_info(labels)")}
     assert "split" not in columns() and read_split(root) == {}
     Manifest(root / "manifest.sqlite").close()
     assert "split" in columns() and read_split(root) == {}
@@ -114,7 +115,7 @@ def test_finetuning_validates_on_the_marked_cases(store, tmp_path):
     fixed = mark(store, tmp_path, {"v003": "val", "v005": "val"})
     dm = FinetuneDataModule(str(fixed), crop_size=[32, 32, 16], num_workers=0, progress=False, val_fraction=0.2, split_seed=7)
     dm.setup("fit")
-    assert dm.val_cases == ["v003", "v005"] and dm.train_cases == ["v000", "v001", "v002", "v004"]
+    assert sorted(dm.val_cases) == ["v003", "v005"] and sorted(dm.train_cases) == ["v000", "v001", "v002", "v004"]
     off = FinetuneDataModule(str(fixed), crop_size=[32, 32, 16], num_workers=0, progress=False, val_fraction=0.0)
     off.setup("fit")
     assert off.val_cases == [] and len(off.train_cases) == 6
@@ -125,3 +126,32 @@ def test_a_patient_split_across_sides_by_the_table_is_refused(store, tmp_path):
     dm = FinetuneDataModule(str(fixed), crop_size=[32, 32, 16], num_workers=0, progress=False)
     with pytest.raises(ConfigError, match="one side"):
         dm.setup("fit")
+
+
+# the project key moves nothing ---------------------------------------------------------------
+def test_a_store_ingested_under_another_key_trains_on_the_same_crops(tmp_path):
+    """A fresh demo-out makes a fresh key, so every pseudonym changes: the split (fixed by the
+    table), the nested label subset and the crop draws must not."""
+    from medssl.store.ingest import IngestOptions, ingest
+
+    data = tmp_path / "data"
+    cases = []
+    for n in range(4):
+        ph = phantom(seed=10 + n, n_lesions=0)
+        save_nifti(ph.image, ph.affine, data / f"c{n}.nii.gz")
+        save_nifti(ph.labels.astype(np.uint8), ph.affine, data / f"c{n}_seg.nii.gz")
+        cases.append({"image": f"c{n}.nii.gz", "mask": f"c{n}_seg.nii.gz", **({"split": "val"} if n == 2 else {})})
+    table = write_table(data / "labels.yaml", cases, structures=structures_of(ph))
+    crops, subsets = [], []
+    for key in (bytes(range(32)), bytes(range(1, 33))):
+        store = tmp_path / f"store{key[0]}"
+        ingest([], store, key, IngestOptions(progress=False, labels=table))
+        dm = FinetuneDataModule(str(store), crop_size=[16, 16, 8], num_workers=0, progress=False, label_fraction=0.5, fraction_seed=3, val_fraction=0.2)
+        dm.prepare_data()
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        crops.append(batch["image"])
+        subsets.append(sorted(v.sha256 for v in dm.index.volumes if v.volume_id in dm.train_cases))
+        assert len(dm.val_cases) == 1 and len(dm.train_cases) == 2  # half of the 3 training cases, rounded
+    assert subsets[0] == subsets[1]
+    assert torch.equal(crops[0], crops[1])
