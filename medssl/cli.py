@@ -219,11 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMPUTE_COMMANDS = frozenset({"pretrain", "finetune", "bench", "predict", "serve", "probe-set"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("lightning").propagate = False  # Lightning prints through its own handler
     try:
+        if args.command in COMPUTE_COMMANDS and not {"-h", "--help"} & set(getattr(args, "args", None) or []):
+            from medssl.threads import configure_threads
+
+            configure_threads()  # the CPU share other work leaves (medssl/threads.py)
         return args.func(args)
     except MedsslError as err:
         print(f"medssl {args.command}: {err}", file=sys.stderr)
