@@ -5,9 +5,12 @@ the centre of the highest-scoring detection, else at the volume's centre. The im
 windowed (CT: soft tissue, W 400 / L 40; other modalities: 1st-99th percentile), labels are
 coloured half-transparently, detection boxes drawn as rectangles where they cut a slice.
 Display follows the radiological convention: axial and coronal show the patient's right on
-the left; anterior is up (axial), superior is up (coronal, sagittal). Rendered with
-matplotlib's Agg backend (no display needed) and written atomically. Carries no text but
-the structure names: no identifier.
+the left; anterior is up (axial), superior is up (coronal, sagittal); each panel is marked
+at its edges (R/L, A/P, S/I) and titled with its slice number and world position (RAS mm).
+The legend gives each structure's volume in mL (the whole label map, not the slice) and a
+footer the caller's line (``medssl predict``: the model and a digest of the input's voxels).
+Rendered with matplotlib's Agg backend (no display needed) and written atomically. Carries
+no text but these: no identifier.
 """
 
 from __future__ import annotations
@@ -52,15 +55,37 @@ def _window(array: np.ndarray, modality: str | None) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
+# the letters at a panel's (left, right, top, bottom) edges, after _display
+EDGE_LETTERS = {"axial": "RLAP", "coronal": "RLSI", "sagittal": "APSI"}
+
+
 def _views(volume: Volume, point: tuple[int, int, int]) -> list[tuple[str, tuple, float]]:
     """(title, index into the [X, Y, Z] array giving a 2D [X|Y, Y|Z] plane, aspect)."""
     i, j, k = point
     sx, sy, sz = volume.spacing[:3]
+    world = volume.affine[:3, :3] @ np.asarray(point, dtype=np.float64) + volume.affine[:3, 3]
+    n = volume.array.shape
     return [
-        ("axial", (slice(None), slice(None), k), sy / sx),
-        ("coronal", (slice(None), j, slice(None)), sz / sx),
-        ("sagittal", (i, slice(None), slice(None)), sz / sy),
+        (f"axial {k + 1}/{n[2]} · S {world[2]:.1f} mm", (slice(None), slice(None), k), sy / sx),
+        (f"coronal {j + 1}/{n[1]} · A {world[1]:.1f} mm", (slice(None), j, slice(None)), sz / sx),
+        (f"sagittal {i + 1}/{n[0]} · R {world[0]:.1f} mm", (i, slice(None), slice(None)), sz / sy),
     ]
+
+
+def structure_volumes_ml(label_map: np.ndarray, affine: np.ndarray) -> dict[int, float]:
+    """Label value -> its volume in mL over the whole map (voxel count x voxel volume)."""
+    counts = np.bincount(label_map.reshape(-1))
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    return {v: float(c) * voxel_ml for v, c in enumerate(counts) if v and c}
+
+
+def _mark_edges(ax, view: str) -> None:
+    style = {"color": "#ffd54f", "fontsize": 9, "fontweight": "bold", "transform": ax.transAxes}
+    left, right, top, bottom = EDGE_LETTERS[view]
+    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
@@ -75,12 +100,14 @@ def write_overlay(
     label_names: Mapping[int, str],
     detections: Sequence[dict[str, Any]],
     modality: str | None = None,
+    footer: str | None = None,
 ) -> Path:
     """Render and write the overlay PNG of ``volume`` ``[X, Y, Z]``; returns ``path``.
 
     label_map: ``[X, Y, Z]`` integers on the volume's grid (0 = background) or ``None``;
-    label_names: label value -> name (the legend);
-    detections: dicts with ``box_min_ras_mm`` / ``box_max_ras_mm`` / ``score`` / ``label``.
+    label_names: label value -> name (the legend, with each structure's volume);
+    detections: dicts with ``box_min_ras_mm`` / ``box_max_ras_mm`` / ``score`` / ``label``;
+    footer: one line under the panels (no identifier: the caller's responsibility).
     """
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas
@@ -123,11 +150,14 @@ def write_overlay(
                                    edgecolor="yellow", linewidth=1.2))
         ax.set_title(title, color="white", fontsize=10)
         ax.set_axis_off()
-    present = sorted(int(v) for v in np.unique(label_map) if v) if label_map is not None else []
-    if present:
-        handles = [Patch(color=colours((v - 1) % 10), label=label_names.get(v, str(v))) for v in present[:10]]
+        _mark_edges(ax, title.split()[0])
+    volumes = structure_volumes_ml(label_map, volume.affine) if label_map is not None else {}
+    if volumes:
+        handles = [Patch(color=colours((v - 1) % 10), label=f"{label_names.get(v, str(v))} {ml:,.0f} mL") for v, ml in sorted(volumes.items())[:10]]
         figure.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)),
-                      fontsize=8, frameon=False, labelcolor="white")
+                      fontsize=8, frameon=False, labelcolor="white", bbox_to_anchor=(0.5, 0.04))
+    if footer:
+        figure.text(0.5, 0.01, footer, ha="center", va="bottom", color="#bbbbbb", fontsize=7)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", facecolor="black", metadata={"Software": None})
     path = Path(path)
@@ -135,4 +165,4 @@ def write_overlay(
     return path
 
 
-__all__ = ["focus_point", "write_overlay"]
+__all__ = ["focus_point", "structure_volumes_ml", "write_overlay"]

@@ -29,6 +29,7 @@ share one model safely while their reading and writing overlap.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 import threading
 import time
@@ -161,6 +162,14 @@ class ArtifactPredictor:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _footer(self, inp: InputVolume) -> str:
+        """The overlay's footer: the model, and the input by a digest of its voxels (no identifier)."""
+        voxels = hashlib.sha256(np.ascontiguousarray(inp.volume.array).tobytes()).hexdigest()[:12]
+        shape = "x".join(str(n) for n in inp.volume.array.shape)
+        spacing = "x".join(f"{s:g}" for s in np.round(inp.volume.spacing[:3], 2))
+        m = self.info
+        return f"model {m['name']} ({m['task']}, {m['backbone']}, artifact {str(m['artifact_sha256'])[:12]}) · input {inp.kind} {shape} at {spacing} mm, voxels sha256 {voxels} · medssl predict"
+
     def predict(self, request: PredictionRequest) -> Prediction:
         start = time.perf_counter()
         timings: dict[str, float] = {}
@@ -207,7 +216,7 @@ class ArtifactPredictor:
             names = {c.value: c.name for c in self.model.output_classes(first)} if first else {}
             files["overlay.png"] = write_overlay(
                 out_dir / "overlay.png", inp.volume, label_maps[first] if first else None,
-                names, detections, modality.modality or modality.normalised_as,
+                names, detections, modality.modality or modality.normalised_as, self._footer(inp),
             )
         timings["write_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - start
