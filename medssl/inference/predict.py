@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import tempfile
 import threading
 import time
@@ -52,9 +53,15 @@ from medssl.inference.summary import class_values, diagnosis, input_summary, str
 from medssl.io.seg_writer import write_dicom_seg
 from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
+from medssl.memory import GIB, MemoryBudgetError, device_budget
+from medssl.memory.budget import resident_bytes
+from medssl.memory.sliding import fit_window_batch, sliding_window_cost
+from medssl.memory.trace import trace_forward
 from medssl.preprocess.stage import preprocess
 from medssl.store.plan import CROP_DIVISOR, Plan
 from medssl.types import TaskKind
+
+log = logging.getLogger("medssl.predict")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -120,6 +127,7 @@ class ArtifactPredictor:
         self.strict_modality = bool(strict_modality)
         self.autocast = torch.bfloat16 if self.device.type == "cuda" else None
         self._lock = threading.Lock()
+        self._window_peak: dict[str, int] = {}  # head -> traced forward peak of one window
         self.name = self.artifact.path.name or "model"
         self.version = str(self.artifact.meta.get("weights_sha256", ""))[:12] or "unknown"
         self.info = self._info()
@@ -232,7 +240,7 @@ class ArtifactPredictor:
             by_slice = self.model.encoder.spatial_dims == 2  # a 2D encoder: axial slice by slice
             logits = (sliding_window_by_slice if by_slice else sliding_window)(
                 self.model.segmenter(name), image, self.window, self.overlap,
-                self.sw_batch_size, device=self.device, autocast=self.autocast,
+                self.window_batch(name, tuple(image.shape[2:])), device=self.device, autocast=self.autocast,
             )
             labels = logits.argmax(dim=1, keepdim=True)
             del logits
@@ -241,6 +249,32 @@ class ArtifactPredictor:
                 labels = F.interpolate(labels.to(dtype), size=shape, mode="nearest-exact")
             label_map = labels[0, 0].cpu().numpy()
         return label_map.astype(np.uint8 if label_map.max(initial=0) < 256 else np.uint16)
+
+    def window_batch(self, name: str, shape: tuple[int, ...]) -> int:
+        """Windows per forward pass for a preprocessed volume of ``shape``: ``sw_batch_size``,
+        or fewer when that would not fit the memory the device has now (the estimate of
+        :mod:`medssl.memory.sliding`; ``MEDSSL_MEMORY_BUDGET_GB`` replaces the device's figure).
+
+        Raises:
+            MemoryBudgetError: not even one window at a time fits (one line).
+        """
+        if name not in self._window_peak:  # traced once on fake tensors: nothing allocated
+            window = (1, self.model.encoder.in_channels, *self.window)
+            self._window_peak[name] = trace_forward(self.model.segmenter(name), window, self.device, self.autocast).peak
+        cost = sliding_window_cost(shape, self.window, self.model.num_classes(name), self._window_peak[name])
+        budget = device_budget(self.device)
+        held = resident_bytes() if self.device.type == "cpu" else torch.cuda.memory_allocated(self.device)
+        batch = fit_window_batch(cost, self.sw_batch_size, budget.total - held)
+        size = "x".join(str(s) for s in shape)
+        if batch == 0:
+            raise MemoryBudgetError(
+                f"memory: predicting a {size} volume needs ~{(held + cost.total(1)) / GIB:.1f} GiB on {self.device} "
+                f"even one window at a time, more than the {budget}; free memory or use a larger machine"
+            )
+        if batch < self.sw_batch_size:
+            log.warning("memory: %d windows per pass instead of --sw-batch-size %d: %d would need ~%.1f GiB on %s of %s",
+                        batch, self.sw_batch_size, self.sw_batch_size, (held + cost.total(self.sw_batch_size)) / GIB, self.device, budget)
+        return batch
 
     def _detect(self, name: str, image: torch.Tensor, grid: Grid) -> list[dict[str, Any]]:
         with self._lock, torch.inference_mode():

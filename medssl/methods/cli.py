@@ -16,6 +16,7 @@ FSDP on CPU processes (gloo) through :class:`~medssl.training.fsdp_cpu.CPUFSDPSt
 from __future__ import annotations
 
 from medssl.methods.base import SSLMethod
+from medssl.methods.workload import PRETRAIN_MEMORY
 from medssl.training.cli import SIGTERM_EXIT, MedsslCLI, fit_main
 from medssl.training.cli import build_cli as _build
 from medssl.training.online_probe import OnlineProbe
@@ -26,6 +27,7 @@ __all__ = ["SIGTERM_EXIT", "PretrainCLI", "build_cli", "pretrain_main"]
 class PretrainCLI(MedsslCLI):
     default_data = "medssl.data.pretrain.PretrainDataModule"
     extra_groups = ((OnlineProbe, "probe"),)
+    memory_plan = PRETRAIN_MEMORY
 
 
 def build_cli(argv: list[str]) -> PretrainCLI:

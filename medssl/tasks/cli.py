@@ -30,6 +30,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from medssl.tasks.base import FinetuneTask
+from medssl.tasks.workload import FINETUNE_MEMORY
 from medssl.training.checkpointing import checkpoint_dir
 from medssl.training.cli import MedsslCLI, fit_main
 from medssl.training.cli import build_cli as _build
@@ -44,6 +45,7 @@ FINETUNE_DEFAULTS = {
 
 class FinetuneCLI(MedsslCLI):
     default_data = "medssl.data.finetune.FinetuneDataModule"
+    memory_plan = FINETUNE_MEMORY
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from medssl.memory import BUDGET_ENV
 from medssl.training.checkpointing import (
     AtomicCheckpointIO,
     FinalCheckpoint,
@@ -39,6 +40,7 @@ from medssl.training.checkpointing import (
     TolerantCheckpoint,
     resolve_ckpt_path,
 )
+from medssl.training.memory_check import MemoryPlan, check_memory
 from medssl.training.progress_bar import StepProgressBar
 from medssl.training.quiet import quiet_lightning
 from medssl.training.tracking import Tracking, check_tracking, run_loggers
@@ -65,6 +67,7 @@ class MedsslCLI(LightningCLI):
 
     default_data: str = ""
     extra_groups: tuple[tuple[type, str], ...] = ()
+    memory_plan: MemoryPlan | None = None  # the memory check's planner (medssl.training.memory_check); None: no check
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # ``args`` is what followed the subcommand; sys.argv holds the same words
@@ -74,6 +77,8 @@ class MedsslCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint file (must exist)")
         parser.add_argument("--run_name", type=str | None, default=None, help="run folder RUNS/<model>/<run_name> (default: the next version_N)")
         parser.add_argument("--tracking", type=Tracking, default="csv", help="metrics.csv always; tensorboard or mlflow adds that logger (pip install 'medssl[tensorboard]' / 'medssl[mlflow]')")
+        parser.add_argument("--auto_fit", "--auto-fit", action="store_true", help="when the estimated peak memory exceeds the budget, shrink batch, crop or turn on activation checkpointing until it fits (else the run stops before allocating)")
+        parser.add_argument("--memory_budget", "--memory-budget", type=float | None, default=None, help=f"GiB the run may use on its device (default: what is available; env {BUDGET_ENV})")
         parser.add_lightning_class_args(TolerantCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         for callback, group in self.extra_groups:
@@ -85,6 +90,8 @@ class MedsslCLI(LightningCLI):
         # fail before building models and caches
         resolve_ckpt_path(self.config.get("ckpt_path"))
         check_tracking(self.config.get("tracking"))
+        if self.memory_plan is not None:  # before any model, cache or run folder exists
+            check_memory(self.config, self.memory_plan, self.config.get("auto_fit"), self.config.get("memory_budget"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
