@@ -84,6 +84,8 @@ class BatchKey(StrEnum):
     BODY = "body"  # [N, 3] float32 crop centre in normalised body coordinates (0..1 inside the body box)
     INDEX = "index"  # [N] int64 crop keys a data module may give: per-crop draws follow the crop, not its row
     SEED = "seed"  # int seed of the batch augmentation; popped where the augmentation runs
+    WINDOW = "window"  # [M, 1, *(S + 2 margin)] float32 partner windows of anatomy pairs (refine_margin > 0), row j around crop PAIRS[j, 1]
+    PAIRS = "pairs"  # [M, 2] int64 batch rows (anchor, partner) of the anatomy pairs whose partner has a WINDOW
     # joint 2D/3D batches (medssl.data.joint)
     SLICES = "slices"  # [B, S, 1, h, w] slice stacks of volumes (item: [S, 1, h, w])
     POSITIONS = "positions"  # [B, S] float32 slice positions along the slice axis, 0..1

@@ -8,7 +8,11 @@ et al. 2022), retrying until its match score passes 0.7; here the prior is the p
 normalised body coordinate (:func:`map_body_points`: the same place relative to each
 volume's body box, :attr:`~medssl.preprocess.volume_cache.CachedVolume.body_box`), and
 :func:`refine_by_embedding` moves it to the best match of a teacher's token map in a local
-window, kept only where the match is confident enough, else the prior stands.
+window, kept only where the match is confident enough, else the prior stands. With
+``refine_margin`` > 0 each partner also comes with that window of B (the crop grown by the
+margin on every side, centred on the prior point) and the batch is left unaugmented: the
+method refines the partner inside its window with its teacher, then augments
+(:mod:`medssl.methods.anatomy_refine`).
 
 Points are float voxel coordinates ``[M, 3]`` of the cached volume; body boxes are
 ``(lo..., hi...)``; token maps ``[C, *grid]``.
@@ -17,15 +21,16 @@ Points are float voxel coordinates ``[M, 3]`` of the cached volume; body boxes a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medssl.data.crops import CropDataset, body_coordinates
-from medssl.data.pretrain import PretrainDataModule
+from medssl.data.crops import CropCollate, CropDataset, body_coordinates
+from medssl.data.pretrain import DEFAULT_AUGMENT, AugmentOn, PretrainDataModule
 from medssl.preprocess.volume_cache import CacheIndex
+from medssl.transforms.pipeline import AugmentConfig
 from medssl.transforms.spatial import box_of, crop_box
 from medssl.types import BatchKey
 
@@ -117,6 +122,10 @@ class AnatomyPairDataset(CropDataset):
     (:func:`map_body_points`). Keys as :class:`~medssl.data.crops.CropDataset` (rows
     ``0..k-1`` from A, ``k..2k-1`` their partners, in order), so :class:`CropCollate` and the
     methods take it unchanged; the miner finds each anchor's partner at body distance ~0.
+
+    ``refine_margin`` (voxels, 0: off): each partner's window of B, the crop grown by the
+    margin on every side around the same centre, under ``window`` ``[k, 1, *(S + 2 m)]``, and
+    ``pairs`` ``[k, 2]`` (anchor row, partner row) of the item; nothing else changes.
     """
 
     def __init__(
@@ -129,13 +138,16 @@ class AnatomyPairDataset(CropDataset):
         fixed: bool = False,
         seed: int = 0,
         retries: int = 4,
+        refine_margin: int = 0,
     ) -> None:
         super().__init__(index, volumes, crop_size, crops_per_volume, length, None, fixed, seed)
         if len(self.volumes) < 2:
             raise ValueError(f"pairs need at least 2 volumes, got {len(self.volumes)}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        self.retries = retries
+        if retries < 0 or refine_margin < 0:
+            raise ValueError(
+                f"retries and refine_margin must be >= 0, got {retries} and {refine_margin}"
+            )
+        self.retries, self.refine_margin = retries, refine_margin
 
     def anchor_points(self, volume: int, generator: torch.Generator) -> Tensor:
         """``[k, 3]`` points uniform in the body box, each redrawn while on air (``retries`` times)."""
@@ -157,7 +169,8 @@ class AnatomyPairDataset(CropDataset):
         box_a, box_b = self.index.volumes[a].body_box, self.index.volumes[b].body_box
         points = self.anchor_points(a, g)
         images, boxes, ids = [], [], []
-        for v, centres in ((a, points), (b, map_body_points(points, box_a, box_b))):
+        partners = map_body_points(points, box_a, box_b)
+        for v, centres in ((a, points), (b, partners)):
             array = self._open(v)[None]
             for start in centred_starts(centres, self.crop_size).tolist():
                 images.append(
@@ -170,19 +183,94 @@ class AnatomyPairDataset(CropDataset):
             body_coordinates(boxes_t[: self.crops_per_volume], box_a),
             body_coordinates(boxes_t[self.crops_per_volume :], box_b),
         ])  # fmt: skip
-        return {
+        item = {
             BatchKey.IMAGE: torch.stack(images),
             BatchKey.BOX: boxes_t,
             BatchKey.VOLUME: torch.tensor(ids, dtype=torch.long),
             BatchKey.BODY: bodies,
             BatchKey.SEED: int(torch.randint(0, 2**62, (1,), generator=g)),
         }
+        if self.refine_margin > 0:
+            item.update(self.partner_windows(b, partners))
+        return item
+
+    def partner_windows(self, volume: int, centres: Tensor) -> dict:
+        """``window`` ``[k, 1, *(S + 2 m)]`` of ``volume`` around the partner crops, ``pairs`` ``[k, 2]``."""
+        m, k = self.refine_margin, self.crops_per_volume
+        size = [s + 2 * m for s in self.crop_size]
+        array, pad = self._open(volume)[None], self.index.volumes[volume].pad_value
+        starts = centred_starts(centres, self.crop_size) - m  # the crop's start, minus the margin
+        windows = [crop_box(array, start, size, pad) for start in starts.tolist()]
+        rows = torch.arange(k)
+        pairs = torch.stack([rows, rows + k], 1)
+        return {BatchKey.WINDOW: torch.stack(windows), BatchKey.PAIRS: pairs}
+
+
+class PairCollate(CropCollate):
+    """:class:`~medssl.data.crops.CropCollate` that also concatenates ``window`` and offsets
+    ``pairs`` to batch rows; it never augments (the method refines first, then augments)."""
+
+    def __init__(self, views: int = 0) -> None:
+        super().__init__(None, views)
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = super().__call__(items)
+        offsets = torch.tensor([0] + [len(it[BatchKey.IMAGE]) for it in items[:-1]]).cumsum(0)
+        batch[BatchKey.WINDOW] = torch.cat([it[BatchKey.WINDOW] for it in items])
+        batch[BatchKey.PAIRS] = torch.cat(
+            [it[BatchKey.PAIRS] + o for it, o in zip(items, offsets.tolist())]
+        )
+        return batch
 
 
 class AnatomyPairDataModule(PretrainDataModule):
     """:class:`~medssl.data.pretrain.PretrainDataModule` whose training items are anchor/partner
     pairs (:class:`AnatomyPairDataset`): ``crops_per_volume`` anchors and as many partners per
-    item, so N = batch_size x 2 x crops_per_volume; validation crops stay random."""
+    item, so N = batch_size x 2 x crops_per_volume; validation crops stay random.
+
+    ``refine_margin`` (voxels per side, 0: off; a multiple of the backbone's total stride):
+    training batches carry each partner's window of that margin and arrive unaugmented with
+    their ``seed``; the method refines the partners, then calls :meth:`augment_batch`, the
+    same seeded augmentation the batch would otherwise have had here.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        crop_size: tuple[int, int, int] | None = None,
+        crops_per_volume: int = 2,
+        batch_size: int = 2,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        views: int = 2,
+        samples_per_epoch: int | None = None,
+        augment: AugmentConfig = DEFAULT_AUGMENT,
+        augment_on: AugmentOn = "auto",
+        cache_workers: int = 1,
+        pin_memory: bool = True,
+        prefetch_factor: int = 4,
+        progress: bool = True,
+        refine_margin: int = 0,
+    ) -> None:
+        if refine_margin < 0:
+            raise ValueError(f"refine_margin {refine_margin}: expected >= 0 voxels (0: off)")
+        super().__init__(
+            store, crop_size, crops_per_volume=crops_per_volume, batch_size=batch_size,
+            num_workers=num_workers, val_fraction=val_fraction, seed=seed, views=views,
+            samples_per_epoch=samples_per_epoch, augment=augment, augment_on=augment_on,
+            cache_workers=cache_workers, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
+            progress=progress,
+        )  # fmt: skip
+        self.refine_margin = refine_margin
+
+    def collate_fn(self) -> Callable[[list[dict]], dict]:
+        return PairCollate(self.views) if self.refine_margin > 0 else super().collate_fn()
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if BatchKey.WINDOW in batch:  # the method refines the partners, then augments
+            return batch
+        return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -196,5 +284,5 @@ class AnatomyPairDataModule(PretrainDataModule):
             )
         self.train_set = AnatomyPairDataset(
             random.index, random.volumes, random.crop_size, random.crops_per_volume,
-            length=random.length, seed=random.seed,
+            length=random.length, seed=random.seed, refine_margin=self.refine_margin,
         )  # fmt: skip

@@ -12,7 +12,9 @@ views from ``batch["views"]`` when the data module gives them, else the crop twi
 masks still differ). Without ``body`` every crop counts as the same place (the teacher alone
 mines); without ``volume`` every crop is its own volume. With
 :class:`~medssl.data.anatomy_pairs.AnatomyPairDataModule` every anchor's partner (same body
-coordinates, another volume) is in the batch by construction, so nearly every pair is kept.
+coordinates, another volume) is in the batch by construction, so nearly every pair is kept;
+with its ``refine_margin`` > 0 the step first moves partners to their anchors' confident
+teacher matches in the partners' windows, then augments (:mod:`~medssl.methods.anatomy_refine`).
 Each view is cut from its own random box of the crop (``view_scale``, DINO's global crops).
 
 Step: the EMA teacher encodes both unmasked views: last feature map ``[2N, C, *g]`` →
@@ -57,12 +59,14 @@ from medssl.losses import (
     updated_center,
 )
 from medssl.methods.alignment import ConditionalAlignment
+from medssl.methods.anatomy_refine import data_module_augment, refined_batch
 from medssl.methods.base import SSLMethod, ema_update
 from medssl.methods.distillation_head import DistillationHead
 from medssl.methods.masked_patches import (
     keyed_patch_masks,
     keyed_view_boxes,
     masked_mean_term,
+    patch_stride,
     pooled_patches,
     upsample_mask,
 )
@@ -97,6 +101,9 @@ class Anatomy(SSLMethod):
         reconstruction_size: voxels per axis the decoder predicts per masked patch (the
             patch average-pooled to it where the stride is larger and divisible), so the
             decoder stays light for stride-32 backbones (8^3 = 512 outputs, not 32^3).
+        refine_threshold: mean cosine a partner's best teacher match must reach to move it
+            (batches with partner windows only: the data module's ``refine_margin``).
+        refine_start_step: no refinement before this step (a young teacher misplaces matches).
         **kwargs: :class:`~medssl.methods.base.SSLMethod` arguments.
     """
 
@@ -130,16 +137,12 @@ class Anatomy(SSLMethod):
         alignment_heads: int = 4,
         alignment_layers: int = 1,
         reconstruction_size: int = 8,
+        refine_threshold: float = 0.5,
+        refine_start_step: int = 1000,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        weights = [
-            global_weight,
-            patch_weight,
-            anatomy_weight,
-            alignment_weight,
-            reconstruction_weight,
-        ]
+        weights = [self.hparams[f"{name}_weight"] for name in WEIGHTS]
         if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
             raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
         if not 0.0 < mask_ratio < 1.0:
@@ -156,6 +159,11 @@ class Anatomy(SSLMethod):
         )
         if reconstruction_size < 1:
             raise ValueError(f"reconstruction_size must be >= 1, got {reconstruction_size}")
+        if not -1.0 <= refine_threshold <= 1.0 or refine_start_step < 0:
+            raise ValueError(
+                f"refine_threshold must lie in [-1, 1] and refine_start_step be >= 0, got "
+                f"{refine_threshold} and {refine_start_step}"
+            )
         if not (use_prior or use_teacher_mining):
             raise ValueError("mining needs use_prior, use_teacher_mining or both; got neither")
         dim = self.backbone.num_features
@@ -225,13 +233,25 @@ class Anatomy(SSLMethod):
             h.teacher_temperature_warmup_steps,
         )  # fmt: skip
 
-    def encode(self, x: Tensor, teacher: bool = False) -> Tensor:
-        """``[M, 1, *S] -> [M, P, C]`` tokens of the last feature map."""
-        backbone = self.teacher["backbone"] if teacher else self.backbone
-        return backbone.forward_features(x)[-1].flatten(2).transpose(1, 2)
+    def encode(self, x: Tensor) -> Tensor:
+        """``[M, 1, *S] -> [M, P, C]`` student tokens of the last feature map."""
+        return self.backbone.forward_features(x)[-1].flatten(2).transpose(1, 2)
+
+    def teacher_map(self, x: Tensor) -> Tensor:
+        """``[M, 1, *S] -> [M, C, *g]``: the teacher's last feature map."""
+        return self.teacher["backbone"].forward_features(x)[-1]
+
+    def refine_partners(self, batch: dict) -> tuple[dict, dict[str, Tensor]]:
+        """Partners moved to their anchors' teacher matches, then augmented; the log terms."""
+        h = self.hparams
+        return refined_batch(
+            batch, self.teacher_map, h.refine_threshold, self.global_step >= h.refine_start_step,
+            data_module_augment(self._trainer),
+        )  # fmt: skip
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         h = self.hparams
+        batch, refine_terms = self.refine_partners(batch)  # batches with partner windows only
         image = batch[BatchKey.IMAGE]  # [N, 1, *S]
         n, size = image.shape[0], tuple(image.shape[2:])
         views = batch.get(BatchKey.VIEWS) or [image, image]
@@ -246,7 +266,7 @@ class Anatomy(SSLMethod):
 
         # teacher: tokens, global embeddings and logits of both unmasked views
         with torch.no_grad():
-            t_map = self.teacher["backbone"].forward_features(x)[-1]
+            t_map = self.teacher_map(x)
             t_tokens = t_map.flatten(2).transpose(1, 2)  # [2N, P, C]
             t_global = t_tokens.mean(dim=1)
             t_logits = self.teacher["head"](torch.cat([t_global, t_tokens.flatten(0, 1)]))
@@ -323,6 +343,7 @@ class Anatomy(SSLMethod):
                 )
                 terms["reconstruction"] = masked_mean_term(prediction.float(), target, mask)
             terms["teacher_temperature"] = zero.detach() + temperature
+            terms.update(refine_terms)
             terms["total"] = sum(
                 getattr(h, f"{name}_weight") * terms[name] for name in WEIGHTS if name in terms
             )
@@ -350,13 +371,8 @@ class Anatomy(SSLMethod):
         return body, groups
 
     def check_stride(self, size: tuple[int, ...], grid: tuple[int, ...]) -> tuple[int, ...]:
-        """Input voxels per last-map position; the crop must tile exactly."""
-        if any(s % g for s, g in zip(size, grid)):
-            raise ValueError(
-                f"crop size {list(size)} is not a multiple of the last feature map {list(grid)}: "
-                "choose a crop size divisible by the backbone's total stride"
-            )
-        stride = tuple(s // g for s, g in zip(size, grid))
+        """Input voxels per last-map position (:func:`patch_stride`), checked against the decoder."""
+        stride = patch_stride(size, grid)
         target = self.target_patch(stride)
         if self.decoder is not None and self.decoder.out_features != math.prod(target):
             raise ValueError(

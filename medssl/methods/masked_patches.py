@@ -18,6 +18,16 @@ from medssl.transforms.rng import keyed_generator
 from medssl.transforms.views import crop_boxes, random_resized_boxes
 
 
+def patch_stride(size: tuple[int, ...], grid: tuple[int, ...]) -> tuple[int, ...]:
+    """Input voxels per last-map position of a crop of ``size``; ValueError unless it tiles exactly."""
+    if any(s % g for s, g in zip(size, grid)):
+        raise ValueError(
+            f"crop size {list(size)} is not a multiple of the last feature map {list(grid)}: "
+            "choose a crop size divisible by the backbone's total stride"
+        )
+    return tuple(s // g for s, g in zip(size, grid))
+
+
 def masked_mean_term(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """:func:`masked_reconstruction_loss` (L2) as this rank's share of the global-batch mean; 0 with a graph when nothing is masked here."""
     scale = global_mean_scale(mask.sum())

@@ -19,6 +19,7 @@ import torch
 from medssl.data.anatomy_pairs import (
     AnatomyPairDataModule,
     AnatomyPairDataset,
+    PairCollate,
     centred_starts,
     map_body_points,
     on_tissue,
@@ -116,3 +117,20 @@ def test_partners_lie_within_10_mm_of_the_true_correspondence():
                 errors.append((partner - truth).norm(dim=1) * SPACING_MM)
     errors = torch.cat(errors)
     assert float(errors.median()) <= 5.0 and float(errors.quantile(0.9)) <= 8.0, errors
+
+
+def test_partner_windows_surround_the_partner_crops_and_are_off_by_default(index):
+    volumes = list(range(len(index.volumes)))
+    off = AnatomyPairDataset(index, volumes, (16, 16, 16), crops_per_volume=2, seed=0)
+    on = AnatomyPairDataset(index, volumes, (16, 16, 16), crops_per_volume=2, seed=0, refine_margin=4)
+    plain, item = off[3], on[3]
+    assert set(plain) == {"image", "box", "volume", "body", "seed"}  # off: today's item
+    for key in plain:  # on: the same crops and draws, plus the windows
+        assert torch.equal(torch.as_tensor(plain[key]), torch.as_tensor(item[key]))
+    assert item["window"].shape == (2, 1, 24, 24, 24) and item["pairs"].tolist() == [[0, 2], [1, 3]]
+    assert torch.equal(item["window"][:, :, 4:20, 4:20, 4:20], item["image"][2:])  # centred
+    batch = PairCollate(views=2)([on[3], on[4]])
+    assert batch["pairs"].tolist() == [[0, 2], [1, 3], [4, 6], [5, 7]]  # rows of the batch
+    assert batch["window"].shape[0] == 4 and "seed" in batch and "views" not in batch
+    with pytest.raises(ValueError, match="refine_margin"):
+        AnatomyPairDataset(index, volumes, (16, 16, 16), refine_margin=-1)
