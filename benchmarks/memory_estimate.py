@@ -62,7 +62,8 @@ CASES = [
     Case("segmentation-smoke", "finetune", _cfg("finetune/segmentation", "finetune/smoke"), "labelled"),
     Case("segmentation-smoke2d", "finetune", _cfg("finetune/segmentation", "finetune/smoke2d"), "labelled"),
     Case("detection-smoke", "finetune", _cfg("finetune/detection", "finetune/smoke"), "labelled"),
-    Case("classification-smoke", "finetune", _cfg("finetune/classification", "finetune/smoke"), "labelled"),
+    # the labelled phantom's classes have no guideline text in configs/guidelines: estimate only
+    Case("classification-smoke", "finetune", _cfg("finetune/classification", "finetune/smoke"), "labelled", (), False),
     # the smoke overlays at larger crops and batches: the step dominates the process
     Case("voco-smoke-128", "pretrain", _cfg("pretrain/voco", "pretrain/smoke"), "pretrain", ("--data.crop_size", "[256,256,64]", "--data.batch_size", "2")),
     Case("simclr-smoke-96", "pretrain", _cfg("pretrain/simclr", "pretrain/smoke"), "pretrain", ("--data.crop_size", "[96,96,96]", "--data.batch_size", "4")),
@@ -71,6 +72,9 @@ CASES = [
     Case("simclr-swinB-64", "pretrain", _cfg("pretrain/simclr"), "pretrain", ("--data.crop_size", "[64,64,64]", "--data.batch_size", "1", "--data.crops_per_volume", "1")),
     Case("simclr-swinB-64-ckpt", "pretrain", _cfg("pretrain/simclr"), "pretrain", ("--data.crop_size", "[64,64,64]", "--data.batch_size", "1", "--data.crops_per_volume", "1", "--model.init_args.backbone_kwargs", "{size: b, use_checkpoint: true}")),
     Case("segmentation-swinB-64", "finetune", _cfg("finetune/segmentation"), "labelled", ("--data.crop_size", "[64,64,64]", "--data.batch_size", "1")),
+    # shipped fine-tuning configs as they are (a CT plan's crop), run: they fit this machine
+    Case("segmentation-run", "finetune", _cfg("finetune/segmentation"), "labelled", tuple(PLAN_3D)),
+    Case("detection-run", "finetune", _cfg("finetune/detection"), "labelled", tuple(PLAN_3D)),
     # shipped configs as they are (a CT plan's crop): estimate only
     Case("voco", "pretrain", _cfg("pretrain/voco"), "pretrain", (), False),
     Case("simclr", "pretrain", _cfg("pretrain/simclr"), "pretrain", tuple(PLAN_3D), False),

@@ -163,6 +163,7 @@ def _training_help(command: str, example: str, specific: list[tuple[str, str]], 
         ("--run_name NAME", "the run folder's name (default: the next version_N)"),
         ("--ckpt_path FILE", "resume from this checkpoint, e.g. RUNS/<model>/NAME/checkpoints/last.ckpt"),
         ("--tracking NAME", "csv (default): metrics.csv only; tensorboard or mlflow: that logger too"),
+        ("--auto-fit", "if the estimated peak memory exceeds what the machine has, fit crop, batch and activation checkpointing to it (else the run stops before it allocates); --memory-budget GB sets the budget"),
         ("--print_config", "print the whole configuration this run would use, and exit"),
     ]
     width = max(len(flag) for flag, _ in options) + 4

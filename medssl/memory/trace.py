@@ -87,9 +87,22 @@ def fake_device(device: torch.device | str) -> Iterator[FakeTensorMode]:
 def fake_module(module: nn.Module, device: torch.device | str) -> nn.Module:
     """``module`` (built on ``meta``) with fake parameters and buffers on ``device``, in place.
 
-    Call inside :func:`fake_device`. Values are garbage: only shapes, dtypes and devices count.
+    Call inside :func:`fake_device`. Each tensor is replaced once, also where submodules share
+    it (a detector holding the task's encoder), which ``Module.to_empty`` would visit twice.
+    Values are garbage: only shapes, dtypes and devices count.
     """
-    return module.to_empty(device=torch.device(device))
+    device = torch.device(device)
+    done: dict[int, torch.Tensor] = {}
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for name, tensor in table.items():
+                if tensor is None:
+                    continue
+                if id(tensor) not in done:
+                    empty = torch.empty_like(tensor, device=device)
+                    done[id(tensor)] = nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
+                table[name] = done[id(tensor)]
+    return module
 
 
 def trace_peak(run: Callable[[], object]) -> TracedPeak:

@@ -53,7 +53,7 @@ def finetune_workload(class_path: str, model_args: dict, data: DataSettings) -> 
         encoder = model.encoder
     elif issubclass(task_class, Detection):
         model = task_class(**args)
-        passes = [EncoderPass(model.heads["det"].network, data.batch_size, crop)]
+        passes = [EncoderPass(retinanet_maps(model.heads["det"].network), data.batch_size, crop)]
         encoder = model.encoder
     else:  # the encoder alone, frozen as the task would
         encoder = model = create_backbone(args.get("backbone") or "resenc3d", **(args.get("backbone_kwargs") or {}))
@@ -79,6 +79,18 @@ def dice_ce_memory(outputs: Tensor | list[Tensor]) -> Tensor:
         dice = (probs * onehot).sum() / (probs.sum() + onehot.sum())
         total = total + ce + dice
     return total
+
+
+def retinanet_maps(network: nn.Module):
+    """MONAI's ``RetinaNet.forward`` (FPN, then the classification and box heads on every
+    level) without its NaN check, which reads values: the head outputs ``[B, A*K, *S_l]``."""
+
+    def forward(x: Tensor) -> list[Tensor]:
+        maps = list(network.feature_extractor(x).values())
+        cls, box = network.classification_head, network.regression_head
+        return [cls.cls_logits(cls.conv(m)) for m in maps] + [box.bbox_reg(box.conv(m)) for m in maps]
+
+    return forward
 
 
 def _num_classes(data: DataSettings, args: dict) -> int:

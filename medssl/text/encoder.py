@@ -31,6 +31,9 @@ from medssl.text.knowledge_base import GuidelineSet
 
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+# a tokenizer needs one of these (fast: tokenizer.json; WordPiece: vocab.txt; BPE: vocab.json;
+# SentencePiece: *.model)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 def default_model_path() -> Path:
@@ -121,13 +124,18 @@ class TextEncoder:
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        if not any((self.model_path / name).is_file() for name in TOKENIZER_FILES):
+            raise ConfigError(
+                f"text model {self.model_path}: cannot load offline (no tokenizer: none of "
+                f"{', '.join(TOKENIZER_FILES)})"
+            )
         with offline_hub():
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(
                     str(self.model_path), local_files_only=True
                 )
                 model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
-            except (OSError, ValueError, ImportError) as err:  # e.g. tokenizer files missing
+            except (OSError, ValueError, ImportError, TypeError) as err:  # e.g. broken weights
                 raise ConfigError(
                     f"text model {self.model_path}: cannot load offline ({err})"
                 ) from None
