@@ -44,6 +44,9 @@ from tools.phantom import (
 SIZES = {"small": ((96, 96, 48), (3.5, 3.5, 5.0)), "medium": ((192, 192, 96), (1.8, 1.8, 2.5))}
 LABELLED_SHAPE, LABELLED_SPACING = (64, 64, 40), (3.0, 3.0, 4.0)
 LABELLED_CASES = 8
+# cases 2, 7 and 8 validate (`split: val`): a hypodense and a calcified lesion, kinds the training
+# cases also show, and a case without lesions; fixed, so no project key moves the demo's split
+VALIDATION_CASES = (2, 7, 8)
 # one value per lesion kind across the cohort, so every case shares one structure vocabulary
 LESION_VALUES = {kind: 101 + n for n, kind in enumerate(LESION_KINDS)}
 NO_LESION = "no lesion"
@@ -114,6 +117,8 @@ def _labelled(out: Path) -> Path:
         case = {"image": image, "mask": f"{masks.name}/{name}_seg.nii.gz", "classes": sorted({k.replace("_", " ") for k in chosen}) or [NO_LESION]}
         if ph.lesions and n % 4 != 3:  # boxes for most cases, not all: a table may mix
             case["boxes"] = [_lesion_box(ph, les) for les in ph.lesions]
+        if n + 1 in VALIDATION_CASES:
+            case["split"] = "val"
         cases.append(case)
     structures = {v: name for v, name in ORGAN_LABELS.items() if v} | {v: kind for kind, v in LESION_VALUES.items()}
     doc = {"structures": structures, "classes": [NO_LESION, *(k.replace("_", " ") for k in kinds)], "cases": cases}

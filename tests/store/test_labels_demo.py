@@ -11,7 +11,8 @@ import pytest
 from medssl.store import labels as L
 from tests.store import store_view as sv
 from tests.store.test_labels_fixtures import label_rejections, run
-from tools.demo_data import LABELLED_CASES, NO_LESION, _labelled
+from medssl.types import SplitSide
+from tools.demo_data import LABELLED_CASES, NO_LESION, VALIDATION_CASES, _labelled
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,13 @@ def test_cohort_ingests_with_one_vocabulary(cohort, tmp_path):
         assert {names[v].replace("_", " ") for v in lesion_values} == set(record.classes) - {NO_LESION}
         for box in record.boxes:  # a lesion box encloses voxels of its kind
             assert box.label in {names[v] for v in lesion_values}
+    # the fixed validation side: 3 cases, one without lesions; training keeps every kind they show
+    split = L.read_split(store)
+    val = [records[v] for v, side in split.items() if side == SplitSide.VAL]
+    train = [r for v, r in records.items() if split.get(v) != SplitSide.VAL]
+    assert len(val) == len(VALIDATION_CASES) and len(train) == LABELLED_CASES - len(VALIDATION_CASES)
+    assert any(r.classes == (NO_LESION,) for r in val)
+    assert set().union(*(r.classes for r in val)) - {NO_LESION} <= set().union(*(r.classes for r in train))
 
 
 def test_cohort_is_deterministic(cohort, tmp_path):
