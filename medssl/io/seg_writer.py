@@ -9,9 +9,9 @@ of the label map (inverse affine), and the label is read at the nearest voxel. F
 regular stack those indices are exact integers: the SEG frames are the label map, voxel
 for voxel, whatever the acquisition orientation (axial, coronal, oblique).
 
-The SEG is a derived object for the hospital's own PACS: highdicom copies the patient and
-study modules of the source into it (in memory only), with new Series and SOP Instance
-UIDs; see docs/identifiers.md. Nothing here logs or prints an identifier.
+The SEG is a derived object for the hospital's own PACS: it carries the source's patient
+and study identity on an explicit allow-list (medssl/io/pacs_attributes.py), with new
+Series and SOP Instance UIDs; see docs/identifiers.md. Nothing here logs or prints an identifier.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medssl.atomic import atomic_writer
+from medssl.io.pacs_attributes import SEG_ATTRIBUTES, keep_allowed
 
 __all__ = ["MEDSSL_MANUFACTURER", "SourceGrid", "source_grid", "write_dicom_seg"]
 
@@ -192,6 +193,8 @@ def write_dicom_seg(
         content_description=f"{algorithm_name} {algorithm_version}"[:64],
         omit_empty_frames=True,
     )
+    keep_allowed(seg, SEG_ATTRIBUTES)  # highdicom copies more than the PACS needs
+    seg.PositionReferenceIndicator = ""  # type 2; the source's may be free text
     out_path = Path(out_path)
     with atomic_writer(out_path) as stream:
         seg.save_as(stream, enforce_file_format=True)

@@ -11,8 +11,9 @@ ellipsoid ROI, ``pi / 6 * a * b * c`` for box edges a, b, c) and ``Probability``
 122157, unitless, the detector's score). The finding type names the label with a private
 coding scheme ("99MEDSSL") unless the caller maps it to a standard code.
 
-Like the SEG, the SR is a derived object for the hospital's own PACS: highdicom copies the
-source's patient and study modules into it in memory; see docs/identifiers.md.
+Like the SEG, the SR is a derived object for the hospital's own PACS: it carries the
+source's patient and study identity on an explicit allow-list (medssl/io/pacs_attributes.py);
+see docs/identifiers.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medssl.atomic import atomic_writer
+from medssl.io.pacs_attributes import SR_ATTRIBUTES, keep_allowed
 from medssl.io.seg_writer import MEDSSL_MANUFACTURER
 
 __all__ = ["PRIVATE_SCHEME", "box_to_lps", "write_dicom_sr"]
@@ -118,6 +120,7 @@ def write_dicom_sr(
         series_description=f"{MEDSSL_MANUFACTURER} SR {algorithm_name}"[:64],
         is_complete=True,
     )
+    keep_allowed(sr, SR_ATTRIBUTES)  # highdicom copies more than the PACS needs
     out_path = Path(out_path)
     with atomic_writer(out_path) as stream:
         sr.save_as(stream, enforce_file_format=True)
