@@ -61,6 +61,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests waiting beyond those; more get 503 (default 4)",
     )
     p.add_argument("--max-files", type=int, default=4096, help="files per upload (default 4096)")
+    g = p.add_argument_group("connections and uploads (attack limits, docs/serving.md)")
+    g.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a whole request head (default 10)",
+    )
+    g.add_argument(
+        "--keep-alive", type=float, default=5.0, help="idle keep-alive seconds (default 5)"
+    )
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=200,
+        help="open connections; more evict the oldest idle one (default 200)",
+    )
+    g.add_argument(
+        "--max-header-kib",
+        type=int,
+        default=64,
+        help="request line + headers; more is 431 (KiB, default 64)",
+    )
+    g.add_argument(
+        "--max-uploads", type=int, default=8, help="uploads arriving at once (default 8)"
+    )
+    g.add_argument(
+        "--min-upload-kib-s",
+        type=float,
+        default=32.0,
+        help="an upload slower than this on average after --upload-grace is 408 (default 32)",
+    )
+    g.add_argument(
+        "--upload-grace", type=float, default=10.0, help="seconds before the rate counts (10)"
+    )
+    g.add_argument(
+        "--memory-budget",
+        type=float,
+        help="GiB the predictions may use together (default $MEDSSL_MEMORY_BUDGET_GB, else "
+        "what the host has); a larger declared volume is 413 before it is read",
+    )
     p.add_argument(
         "--workdir", type=Path, help="where per-request temporary folders go (default: system temp)"
     )
@@ -104,6 +144,14 @@ def settings_from_args(args: argparse.Namespace, env=None) -> ServerSettings:
         workdir=args.workdir,
         stow=read_stow_target(env, args.stow_url),
         api_docs=not args.no_api_docs,
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive,
+        max_connections=args.max_connections,
+        max_request_head_bytes=args.max_header_kib << 10,
+        max_uploads=args.max_uploads,
+        min_upload_bytes_per_s=int(args.min_upload_kib_s * 1024),
+        upload_grace_s=args.upload_grace,
+        memory_budget_gb=args.memory_budget,
     )
 
 
@@ -134,16 +182,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from medssl.inference.server.app import create_app
+    from medssl.inference.server.connections import uvicorn_config
 
     app = create_app(factory, settings)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        server_header=False,
-        timeout_keep_alive=5,
-        proxy_headers=False,
-        limit_concurrency=max(64, 4 * (settings.max_concurrent + settings.max_queued)),
-    )
+    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(config).run()
     return 0

@@ -55,6 +55,19 @@ class ServerSettings:
         stow: optional STOW-RS target for DICOM outputs.
         api_docs: serve ``/openapi.json`` and ``/docs`` (behind the token, like every route
             but the probes); ``False`` leaves them out (404).
+        header_timeout_s: a connection must deliver a whole request head this soon after it
+            opens or after its previous answer, else it is closed (408 if it sent part of one).
+        keep_alive_s: an idle keep-alive connection is closed after this long.
+        max_connections: open connections; one more evicts the oldest connection still
+            waiting for a request head (idle ones first in line), else it is closed at once.
+            Separate from the work caps, so idle sockets never turn routes into 503.
+        max_request_head_bytes: request line and headers; more is answered 431.
+        max_uploads: uploads arriving at once (they hold no compute slot); one more is 503.
+        min_upload_bytes_per_s, upload_grace_s: after the grace period an upload must have
+            averaged this rate, else it is answered 408 and its connection closed.
+        memory_budget_gb: memory a prediction may reach, shared by ``max_concurrent``
+            predictions (``None``: ``MEDSSL_MEMORY_BUDGET_GB``, else what the host has);
+            an upload whose declared volume would need more is answered 413 before reading.
     """
 
     token: str | None = field(default=None, repr=False)
@@ -67,19 +80,41 @@ class ServerSettings:
     workdir: Path | None = None
     stow: StowTarget | None = None
     api_docs: bool = True
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 200
+    max_request_head_bytes: int = 64 << 10
+    max_uploads: int = 8
+    min_upload_bytes_per_s: int = 32 << 10
+    upload_grace_s: float = 10.0
+    memory_budget_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
             raise ConfigError(
                 f"API token has {len(self.token)} characters; use at least {MIN_TOKEN_CHARS}"
             )
-        for name in ("max_upload_bytes", "max_concurrent", "max_files", "max_header_bytes"):
+        positive = (
+            "max_upload_bytes",
+            "max_concurrent",
+            "max_files",
+            "max_header_bytes",
+            "max_connections",
+            "max_request_head_bytes",
+            "max_uploads",
+        )
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queued < 0:
             raise ConfigError(f"max_queued must be 0 or more, got {self.max_queued}")
-        if not self.request_timeout_s > 0:
-            raise ConfigError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "header_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.min_upload_bytes_per_s < 0 or self.upload_grace_s < 0:
+            raise ConfigError("min_upload_bytes_per_s and upload_grace_s must be 0 or more")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise ConfigError(f"memory_budget_gb must be positive, got {self.memory_budget_gb}")
 
 
 def read_token(env: Mapping[str, str], token_file: str | Path | None = None) -> str | None:

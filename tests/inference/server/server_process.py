@@ -20,6 +20,7 @@ from pathlib import Path
 import uvicorn
 
 from medssl.inference.server import ServerSettings, StowTarget, create_app
+from medssl.inference.server.connections import uvicorn_config
 from tests.inference.server.threshold_predictor import ThresholdPredictor
 
 
@@ -28,7 +29,9 @@ def build_factory(config: dict):
         from medssl.inference.predict import load_predictor
 
         strict = bool(config.get("strict_modality", False))
-        return lambda: load_predictor(Path(config["real_artifact"]), device="cpu", strict_modality=strict)
+        return lambda: load_predictor(
+            Path(config["real_artifact"]), device="cpu", strict_modality=strict
+        )
 
     def factory() -> ThresholdPredictor:
         if config.get("artifact"):
@@ -54,7 +57,10 @@ def main(argv: list[str]) -> int:
     sock.bind(("127.0.0.1", 0))
     sock.listen(256)
     print(f"PORT {sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=config.get("log_level", "warning"), timeout_keep_alive=5, server_header=False))
+    # the same uvicorn configuration as ``medssl serve`` (connection guards included)
+    server = uvicorn.Server(
+        uvicorn_config(app, settings, log_level=config.get("log_level", "warning"))
+    )
     server.run(sockets=[sock])
     return 0
 
