@@ -188,7 +188,8 @@ def _check_complete(ds: Dataset, data: bytes, stop_before_pixels: bool) -> None:
     """
     end, last_tag, short = _walk(ds)
     if short is not None:
-        raise IngestError(RejectReason.TRUNCATED, f"file ends inside element {tag_text(short.tag)} ({len(short.value)} of {short.length} bytes)")
+        # by offset: the "tag" of a short element may be value bytes the parser took for one
+        raise IngestError(RejectReason.TRUNCATED, f"file ends inside the element whose value starts at byte {getattr(short, 'value_tell', '?')} ({len(short.value)} of {short.length} bytes)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if end <= 0 or syntax == DEFLATED:  # offsets of a deflated stream are not file offsets
         return
