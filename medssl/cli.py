@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.io.zip_archive import MAX_ZIP_MEMBERS
 from medssl.types import IrregularPolicy
 
 DEFAULT_KEY_FILE = "~/.config/medssl/project.key"
@@ -32,7 +33,9 @@ def _ingest_parser(sub) -> None:
     p.add_argument("--date-shift", action="store_true", help="shift dates per patient instead of removing them")
     p.add_argument("--keep-private", action="append", default=[], metavar="CREATOR:ELEMENT", help="keep a private element, e.g. 'SIEMENS CSA HEADER:0x10' (repeatable)")
     p.add_argument("--volume-modality", metavar="MODALITY", type=str.upper, help="modality to record for NIfTI/NRRD inputs, which carry none (e.g. CT, MR)")
-    p.add_argument("--max-gb", type=float, default=4.0, help="refuse any single file or volume larger than this (GiB)")
+    p.add_argument("--max-gb", type=float, default=4.0, help="refuse any single file or volume larger than this (GiB), decompressed size included")
+    p.add_argument("--max-zip-members", type=int, default=MAX_ZIP_MEMBERS, metavar="N", help=f"refuse a zip archive of more than N entries, as one row (default {MAX_ZIP_MEMBERS:,})")
+    p.add_argument("--follow-links", action="store_true", help="read symbolic links to files outside the given sources (refused by default: 'link_outside')")
     p.add_argument("--labels", type=Path, metavar="TABLE", help="label table (YAML or CSV, see docs/labels.md): its images are ingested too, its masks, classes and boxes land in STORE/labels")
     p.add_argument("--locate", metavar="REF", help="print the source files whose reference starts with REF (key holders only), then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
@@ -62,6 +65,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         volume_modality=args.volume_modality,
         labels=args.labels,
+        follow_links=args.follow_links,
+        max_zip_members=max(1, args.max_zip_members),
     )
     summary = ingest(args.sources, args.out, key, options)
     print_summary(summary, args.out)

@@ -28,6 +28,8 @@ class RejectReason(StrEnum):
     """Reason codes of the ``rejected`` table: one per way an input can be refused."""
 
     NOT_AN_IMAGE = "not_an_image"  # not DICOM, NIfTI or NRRD
+    UNREADABLE = "unreadable"  # a file or folder that cannot be read or listed (permissions, I/O error)
+    LINK_OUTSIDE = "link_outside"  # a symbolic link to a file outside the given sources: not followed
     MALFORMED = "malformed"  # unparseable header, strict-mode violation
     TRUNCATED = "truncated"  # file ends early, pixel data shorter than the header says
     TOO_LARGE = "too_large"  # header dimensions beyond the memory bound

@@ -4,23 +4,36 @@ A source item is a small picklable reference (a path, or a zip path and member n
 that worker processes open it themselves. Nothing is ever extracted to disk by the name an
 archive gives, so member names cannot traverse out of anything; unsafe names are still
 refused, because a genuine export never has them.
+
+What cannot be read is said, never skipped silently: a folder that cannot be listed or a
+file that cannot be opened is a :class:`BadItem` (``unreadable``), and so is a symbolic
+link to a file outside the given sources (``link_outside``), which is not even opened
+unless the caller allows it (``follow_links``, ``medssl ingest --follow-links``).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from medssl.errors import IngestError
+from medssl.io.zip_archive import (
+    MAX_MEMBER_BYTES,
+    MAX_ZIP_MEMBERS,
+    check_count,
+    check_member,
+    declared_members,
+    open_archive,
+    read_member,
+)
 from medssl.types import PathLike, RejectReason
 
-MAX_MEMBER_BYTES = 4 << 30  # one archived file larger than this is not a medical image slice
-MAX_COMPRESSION_RATIO = 200  # DICOM compresses ~2-10x; far more is a zip bomb
+__all__ = ["MAX_MEMBER_BYTES", "MAX_ZIP_MEMBERS", "BadItem", "FileFormat", "SourceItem", "iter_source_items", "sniff_format"]
+
 
 
 class FileFormat(StrEnum):
@@ -51,25 +64,16 @@ class SourceItem:
 
     def read_bytes(self, limit: int = MAX_MEMBER_BYTES) -> bytes:
         """The whole file; refuses anything above ``limit`` bytes before reading it."""
-        if self.member is None:
-            size = os.stat(self.path).st_size
-            if size > limit:
-                raise IngestError(RejectReason.TOO_LARGE, f"file of {size} bytes exceeds {limit}")
-            with open(self.path, "rb") as f:
-                return f.read()
+        if self.member is not None:
+            return read_member(self.path, self.member, limit)
         try:
-            with zipfile.ZipFile(self.path) as zf:
-                info = zf.getinfo(self.member)
-                _check_member(info, limit)
-                with zf.open(info) as f:
-                    data = f.read(info.file_size + 1)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError) as exc:
-            raise IngestError(RejectReason.BAD_ARCHIVE, f"archive member unreadable ({type(exc).__name__})") from None
-        except RuntimeError as exc:  # encrypted members
-            raise IngestError(RejectReason.BAD_ARCHIVE, "archive member is encrypted") from exc
-        if len(data) != info.file_size:
-            raise IngestError(RejectReason.BAD_ARCHIVE, "archive member size differs from its directory entry")
-        return data
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > limit:
+                    raise IngestError(RejectReason.TOO_LARGE, f"file of {size} bytes exceeds {limit}")
+                return f.read(limit + 1)
+        except OSError as exc:  # permissions, I/O errors, a file gone since it was listed
+            raise IngestError(RejectReason.UNREADABLE, f"file cannot be read ({type(exc).__name__})") from None
 
     def suffix(self) -> str:
         name = (self.member or self.path).lower()
@@ -102,36 +106,71 @@ def sniff_format(head: bytes, suffix: str = "") -> FileFormat:
     return FileFormat.UNKNOWN
 
 
-def iter_source_items(source: PathLike) -> Iterator[SourceItem | BadItem]:
+def iter_source_items(
+    source: PathLike,
+    *,
+    roots: Sequence[PathLike] | None = None,
+    follow_links: bool = False,
+    max_zip_members: int = MAX_ZIP_MEMBERS,
+) -> Iterator[SourceItem | BadItem]:
     """Every file behind one local source, in a stable order.
 
     Folders are walked recursively (symlinks to folders are not followed, so a loop
     cannot hang ingest); zip files anywhere are opened and their members listed. An
-    unreadable archive yields an :class:`IngestError` in place of its members.
+    unreadable archive, or one of more than ``max_zip_members`` entries, is one
+    :class:`BadItem` in place of its members. A symbolic link to a file is followed only
+    when its target lies inside ``roots`` (default: ``source`` itself) or ``follow_links``.
     """
     root = Path(source)
-    if root.is_dir():
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                yield from _file_items(os.path.join(dirpath, name))
-    elif root.exists():
-        yield from _file_items(str(root))
-    else:
+    inside = [os.path.realpath(r) for r in (roots if roots is not None else [source])]
+    if not root.exists():
         raise FileNotFoundError(f"source does not exist: {root}")
+    if not root.is_dir():
+        yield from _file_items(str(root), inside, follow_links, max_zip_members)
+        return
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=False):
+        yield from _unlisted(unlisted)
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield from _file_items(os.path.join(dirpath, name), inside, follow_links, max_zip_members)
+    yield from _unlisted(unlisted)
 
 
-def _file_items(path: str) -> Iterator[SourceItem | BadItem]:
+def _unlisted(errors: list[OSError]) -> Iterator[BadItem]:
+    """A folder the walk could not list (permissions, I/O): one refusal each, named by the folder."""
+    while errors:
+        exc = errors.pop(0)
+        yield BadItem(SourceItem(str(exc.filename)), IngestError(RejectReason.UNREADABLE, f"folder cannot be listed ({type(exc).__name__}): its files are not read"))
+
+
+def _file_items(path: str, inside: list[str], follow_links: bool, max_zip_members: int) -> Iterator[SourceItem | BadItem]:
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # dangling link or vanished file: nothing to read
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            if not follow_links and not _within(os.path.realpath(path), inside):
+                yield BadItem(SourceItem(path), IngestError(RejectReason.LINK_OUTSIDE, "symbolic link to a file outside the given sources: not followed (--follow-links allows it)"))
+                return
+            mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        yield BadItem(SourceItem(path), IngestError(RejectReason.UNREADABLE, "symbolic link whose target does not exist, or a file gone since it was listed"))
+        return
+    except OSError as exc:
+        yield BadItem(SourceItem(path), IngestError(RejectReason.UNREADABLE, f"file cannot be read ({type(exc).__name__})"))
+        return
+    if stat.S_ISDIR(mode):
+        return  # a link to a folder: folders are never followed through links (loops)
     if not stat.S_ISREG(mode):
+        yield BadItem(SourceItem(path), IngestError(RejectReason.NOT_AN_IMAGE, "not a regular file (a device, pipe or socket): not opened"))
         return
     if path.lower().endswith(".zip") or _is_zip(path):
-        yield from _zip_items(path)
+        yield from _zip_items(path, max_zip_members)
     else:
         yield SourceItem(path)
+
+
+def _within(target: str, roots: list[str]) -> bool:
+    return any(target == root or target.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 def _is_zip(path: str) -> bool:
@@ -139,32 +178,22 @@ def _is_zip(path: str) -> bool:
         with open(path, "rb") as f:
             return f.read(4) == b"PK\x03\x04"
     except OSError:
-        return False
+        return False  # an unreadable file: reading it says so (``unreadable``)
 
 
-def _zip_items(path: str) -> Iterator[SourceItem | BadItem]:
+def _zip_items(path: str, max_members: int) -> Iterator[SourceItem | BadItem]:
+    """The members of one archive, or one :class:`BadItem` for the whole archive."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        yield BadItem(SourceItem(path), IngestError(RejectReason.BAD_ARCHIVE, f"zip archive unreadable ({type(exc).__name__})"))
+        check_count(declared_members(path), max_members, entries=True)  # before listing a million entries
+        infos = [info for info in open_archive(path).infolist() if not info.is_dir()]
+        check_count(len(infos), max_members)  # files only; an end record may also understate its entries
+    except IngestError as err:
+        yield BadItem(SourceItem(path), err)
         return
     for info in sorted(infos, key=lambda i: i.filename):
-        if info.is_dir():
-            continue
         try:
-            _check_member(info, MAX_MEMBER_BYTES)
+            check_member(info, MAX_MEMBER_BYTES)
         except IngestError as err:
             yield BadItem(SourceItem(path, info.filename), err)
             continue
         yield SourceItem(path, info.filename)
-
-
-def _check_member(info: zipfile.ZipInfo, limit: int) -> None:
-    name = info.filename.replace("\\", "/")
-    if name.startswith("/") or ".." in name.split("/") or "\x00" in name or (len(name) > 1 and name[1] == ":"):
-        raise IngestError(RejectReason.BAD_ARCHIVE, "archive member with an unsafe path (absolute or '..')")
-    if info.file_size > limit:
-        raise IngestError(RejectReason.TOO_LARGE, f"archive member of {info.file_size} bytes exceeds {limit}")
-    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO and info.file_size > (16 << 20):
-        raise IngestError(RejectReason.BAD_ARCHIVE, f"archive member expands {info.file_size // info.compress_size}x: refused as a zip bomb")

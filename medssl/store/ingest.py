@@ -31,7 +31,7 @@ from medssl.deid import DeidOptions, Pseudonymizer
 from medssl.errors import ConfigError, IngestError
 from medssl.io.dicom_stack import build_stacks
 from medssl.io.nifti import MAX_VOLUME_BYTES
-from medssl.io.sources import BadItem, FileFormat, SourceItem, iter_source_items
+from medssl.io.sources import MAX_ZIP_MEMBERS, BadItem, FileFormat, SourceItem, iter_source_items
 from medssl.progress import Progress
 from medssl.store import ingest_work as work
 from medssl.store.label_ingest import ingest_labels
@@ -42,6 +42,7 @@ from medssl.types import IrregularPolicy, RejectReason, SourceKind
 
 log = logging.getLogger("medssl.ingest")
 KEY_CHECK = "medssl-key-check"
+FILE_REFUSALS_PER_COMMIT = 500
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class IngestOptions:
     progress: bool = True
     volume_modality: str | None = None  # NIfTI/NRRD carry no modality: what to record for them
     labels: Path | None = None  # a label table (YAML/CSV): its images are ingested, then its labels
+    follow_links: bool = False  # read symbolic links to files outside the given sources too
+    max_zip_members: int = MAX_ZIP_MEMBERS  # an archive with more entries is refused whole (one row)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
         with WorkerPool(options.workers, work.init_worker, (ctx,)) as pool:
             scans: dict = {}
             if local or table is not None:
-                items = _local_items(local, table, manifest, summary)
+                items = _local_items(local, table, manifest, summary, options)
                 summary.add(_batch(items, lambda item: SourceKind.DICOM_ZIP if item.in_zip else SourceKind.DICOM_FILES, manifest, pool, pseudo, options, progress, scans))
             if table is not None:
                 labelled = ingest_labels(table, manifest, pseudo, scans, options.max_bytes)
@@ -116,22 +119,23 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
     return summary
 
 
-def _local_items(local: list[str], table: LabelTable | None, manifest: Manifest, summary: IngestSummary) -> list[SourceItem]:
+def _local_items(local: list[str], table: LabelTable | None, manifest: Manifest, summary: IngestSummary, options: IngestOptions) -> list[SourceItem]:
     """Every file of the local sources and the table's images, once each; masks left out."""
     roots = local + ([str(case.image) for case in table.cases] if table is not None else [])
     not_images = table.non_images() if table is not None else set()
-    items, seen = [], set()
+    items, seen, refused = [], set(), []
     for source in roots:
-        for entry in iter_source_items(source):
+        for entry in iter_source_items(source, roots=roots, follow_links=options.follow_links, max_zip_members=options.max_zip_members):
             item = entry.item if isinstance(entry, BadItem) else entry
             key = work.item_key(item)
             if key in seen or (not item.member and key[0] in not_images):
                 continue
             seen.add(key)
             if isinstance(entry, BadItem):
-                _record(manifest, work.reject_file(entry.item, entry.error), summary)
+                refused.append(work.reject_file(entry.item, entry.error))
             else:
                 items.append(entry)
+    _record_files(manifest, refused, summary)
     return items
 
 
@@ -148,17 +152,21 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
     summary = IngestSummary(files=len(items))
     records, files = [], []
     task = progress.task("scanning", total=len(items))
-    scans = [(work.scan_item, (item,)) for item in items]
+    scans, refused = [(work.scan_item, (item,)) for item in items], []
     for scan in pool.run(scans, options.workers * 4, _crashed, ordered=True):
         progress.advance(task)
         if scans_out is not None:  # label linking reuses the scans instead of reading again
             scans_out[work.item_key(scan.item)] = scan
+        if len(refused) >= FILE_REFUSALS_PER_COMMIT:
+            _record_files(manifest, refused, summary)
+            refused = []
         if scan.error is not None:
-            _record(manifest, work.reject_file(scan.item, scan.error), summary)
+            refused.append(work.reject_file(scan.item, scan.error))
         elif scan.fmt == FileFormat.DICOM:
             records.extend(scan.records)
         else:
             files.append(scan)
+    _record_files(manifest, refused, summary)
     stacks, failed = build_stacks(records)
     jobs: list[Job] = []
     for group, err in failed:
@@ -245,13 +253,26 @@ def _record(manifest: Manifest, outcome: work.Outcome, summary: IngestSummary) -
         summary.rejected[outcome.code] += 1
 
 
+def _record_files(manifest: Manifest, outcomes: list[work.Outcome], summary: IngestSummary) -> None:
+    """File refusals in one transaction. A rerun's scan finds them again, so a kill loses
+    nothing that matters, and one commit (fsync) per row made a zip of junk cost 3 ms a member."""
+    added = manifest.add_rejected_many([(o.source_ref, o.unit, o.code, o.message, o.quarantine_path) for o in outcomes])
+    for outcome, new in zip(outcomes, added):
+        if new:
+            log.warning("rejected %s [%s] %s", outcome.source_ref[:12], outcome.code, outcome.message)
+        summary.rejected[outcome.code] += 1
+
+
 def locate(ref: str, sources: Iterable[str], key: bytes) -> list[str]:
     """Local files whose opaque source reference starts with ``ref`` (for the key holder only)."""
     pseudo = Pseudonymizer(key)
-    found = []
+    found, sources = [], [str(s) for s in sources]
     for source in sources:
-        for entry in iter_source_items(source):
-            item = entry if isinstance(entry, SourceItem) else None
-            if item is not None and work.source_ref(pseudo, item).startswith(ref):
+        for entry in iter_source_items(source, roots=sources):  # refused items too: nothing is read
+            item = entry.item if isinstance(entry, BadItem) else entry
+            archive = SourceItem(item.path) if item.member else None  # an archive refused whole under another bound
+            if work.source_ref(pseudo, item).startswith(ref):
                 found.append(item.path + (f" :: {item.member}" if item.member else ""))
+            elif archive is not None and item.path not in found and work.source_ref(pseudo, archive).startswith(ref):
+                found.append(item.path)
     return found

@@ -107,6 +107,8 @@ def scan_item(item: SourceItem) -> Scan:
         return Scan(item, FileFormat.UNKNOWN, error=err)
     except MemoryError:
         return Scan(item, FileFormat.UNKNOWN, error=IngestError(RejectReason.TOO_LARGE, "file does not fit in memory"))
+    except OSError as exc:  # scanning only reads: this is the input's file failing, not the store
+        return Scan(item, FileFormat.UNKNOWN, error=IngestError(RejectReason.UNREADABLE, f"file cannot be read ({type(exc).__name__})"))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - a bug or a panicking parser must not stop the run
@@ -114,9 +116,9 @@ def scan_item(item: SourceItem) -> Scan:
 
 
 def reject_file(item: SourceItem, err: IngestError) -> Outcome:
-    ref = source_ref(_PSEUDO, item)
-    qpath = quarantine(Path(_CTX.store), ref, err, items=[], read_bytes=_read, pseudo=_PSEUDO, options=_CTX.deid)
-    return Outcome("rejected", ref, "file", code=str(err.code), message=err.message, quarantine_path=qpath)
+    """A file refused before it formed a unit: a row only (nothing of it could be kept de-identified,
+    and a folder per refused file made a zip of n junk members cost n folders)."""
+    return Outcome("rejected", source_ref(_PSEUDO, item), "file", code=str(err.code), message=err.message)
 
 
 def convert_stack(stack: Stack, volume_id: str, source_kind: SourceKind, digest: str) -> Outcome:

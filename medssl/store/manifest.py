@@ -181,6 +181,15 @@ class Manifest:
             )
         return cur.rowcount == 1
 
+    def add_rejected_many(self, rows: list[tuple[str, str, str, str, str | None]]) -> list[bool]:
+        """:meth:`add_rejected` for many rows in one transaction; which of them were new."""
+        added = []
+        with self.db:
+            for row in rows:
+                cur = self.db.execute("INSERT OR IGNORE INTO rejected VALUES (?, ?, ?, ?, ?, ?)", (*row[:2], str(row[2]), *row[3:], _now()))
+                added.append(cur.rowcount == 1)
+        return added
+
     def rejected(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM rejected ORDER BY source_ref, unit")]
 
