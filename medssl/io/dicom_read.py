@@ -26,6 +26,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
 from medssl.errors import IngestError
 from medssl.types import RejectReason
@@ -286,3 +287,22 @@ def decimals_precision(ds: Dataset, keyword: str) -> float:
         decimals = len(mantissa.split(".")[1])
         worst = max(worst, 0.5 * 10.0 ** (-decimals + (integer(exponent) if exponent else 0)))
     return worst
+
+
+def transfer_syntax(ds: Dataset) -> UID | None:
+    """The file's transfer syntax; None for a dataset without file meta (pydicom infers it).
+
+    An empty or unknown TransferSyntaxUID in a file meta leaves the pixel encoding unknown:
+    refused by name, not left to fail inside pydicom.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        return None
+    with lenient_reading():  # pydicom's warning about an invalid UID would quote it
+        value = UID(str(meta.TransferSyntaxUID or "").strip("\0 "))
+        known = bool(value) and value.is_transfer_syntax
+    if not value:
+        raise IngestError(RejectReason.MALFORMED, "element (0002,0010) (TransferSyntaxUID) is empty: the pixel data's encoding is unknown")
+    if not known:
+        raise IngestError(RejectReason.UNSUPPORTED, "element (0002,0010) (TransferSyntaxUID) names no transfer syntax this reader knows")
+    return value

@@ -24,11 +24,13 @@ from nibabel import orientations as ornt
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
+from medssl.io.decoder_output import captured_decoder_output
 from medssl.io.dicom_frames import FrameParams
 from medssl.io.dicom_header import read_header
-from medssl.io.dicom_read import lenient_reading, read_dataset_and_frames
+from medssl.io.dicom_read import lenient_reading, read_dataset_and_frames, transfer_syntax
 from medssl.io.dicom_scan import SliceRecord
 from medssl.io.dicom_stack import Stack
+from medssl.io.geometry_check import check_geometry
 from medssl.io.volume import Volume, compact_dtype, lps_to_ras, to_ras_canonical
 from medssl.types import GeometryKind, RejectReason
 
@@ -69,6 +71,7 @@ def read_stack(stack: Stack, read_bytes) -> tuple[Volume, Dataset]:
         return Volume(np.asfortranarray(array), parts[0].affine, meta=meta), header
     layout = (stack.n_slices, stack.frames * (3 if colour else 1))
     affine = _stack_affine(stack)
+    check_geometry(affine, "DICOM stack")  # before any pixel is decoded
     if stack.irregularity is None:  # decode straight into RAS+ order: no reorientation copy
         data, header = _decode(stack.records, read_bytes, _Target.oriented(affine), layout)
         ras_affine = affine @ ornt.inv_ornt_aff(_to_ras(affine), (first.cols, first.rows, stack.n_slices))
@@ -248,27 +251,36 @@ def _output_dtype(rec: SliceRecord) -> np.dtype:
 
 
 def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
-    """Decoded pixel data; native data is length-checked against the header first."""
+    """Decoded pixel data; native data is length-checked against the header first.
+
+    A compressed frame decodes with the decoders' own output captured
+    (:mod:`~medssl.io.decoder_output`): their tracebacks and panics become the reason.
+    """
     if "PixelData" not in ds:
         kind = "float " if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else ""
         raise IngestError(RejectReason.NO_PIXELS if not kind else RejectReason.UNSUPPORTED, f"no {kind}pixel data to convert")
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if tsyntax is None or not tsyntax.is_compressed:
+    tsyntax = transfer_syntax(ds)
+    compressed = tsyntax is not None and tsyntax.is_compressed
+    if not compressed:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits = int(ds.get("BitsAllocated", 16))
         expected = (rec.rows * rec.cols * frames * rec.samples_per_pixel * bits + 7) // 8
         have = len(ds.PixelData)
         if have < expected:
             raise IngestError(RejectReason.TRUNCATED, f"pixel data holds {have} of {expected} bytes the header promises")
+    said = None
     try:
         with lenient_reading():
-            return ds.pixel_array
+            if not compressed:
+                return ds.pixel_array
+            with captured_decoder_output() as said:
+                return ds.pixel_array
     except (IngestError, KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - decoders raise anything (a Rust panic is a BaseException); texts may quote values
-        code = RejectReason.DECODE if tsyntax is not None and tsyntax.is_compressed else RejectReason.MALFORMED
-        raise IngestError(code, f"pixel data does not decode ({type(exc).__name__})") from None
+    except BaseException as exc:  # noqa: BLE001 - decoders raise anything (a Rust panic is a BaseException)
+        code = RejectReason.DECODE if compressed else RejectReason.MALFORMED
+        detail = f": {said.summary}" if said is not None and said.summary else ""
+        raise IngestError(code, f"pixel data does not decode ({type(exc).__name__}){detail}") from None
 
 
 def _unshear(data: np.ndarray, stack: Stack, row_cos, col_cos, dx: float, dy: float) -> np.ndarray:

@@ -1,8 +1,9 @@
 """NIfTI-1/2 and NRRD readers that check the header before allocating anything.
 
-A header can claim any size ("header bomb"); dimensions, data type and the implied byte
-count are validated against ``max_bytes`` first, then only that many bytes are
-decompressed. Geometry must be real: a singular or non-finite affine is refused, and
+A header can claim any size ("header bomb"); dimensions, data type, ``vox_offset`` and the
+bytes they imply together (what a ``.nii.gz`` inflates to) are validated against
+``max_bytes`` first, then only that many bytes are decompressed. Geometry must be real
+(:func:`~medssl.io.geometry_check.check_geometry`: finite, spacing in a sane range), and
 non-finite voxel values are refused because they would poison training.
 """
 
@@ -16,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from medssl.errors import IngestError
+from medssl.io.geometry_check import check_geometry
 from medssl.io.volume import Volume, compact_dtype, lps_to_ras, to_ras_canonical
 from medssl.types import RejectReason
 
@@ -63,11 +65,14 @@ def read_nifti(data: bytes, *, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
     _check_size(shape, dtype.itemsize, max_bytes, "NIfTI")
     offset = _data_offset(header, header_size, None if gzipped else len(data))
     needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if needed > max_bytes:  # extensions count: a bomb can hide its bulk before the voxels
+        raise IngestError(RejectReason.TOO_LARGE, f"NIfTI vox_offset {offset} and data of shape {shape} imply {needed} bytes, more than the bound of {max_bytes}")
+    affine, meta, corrections = _nifti_geometry(header, shape)
+    check_geometry(affine, "NIfTI")  # before a byte of data is inflated
     raw = _gunzip(data, needed) if gzipped else memoryview(data)[:needed]
     if len(raw) < needed:
         raise IngestError(RejectReason.TRUNCATED, f"NIfTI data holds {len(raw)} of {needed} bytes")
     stored = np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order="F")
-    affine, meta, corrections = _nifti_geometry(header, shape)
     return _finish(_squeeze_time(_scaled(stored, header)), affine, corrections, "NIfTI", meta)
 
 
@@ -194,6 +199,7 @@ def read_nrrd(data: bytes, *, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
         raise IngestError(RejectReason.UNSUPPORTED, "NRRD data type not supported")
     _check_size(tuple(sizes), itemsize, max_bytes, "NRRD")
     affine = _nrrd_affine(header, dims)
+    check_geometry(affine, "NRRD")
     try:
         array = nrrd.read_data(header, stream, index_order="F")
     except Exception as exc:  # noqa: BLE001
@@ -229,8 +235,7 @@ def _nrrd_affine(header: dict, dims: int) -> np.ndarray:
 
 def _finish(array: np.ndarray, affine: np.ndarray, corrections: list[str], what: str, meta: dict | None = None) -> Volume:
     affine = np.asarray(affine, dtype=float)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise IngestError(RejectReason.GEOMETRY, f"{what} affine is singular or not finite")
+    check_geometry(affine, what)
     if array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:

@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
+from medssl.io.geometry_check import check_geometry
+
 try:  # Intel ISA-L gzip: same format, several times faster than zlib
     from isal import igzip as _gzip
 except ImportError:  # pragma: no cover - optional speed-up
@@ -107,8 +109,10 @@ def nifti_image(volume: Volume) -> nib.Nifti1Image:
     (1); a NIfTI input keeps the code of the form its affine came from (``meta["affine_code"]``,
     e.g. 2 aligned, 3 Talairach, 4 MNI), and a pixdim-only input gets 2, never 0 (readers
     would fall back to pixdim and lose the orientation). A sheared affine, which a quaternion
-    cannot hold, is written in the sform only.
+    cannot hold, is written in the sform only. An affine that float32 cannot hold, or whose
+    spacing no body has, is refused (``IngestError`` ``geometry``) rather than written as inf.
     """
+    check_geometry(volume.affine, "volume to write")
     img = nib.Nifti1Image(volume.array, volume.affine)
     img.header.set_xyzt_units("mm", "sec")
     code = volume.meta.get("affine_code")
