@@ -5,17 +5,56 @@ A decoder that segfaults or a worker the kernel kills for memory breaks a
 pool and retries the calls that were in flight; a call that was in flight at two crashes
 is given up and reported through ``on_crash`` (it becomes a ``rejected`` row), so one
 poisonous input cannot stop the run or take the rest with it.
+
+Workers die with the process that started them: on Linux the kernel sends them SIGKILL
+when it goes (``PR_SET_PDEATHSIG``), and everywhere a watchdog thread ends a worker whose
+parent is gone, so a ``kill -9`` of ``medssl ingest`` leaves no worker (and, with the
+workers gone, no resource tracker) behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 Job = tuple[Callable, tuple]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_SECONDS = 1.0
+
+
+def _worker_start(parent: int, initializer: Callable, initargs: tuple) -> None:
+    """Every worker's first call: tie its life to ``parent``, then run the real initializer."""
+    bind_to_parent(parent)
+    initializer(*initargs)
+
+
+def bind_to_parent(parent: int) -> None:
+    """End this process when ``parent`` ends: the kernel's death signal where there is one,
+    and a thread polling the parent id (a process whose parent died is re-parented)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the watchdog below still ends the worker
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="medssl-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_SECONDS)
+    os._exit(1)
 
 
 class _InlineExecutor(Executor):
@@ -43,7 +82,7 @@ class WorkerPool:
             return _InlineExecutor()
         # spawn: children start without the parent's threads and locks (progress bars)
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=self._initializer, initargs=self._initargs)
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(), self._initializer, self._initargs))
 
     def _restart(self) -> None:
         # a broken pool's processes are already gone; waiting reaps them so none is left blocked
