@@ -9,6 +9,7 @@ non-finite voxel values are refused because they would poison training.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import zlib
@@ -200,6 +201,9 @@ def read_nrrd(data: bytes, *, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
     _check_size(tuple(sizes), itemsize, max_bytes, "NRRD")
     affine = _nrrd_affine(header, dims)
     check_geometry(affine, "NRRD")
+    encoding = str(header.get("encoding", "raw")).strip().lower()
+    if encoding in ("gzip", "gz", "bzip2", "bz2"):  # pynrrd would inflate the whole stream, however large
+        stream, header = _inflated(stream, encoding, max_bytes), {**header, "encoding": "raw"}
     try:
         array = nrrd.read_data(header, stream, index_order="F")
     except Exception as exc:  # noqa: BLE001
@@ -207,6 +211,18 @@ def read_nrrd(data: bytes, *, max_bytes: int = MAX_VOLUME_BYTES) -> Volume:
     if tuple(array.shape) != tuple(sizes):
         raise IngestError(RejectReason.TRUNCATED, f"NRRD data of shape {array.shape} for sizes {sizes}")
     return _finish(array, affine, [], "NRRD")
+
+
+def _inflated(stream: io.BytesIO, encoding: str, max_bytes: int) -> io.BytesIO:
+    """A compressed NRRD's data, inflated to at most ``max_bytes``: past that it is a bomb."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding in ("gzip", "gz") else bz2.BZ2Decompressor()
+    try:
+        data = inflater.decompress(stream.read(), max_bytes + 1)
+    except (zlib.error, OSError, EOFError, ValueError):
+        raise IngestError(RejectReason.TRUNCATED, f"NRRD {encoding} stream corrupt") from None
+    if len(data) > max_bytes:
+        raise IngestError(RejectReason.TOO_LARGE, f"NRRD {encoding} data inflates past the bound of {max_bytes} bytes")
+    return io.BytesIO(data)
 
 
 def _nrrd_affine(header: dict, dims: int) -> np.ndarray:

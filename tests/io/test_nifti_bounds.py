@@ -139,3 +139,34 @@ def test_ordinary_geometries_pass():
     oblique[:3, :3] = [[0.7, -0.7, 0], [0.7, 0.7, 0], [0, 0, 3.0]]
     oblique[:3, 3] = [-120.0, 80.0, 1500.0]
     check_geometry(oblique, "volume")
+
+
+def _nrrd(payload: bytes, encoding: str = "gzip", sizes: str = "2 2 2") -> bytes:
+    header = (
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
+        f"sizes: {sizes}\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
+        f"encoding: {encoding}\nendian: little\n\n"
+    )
+    return header.encode() + payload
+
+
+def test_a_gzip_nrrd_that_inflates_past_the_budget_is_refused_bounded():
+    comp = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join([comp.compress(b"\0" * MIB) for _ in range(48)] + [comp.flush()])
+    data = _nrrd(bomb)
+    with pytest.raises(IngestError) as err:
+        read_nrrd(data, max_bytes=4 * MIB)
+    assert err.value.code == RejectReason.TOO_LARGE
+    assert _peak_mib(lambda: read_nrrd(data, max_bytes=4 * MIB)) < 12
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "bzip2"])
+def test_a_compressed_nrrd_within_the_budget_reads(encoding):
+    import bz2
+
+    values = np.arange(8, dtype="<i2")
+    payload = (
+        gzip.compress(values.tobytes()) if encoding == "gzip" else bz2.compress(values.tobytes())
+    )
+    volume = read_nrrd(_nrrd(payload, encoding))
+    assert sorted(volume.array.ravel().tolist()) == list(range(8))
