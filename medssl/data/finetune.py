@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
@@ -76,6 +77,8 @@ class FinetuneDataModule(LightningDataModule):
     ``label_fraction`` of the training cases (at least one; ``fraction_seed`` picks them, the
     subsets nest); ``val_fraction`` of the patients validate (``split_seed``);
     ``structures``: segmentation classes or detection box structures by name;
+    ``merge_as`` (detection): every selected structure is one box class of this name (a finding
+    found whatever its kind, as LUNA16 counts nodules);
     ``samples_per_epoch``: crops per epoch (default: one per training case);
     ``spatial_dims=2``: axial slices, ``crop_size`` in-plane (default ``plan.crop_size_2d``).
     """
@@ -93,6 +96,7 @@ class FinetuneDataModule(LightningDataModule):
         split_seed: int = 0,
         foreground_oversample: float = 0.33,
         structures: list[str] | None = None,
+        merge_as: str | None = None,
         samples_per_epoch: int | None = None,
         augment: bool = True,
         augment_config: AugmentConfig = DEFAULT_AUGMENT,
@@ -116,7 +120,9 @@ class FinetuneDataModule(LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.label_fraction, self.fraction_seed = label_fraction, fraction_seed
         self.val_fraction, self.split_seed = val_fraction, split_seed
-        self.foreground_oversample, self.structures = foreground_oversample, structures
+        if merge_as is not None and (task != TaskKind.DETECTION or not str(merge_as).strip()):
+            raise ValueError(f"merge_as {merge_as!r}: a non-empty class name, for task detection only (task {task})")
+        self.foreground_oversample, self.structures, self.merge_as = foreground_oversample, structures, merge_as
         self.samples_per_epoch, self.seed, self.spatial_dims = samples_per_epoch, seed, spatial_dims
         self.augment_enabled, self.augment_config = augment, augment_config
         self.cache_workers, self.progress = cache_workers, progress
@@ -192,6 +198,9 @@ class FinetuneDataModule(LightningDataModule):
         values = select_structures(known, self.structures, self.task)
         names = [known[v] for v in values]
         self.class_values = [0, *values] if self.task == TaskKind.SEGMENTATION else list(values)
+        if self.merge_as is not None:  # one class: no single mask value stands for it
+            self.class_values = None
+            return [self.merge_as]
         return ["background", *names] if self.task == TaskKind.SEGMENTATION else names
 
     def _cases(self) -> tuple[list[str], object]:
@@ -216,7 +225,11 @@ class FinetuneDataModule(LightningDataModule):
         self.class_names = names
         cases = sorted(vid for vid, e in entries.items() if e.file is not None or e.boxes)
         position = {v.volume_id: i for i, v in enumerate(self.index.volumes)}
-        return self._nonempty(cases, "a label map or boxes"), {position[vid]: case_boxes(entries[vid], values, names) for vid in cases}
+        boxes = {position[vid]: case_boxes(entries[vid], values, names) for vid in cases}
+        if self.merge_as is not None:
+            self.class_names, self.class_values = [self.merge_as], None
+            boxes = {k: (b, np.zeros_like(c)) for k, (b, c) in boxes.items()}
+        return self._nonempty(cases, "a label map or boxes"), boxes
 
     def _nonempty(self, cases: list[str], what: str) -> list[str]:
         if not cases:

@@ -174,6 +174,19 @@ def test_detection_validation_gives_whole_volumes_with_their_boxes(store):
         assert batch["image"].shape[:2] == (1, 1)
 
 
+def test_merged_detection_is_one_class_with_every_kinds_boxes(store):
+    by_kind = module(store, "detection")
+    merged = module(store, "detection", merge_as="lesion")
+    assert merged.class_names == ["lesion"] and merged.class_values is None
+    for k, (boxes, classes) in merged.train_set.case_boxes.items():
+        kept, kinds = by_kind.train_set.case_boxes[k]
+        assert np.array_equal(boxes, kept) and len(classes) == len(kinds) and not classes.any()
+    with pytest.raises(ValueError, match="merge_as.*detection only"):
+        module(store, "segmentation", merge_as="lesion")
+    with pytest.raises(ValueError, match="merge_as"):
+        module(store, "detection", merge_as=" ")
+
+
 def test_detection_batches_collate_lists_of_targets(store):
     batch = batches(module(store, "detection", batch_size=3, samples_per_epoch=6), 1)[0]
     assert batch["image"].shape == (3, 1, *CROP) and len(batch["targets"]) == 3
