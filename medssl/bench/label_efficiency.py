@@ -146,6 +146,7 @@ def finetune_argv(config: HarnessConfig, task: TaskKind, init: str, artifact: st
         "--trainer.limit_val_batches", "0",
         "--checkpoint.every_n_train_steps", str(config.max_steps),
         "--run_name", _run_name(task, init, fraction, seed),
+        "--resume",  # a run a killed harness left half done continues from its last checkpoint
         *config.extra_args,
     ]
     if artifact is not None:
@@ -155,7 +156,7 @@ def finetune_argv(config: HarnessConfig, task: TaskKind, init: str, artifact: st
 
 def _one_run(config: HarnessConfig, task: TaskKind, init: str, artifact: str | None, fraction: float, seed: int) -> tuple[dict[str, float], int]:
     cli = build_cli(finetune_argv(config, task, init, artifact, fraction, seed))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.run_start.ckpt_path if cli.run_start else None)
     cli.trainer.limit_val_batches = 1.0
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     metrics = {k: float(v) for k, v in getattr(cli.model, "val_summary", {}).items()}

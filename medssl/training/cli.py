@@ -4,8 +4,11 @@ Besides the Trainer, model and data groups it adds:
 
 - ``--checkpoint.*``: the ModelCheckpoint (default: every 1000 steps, all kept, plus ``last.ckpt``;
   fine-tuning keeps the best k by the task's validation metric instead, :mod:`medssl.tasks.cli`);
-- ``--ckpt_path FILE``: resume from that checkpoint; a missing file is an error;
+- ``--ckpt_path FILE``: resume from that checkpoint; a missing file is an error; a checkpoint of
+  ``RUNS/<model>/<run>/checkpoints`` continues that run folder;
 - ``--run_name NAME``: the run folder ``RUNS/<model>/<NAME>`` (default: the next ``version_N``);
+  a folder that holds a run is refused unless the command resumes it (``--resume`` continues
+  from its ``last.ckpt``); a resumed run appends to ``metrics.csv`` (:mod:`~medssl.training.run_folder`);
 - ``--tracking csv|tensorboard|mlflow``: ``metrics.csv`` always, plus TensorBoard or MLflow
   (:mod:`medssl.training.tracking`).
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +47,7 @@ from medssl.training.checkpointing import (
 from medssl.training.memory_check import MemoryPlan, check_memory
 from medssl.training.progress_bar import StepProgressBar
 from medssl.training.quiet import quiet_lightning
+from medssl.training.run_folder import RunStart, plan_run, run_name_of
 from medssl.training.tracking import Tracking, check_tracking, run_loggers
 
 log = logging.getLogger("medssl.train")
@@ -68,6 +73,7 @@ class MedsslCLI(LightningCLI):
     default_data: str = ""
     extra_groups: tuple[tuple[type, str], ...] = ()
     memory_plan: MemoryPlan | None = None  # the memory check's planner (medssl.training.memory_check); None: no check
+    run_start: RunStart | None = None  # fresh, or the checkpoint to resume from (before_instantiate_classes)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # ``args`` is what followed the subcommand; sys.argv holds the same words
@@ -75,7 +81,8 @@ class MedsslCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this checkpoint file (must exist)")
-        parser.add_argument("--run_name", type=str | None, default=None, help="run folder RUNS/<model>/<run_name> (default: the next version_N)")
+        parser.add_argument("--run_name", type=str | None, default=None, help="run folder RUNS/<model>/<run_name> (default: the next version_N); one that holds a run is refused unless resumed")
+        parser.add_argument("--resume", action="store_true", help="continue the run in RUNS/<model>/<run_name> from its last.ckpt (else its newest checkpoint; none: from step 0); metrics.csv is appended to")
         parser.add_argument("--tracking", type=Tracking, default="csv", help="metrics.csv always; tensorboard or mlflow adds that logger (pip install 'medssl[tensorboard]' / 'medssl[mlflow]')")
         parser.add_argument("--auto_fit", "--auto-fit", action="store_true", help="when the estimated peak memory exceeds the budget, shrink batch, crop or turn on activation checkpointing until it fits (else the run stops before allocating)")
         parser.add_argument("--memory_budget", "--memory-budget", type=float | None, default=None, help=f"GiB the run may use on its device (default: what is available; env {BUDGET_ENV})")
@@ -88,8 +95,9 @@ class MedsslCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # fail before building models and caches
-        resolve_ckpt_path(self.config.get("ckpt_path"))
+        ckpt_path = resolve_ckpt_path(self.config.get("ckpt_path"))
         check_tracking(self.config.get("tracking"))
+        self.run_start = self._plan_run(ckpt_path)  # before anything can write into the run folder
         if self.memory_plan is not None:  # before any model, cache or run folder exists
             check_memory(self.config, self.memory_plan, self.config.get("auto_fit"), self.config.get("memory_budget"))
 
@@ -101,13 +109,32 @@ class MedsslCLI(LightningCLI):
             extra["precision"] = "32-true"
         if config.get("logger") is not False:
             root = config.get("default_root_dir") or "runs"
-            extra["logger"] = run_loggers(self.config.get("tracking"), root, type(self.model).__name__.lower(), self.config.get("run_name"), config.get("logger"))
+            start = self.run_start or RunStart(resolve_ckpt_path(self.config.get("ckpt_path")), None)
+            extra["logger"] = run_loggers(self.config.get("tracking"), root, type(self.model).__name__.lower(), self._run_name(), config.get("logger"), resume_step=start.resume_step)
         callbacks = list(config.get("callbacks") or [])
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             extra["callbacks"] = [*callbacks, StepProgressBar()]
         if not config.get("plugins") and "fsdp" not in str(config.get("strategy", "")).lower():  # FSDP writes its own
             extra["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**extra, **kwargs)
+
+    def _model_root(self) -> Path | None:
+        """``RUNS/<model>``: the model's class name as the CSV logger will name it."""
+        trainer = self._get(self.config, "trainer", default={}) or {}
+        class_path = str(self._get(self.config, "model", default={}).get("class_path") or "")
+        if trainer.get("logger") is False or not class_path:
+            return None
+        return Path(trainer.get("default_root_dir") or "runs") / class_path.rsplit(".", 1)[-1].lower()
+
+    def _run_name(self) -> str | None:
+        model_root = self._model_root()
+        given = self.config.get("run_name")
+        return given or (run_name_of(self.config.get("ckpt_path"), model_root) if model_root else None)
+
+    def _plan_run(self, ckpt_path: str | None) -> RunStart:
+        model_root, run_name = self._model_root(), self._run_name()
+        folder = model_root / run_name if model_root is not None and run_name else None
+        return plan_run(folder, ckpt_path, bool(self.config.get("resume")))
 
 
 def _on_cpu(accelerator: Any) -> bool:
@@ -139,7 +166,8 @@ def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str
     SIGTERM checkpoint.
 
     Raises:
-        medssl.errors.ConfigError: ``--ckpt_path`` names no checkpoint file.
+        medssl.errors.ConfigError: ``--ckpt_path`` names no checkpoint file; the run folder
+            holds a run and the command does not resume it.
         medssl.training.NonFiniteLossError: a loss or gradient became NaN/Inf (the message names the step).
     """
     try:
@@ -147,7 +175,8 @@ def fit_main(build: Callable[[list[str]], MedsslCLI], argv: list[str], what: str
     except SystemExit as exit_:  # --help, --print_config, or a parse error already printed
         return int(exit_.code or 0)
     try:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resolve_ckpt_path(cli.config.get("ckpt_path")))
+        start = cli.run_start or RunStart(resolve_ckpt_path(cli.config.get("ckpt_path")), None)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=start.ckpt_path)
     except SIGTERMException:
         log.warning("stopped by SIGTERM after step %d", cli.trainer.global_step)
         return SIGTERM_EXIT
