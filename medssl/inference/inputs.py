@@ -20,6 +20,7 @@ label maps are written (``None`` when it cannot be recovered exactly: then the c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medssl.errors import IngestError
-from medssl.inference.native_grid import NativeGrid, dicom_native_grid, nifti_native_grid, nrrd_native_grid
+from medssl.inference.native_grid import (
+    NativeGrid,
+    dicom_native_grid,
+    nifti_native_grid,
+    nrrd_native_grid,
+)
 from medssl.inference.predictor import InputError
 from medssl.io.dicom_scan import SliceRecord, read_dataset, scan_file
 from medssl.io.dicom_stack import Stack, build_stacks
@@ -37,6 +43,7 @@ from medssl.io.sources import BadItem, FileFormat, SourceItem, iter_source_items
 from medssl.io.volume import Volume
 from medssl.types import PathLike, RejectReason
 
+log = logging.getLogger("medssl.predict")
 MAX_INPUT_FILES = 5000  # a CT series has hundreds of slices; tens of thousands is not one series
 MAX_INPUT_BYTES = 4 << 30  # all files of one upload together
 
@@ -145,6 +152,8 @@ def read_input(
             records.extend(scan_file(item, data))
         except IngestError as err:
             raise input_error(err.code, f"{where}: {err.message}") from None
+        except Exception as exc:  # noqa: BLE001 - a reader bug on odd input is a 4xx, not a 500
+            raise _undecodable(where, exc) from None
         cache[item] = data
     return _read_dicom(records, cache, allow_irregular)
 
@@ -181,6 +190,8 @@ def _read_volume_file(data: bytes, fmt: FileFormat, max_bytes: int) -> InputVolu
         raise input_error(err.code, f"{fmt.value.upper()} file: {err.message}") from None
     except MemoryError:
         raise input_error(RejectReason.TOO_LARGE, "the volume does not fit in memory") from None
+    except Exception as exc:  # noqa: BLE001 - a reader bug on odd input is a 4xx, not a 500
+        raise _undecodable(f"{fmt.value.upper()} file", exc) from None
     if volume.array.ndim == 4:
         raise input_error(
             RejectReason.UNSUPPORTED,
@@ -223,9 +234,25 @@ def _read_dicom(
         raise input_error(err.code, f"the series: {err.message}") from None
     except MemoryError:
         raise input_error(RejectReason.TOO_LARGE, "the series does not fit in memory") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. an empty TransferSyntaxUID (issue 15, item 4)
+        raise _undecodable("the series", exc) from None
     n_images = len(stack.records) if stack.kind == "volume" else stack.first.mosaic_tiles or 1
-    return InputVolume(volume, stack.first.modality or None, "dicom", datasets, n_images,
-                       _dicom_grid(stack, volume))
+    return InputVolume(
+        volume,
+        stack.first.modality or None,
+        "dicom",
+        datasets,
+        n_images,
+        _dicom_grid(stack, volume),
+    )
+
+
+def _undecodable(where: str, exc: Exception) -> InputError:
+    """A reader failed in a way it does not name: refuse the input, log the type (no value)."""
+    log.warning("input refused: %s raised %s in the reader", where, type(exc).__name__)
+    return input_error(
+        RejectReason.MALFORMED, f"{where} could not be decoded ({type(exc).__name__})"
+    )
 
 
 def _dicom_grid(stack: Stack, volume: Volume) -> NativeGrid | None:
@@ -247,7 +274,8 @@ def _check_stack(stack: Stack, allow_irregular: bool) -> None:
         )
     if stack.kind == "image2d":
         raise input_error(
-            RejectReason.UNSUPPORTED, "a 2D image without patient geometry; this model reads volumes"
+            RejectReason.UNSUPPORTED,
+            "a 2D image without patient geometry; this model reads volumes",
         )
     if stack.irregularity is not None and not allow_irregular:
         raise input_error(

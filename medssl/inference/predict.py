@@ -43,6 +43,8 @@ import torch.nn.functional as F
 
 from medssl.atomic import atomic_write_bytes
 from medssl.inference.artifact import ArtifactError, load_artifact
+from medssl.inference.cancel import check_cancelled
+from medssl.inference.declared import DeclaredVolume
 from medssl.inference.inputs import Grid, InputVolume, read_input
 from medssl.inference.modality import check_modality, parse_modality
 from medssl.inference.model import InferenceModel
@@ -55,6 +57,7 @@ from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
 from medssl.memory import GIB, MemoryBudgetError, device_budget
 from medssl.memory.budget import resident_bytes
+from medssl.memory.prediction import model_grid, prediction_peak
 from medssl.memory.sliding import fit_window_batch, sliding_window_cost
 from medssl.memory.trace import trace_forward
 from medssl.preprocess.stage import preprocess
@@ -183,6 +186,7 @@ class ArtifactPredictor:
         timings: dict[str, float] = {}
         inp = read_input(request.inputs, allow_irregular=self.allow_irregular)
         timings["read_s"] = time.perf_counter() - start
+        check_cancelled()  # between steps: a request given up stops (medssl.inference.cancel)
         modality = check_modality(inp.kind, inp.modality, request.modality or self.default_modality,
                                   self.trained_modalities, strict=self.strict_modality)
         out_dir = request.output_dir or Path(tempfile.mkdtemp(prefix="medssl-predict-"))
@@ -201,6 +205,7 @@ class ArtifactPredictor:
         label_maps: dict[str, np.ndarray] = {}
         detections: list[dict[str, Any]] = []
         for name, kind in sorted(self.model.kinds.items()):
+            check_cancelled()
             tick = time.perf_counter()
             if kind is TaskKind.SEGMENTATION:
                 classes = self.model.output_classes(name)
@@ -258,10 +263,7 @@ class ArtifactPredictor:
         Raises:
             MemoryBudgetError: not even one window at a time fits (one line).
         """
-        if name not in self._window_peak:  # traced once on fake tensors: nothing allocated
-            window = (1, self.model.encoder.in_channels, *self.window)
-            self._window_peak[name] = trace_forward(self.model.segmenter(name), window, self.device, self.autocast).peak
-        cost = sliding_window_cost(shape, self.window, self.model.num_classes(name), self._window_peak[name])
+        cost = self._window_cost(name, shape)
         budget = device_budget(self.device)
         held = resident_bytes() if self.device.type == "cpu" else torch.cuda.memory_allocated(self.device)
         batch = fit_window_batch(cost, self.sw_batch_size, budget.total - held)
@@ -275,6 +277,22 @@ class ArtifactPredictor:
             log.warning("memory: %d windows per pass instead of --sw-batch-size %d: %d would need ~%.1f GiB on %s of %s",
                         batch, self.sw_batch_size, self.sw_batch_size, (held + cost.total(self.sw_batch_size)) / GIB, self.device, budget)
         return batch
+
+    def _window_cost(self, name: str, shape: tuple[int, ...]):
+        if name not in self._window_peak:  # traced once on fake tensors: nothing allocated
+            window = (1, self.model.encoder.in_channels, *self.window)
+            self._window_peak[name] = trace_forward(self.model.segmenter(name), window, self.device, self.autocast).peak
+        return sliding_window_cost(shape, self.window, self.model.num_classes(name), self._window_peak[name])
+
+    def memory_needed(self, declared: DeclaredVolume) -> int:
+        """Host bytes predicting a volume of ``declared`` size reaches (:mod:`medssl.memory.prediction`;
+        the sliding window's part counted where it runs on the CPU): the server refuses more than its
+        budget before the upload is read."""
+        grid = model_grid(declared.shape[:3], declared.spacing, self.plan.target_spacing)
+        heads = [n for n, k in self.model.kinds.items() if k is TaskKind.SEGMENTATION]
+        windows = [self._window_cost(n, grid) for n in heads] if self.device.type == "cpu" else []
+        return prediction_peak(voxels=declared.voxels, itemsize=declared.itemsize, stored_bytes=declared.nbytes,
+                               model_voxels=int(np.prod(grid)), windows=windows, heads=max(len(heads), 1))
 
     def _detect(self, name: str, image: torch.Tensor, grid: Grid) -> list[dict[str, Any]]:
         with self._lock, torch.inference_mode():

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medssl.inference.cancel import check_cancelled
 from medssl.progress import Progress
 
 Predictor = Callable[[Tensor], "Tensor | Sequence[Tensor]"]
@@ -197,6 +198,7 @@ def sliding_window(
         with Progress(enabled=progress) as bar:
             task = bar.task("windows", total=len(jobs))
             for first in range(0, len(jobs), batch_size):
+                check_cancelled()  # a request given up stops here (medssl.inference.cancel)
                 chunk = jobs[first : first + batch_size]
                 # One window buffer, refilled: fresh allocations would page-fault on every call.
                 x = buffer[: len(chunk)]

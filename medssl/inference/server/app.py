@@ -13,9 +13,12 @@ The model loads in a background thread started at startup, so ``/live`` answers 
 A request passes, outermost first: metrics, the drain (an early answer waits until the rest of
 a bounded body is read, so closing does not reset it away), the error shield (any exception a route did
 not turn into an answer becomes a one-line log and a JSON 500, never a traceback), token
-check, body limit (413 before the body is read), then the route: the concurrency gate
-(503), the upload streamed to disk, a compute slot, the prediction in a worker thread
-(504 at the deadline). Temporary files are deleted once the answer is sent.
+check, body limit (413 before the body is read), then the route: a full prediction queue
+(503 at once), the upload streamed to disk on an upload slot at a minimum pace (408 if
+slower), the declared volume against the memory budget (413), the queue, a compute slot,
+the prediction in a worker thread (504 at the deadline, and the prediction is cancelled).
+Connection-level guards (head deadline, connection cap, 431) are in ``connections``.
+Temporary files are deleted once the answer is sent.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -41,7 +45,14 @@ from medssl.inference.predictor import OUTPUT_KINDS, Predictor
 from medssl.inference.server.auth import OPEN_PATHS, BearerAuth
 from medssl.inference.server.drain import DrainBeforeAnswer
 from medssl.inference.server.jobs import JobFolder, JobResult, run_job
-from medssl.inference.server.limits import BodyLimit, ConcurrencyGate, run_with_deadline
+from medssl.inference.server.limits import (
+    BodyLimit,
+    ConcurrencyGate,
+    UploadSlots,
+    paced,
+    run_with_deadline,
+)
+from medssl.inference.server.memory import MemoryGuard
 from medssl.inference.server.metrics import MetricsMiddleware, ServiceMetrics
 from medssl.inference.server.openapi import (
     FORMAT_QUERY,
@@ -76,10 +87,12 @@ HTTP_CODES = {
 class ModelState:
     """The predictor once loaded, or why it is not (yet)."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, metrics: ServiceMetrics, on_ready: Callable[[], None] = lambda: None
+    ) -> None:
         self.predictor: Predictor | None = None
         self.failure: str | None = None
-        self.metrics = metrics
+        self.metrics, self.on_ready = metrics, on_ready
 
     def load(self, factory: Callable[[], Predictor]) -> None:
         """Build and warm up the predictor (runs in its own thread); never raises."""
@@ -91,6 +104,7 @@ class ModelState:
         except BaseException as err:  # noqa: BLE001 - the server stays up and says why
             self.failure = f"{type(err).__name__} while loading the model"
         else:
+            self.on_ready()
             self.predictor = predictor
             self.metrics.model_ready.set(1)
             log.info("model loaded and warmed up: ready")
@@ -147,7 +161,9 @@ def parse_outputs(text: str) -> frozenset[str]:
 def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSettings) -> FastAPI:
     """The service; the model is built by ``predictor_factory()`` in a thread at startup."""
     metrics = ServiceMetrics()
-    model = ModelState(metrics)
+    memory = MemoryGuard(settings.memory_budget_gb, settings.max_concurrent)
+    model = ModelState(metrics, on_ready=memory.settle)
+    uploads = UploadSlots(settings.max_uploads)
     executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="medssl-predict")
 
     @asynccontextmanager
@@ -251,9 +267,10 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
         format: Annotated[str, FORMAT_QUERY] = "json",
         modality: Annotated[str | None, MODALITY_QUERY] = None,
     ) -> Response:
-        """Streams the upload to a private folder, waits for a prediction slot, predicts in a
-        worker thread. Every request counts against the admission queue and the request
-        timeout (upload + wait + prediction)."""
+        """Streams the upload to a private folder (an upload slot, no compute slot, a minimum
+        pace), checks the declared volume against the memory budget, joins the prediction
+        queue, waits for a compute slot, predicts in a worker thread. The request timeout
+        covers upload + wait + prediction; a prediction past it is cancelled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout_s
         predictor = model.require()
@@ -261,28 +278,13 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
         if format not in ("json", "zip"):
             raise ApiError(422, "invalid_query", "format must be 'json' or 'zip'", close=True)
         gate: ConcurrencyGate = request.app.state.gate
-        gate.admit()
+        gate.check_room()  # a full queue answers 503 before the body is read
         folder = JobFolder(settings.workdir)
-        thread_owns = False
+        admitted = thread_owns = False
         try:
-            try:
-                inputs = await asyncio.wait_for(
-                    receive_upload(
-                        request.stream(),
-                        request.headers.get("content-type"),
-                        folder.inputs,
-                        max_files=settings.max_files,
-                        max_header_bytes=settings.max_header_bytes,
-                    ),
-                    deadline - loop.time(),
-                )
-            except TimeoutError:
-                raise ApiError(
-                    408,
-                    "request_timeout",
-                    f"upload not complete within {settings.request_timeout_s:.1f} s",
-                    close=True,
-                ) from None
+            inputs = await _receive(request, folder, deadline)
+            gate.admit()
+            admitted = True
             await gate.take_slot(deadline - loop.time())
             thread_owns = True
             metrics.predictions_running.inc()
@@ -293,6 +295,7 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
                 gate.leave()
                 folder.release()
 
+            cancel = threading.Event()
             job = partial(
                 run_job,
                 predictor,
@@ -303,8 +306,13 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
                 want_archive=format == "zip",
                 stow=settings.stow,
                 modality=modality.strip().upper() if modality and modality.strip() else None,
+                memory=memory,
+                cancel=cancel,
+                on_peak=metrics.observe_peak,
             )
-            result: JobResult = await run_with_deadline(executor, job, deadline - loop.time(), done)
+            result: JobResult = await run_with_deadline(
+                executor, job, deadline - loop.time(), done, cancel
+            )
             if result.archive is not None:
                 response = FileResponse(
                     result.archive,
@@ -316,12 +324,34 @@ def create_app(predictor_factory: Callable[[], Predictor], settings: ServerSetti
                 return response
             return JSONResponse(result.body())
         finally:
-            if not thread_owns:
+            if admitted and not thread_owns:
                 gate.leave()
             if folder is not None:
                 folder.release()
                 if not thread_owns:
                     folder.release()  # the thread's share: it never started
+
+    async def _receive(request: Request, folder: JobFolder, deadline: float) -> tuple[Path, ...]:
+        """The upload, on an upload slot, at a minimum pace, before the deadline."""
+        uploads.enter()
+        metrics.uploads_arriving.inc()
+        try:
+            chunks = paced(
+                request.stream(),
+                settings.min_upload_bytes_per_s,
+                settings.upload_grace_s,
+                deadline,
+            )
+            return await receive_upload(
+                chunks,
+                request.headers.get("content-type"),
+                folder.inputs,
+                max_files=settings.max_files,
+                max_header_bytes=settings.max_header_bytes,
+            )
+        finally:
+            uploads.leave()
+            metrics.uploads_arriving.dec()
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BearerAuth, token=settings.token)
@@ -343,6 +373,10 @@ def _describe(settings: ServerSettings) -> str:
         "500 `internal` (never a traceback). Limits of this server: request body "
         f"{settings.max_upload_bytes} bytes, {settings.max_files} files, "
         f"{settings.max_concurrent} predictions running and {settings.max_queued} waiting "
-        f"(one more is 503 `busy`), {settings.request_timeout_s:g} s per request "
-        "(upload + wait + prediction)."
+        f"(one more is 503 `busy`), {settings.max_uploads} uploads arriving at once at "
+        f"{settings.min_upload_bytes_per_s} bytes/s or more after {settings.upload_grace_s:g} s "
+        f"(else 408), {settings.request_timeout_s:g} s per request (upload + wait + "
+        "prediction), request heads within "
+        f"{settings.header_timeout_s:g} s and {settings.max_request_head_bytes} bytes (else "
+        "408/431); a declared volume over the memory budget is 413 before it is read."
     )

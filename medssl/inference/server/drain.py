@@ -7,6 +7,7 @@ the connection instead of closing it, and the client may lose the answer it was 
 server. :class:`DrainBeforeAnswer` (pure ASGI middleware) reads and discards the rest of
 a body up to ``max_bytes`` and ``timeout_s`` before the response starts. A body declared
 larger than ``max_bytes`` is never read: that answer is a 413 and a dropped connection.
+A 408 (an upload below the minimum pace) is sent at once, without draining.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class DrainBeforeAnswer:
                 pass
 
         async def draining_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and not ended:
+            # a 408 answers a body too slow to wait for: draining it would hold the slot again
+            if message["type"] == "http.response.start" and not ended and message["status"] != 408:
                 await drain()
             await send(message)
 

@@ -14,16 +14,20 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medssl.errors import IngestError
+from medssl.inference.cancel import cancellable, check_cancelled
 from medssl.inference.predictor import InputError, PredictionRequest, Predictor
+from medssl.inference.server.memory import MemoryGuard, PeakRss
 from medssl.inference.server.responses import ApiError
 from medssl.inference.server.settings import StowTarget
 from medssl.inference.server.stow import store_outputs
 from medssl.inference.server.uploads import check_archive
+from medssl.memory import MemoryBudgetError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -82,24 +86,59 @@ def run_job(
     want_archive: bool,
     stow: StowTarget | None,
     modality: str | None = None,
+    memory: MemoryGuard | None = None,
+    cancel: threading.Event | None = None,
+    on_peak: Callable[[int], None] | None = None,
 ) -> JobResult:
     """Check the inputs, predict, gather the outputs into the folder, STOW and zip them.
 
     ``modality``: the input's modality as the client states it (``?modality=``).
+    ``memory``: refuse a declared volume over one prediction's budget before reading it.
+    ``cancel``: set when the request is given up; the prediction stops at its next check.
+    ``on_peak(bytes)``: the process's peak resident memory while the job ran.
 
     Raises:
         ApiError: 422 for input the predictor (or the zip check) refuses (a modality the
             model was not trained on, with ``--strict-modality``, included), 413 for input
             that does not fit in memory.
+        Cancelled: ``cancel`` was set (nobody waits for the answer any more).
     """
+    rss = PeakRss()
+    try:
+        with rss, cancellable(cancel or threading.Event()):
+            return _run(
+                predictor, folder, inputs, outputs, max_files, want_archive, stow, modality, memory
+            )
+    finally:
+        if on_peak is not None:
+            on_peak(rss.peak)
+
+
+def _run(
+    predictor: Predictor,
+    folder: JobFolder,
+    inputs: tuple[Path, ...],
+    outputs: frozenset[str],
+    max_files: int,
+    want_archive: bool,
+    stow: StowTarget | None,
+    modality: str | None,
+    memory: MemoryGuard | None,
+) -> JobResult:
     try:
         for path in inputs:
             check_archive(path, max_files)
-        request = PredictionRequest(inputs, outputs=outputs, output_dir=folder.outputs,
-                                    modality=modality)
+        if memory is not None:
+            memory.check(predictor, inputs, max_files)
+            check_cancelled()
+        request = PredictionRequest(
+            inputs, outputs=outputs, output_dir=folder.outputs, modality=modality
+        )
         prediction = predictor.predict(request)
     except (InputError, IngestError) as err:
         raise ApiError(422, "invalid_input", _message(err)) from None
+    except MemoryBudgetError as err:  # one line naming sizes and the budget, no identifier
+        raise ApiError(413, "too_large", str(err)) from None
     except MemoryError:
         raise ApiError(413, "too_large", "the input does not fit in memory") from None
     summary = json.loads(json.dumps(prediction.summary, allow_nan=False))  # a bug if not JSON

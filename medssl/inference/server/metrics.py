@@ -5,6 +5,9 @@
 - ``medssl_http_in_flight``: requests being handled now
 - ``medssl_model_ready``: 1 once the model is loaded and warmed up
 - ``medssl_predictions_running``: predictions in worker threads (timed-out ones included)
+- ``medssl_uploads_arriving``: request bodies being received (they hold no compute slot)
+- ``medssl_prediction_peak_rss_bytes``: the process's peak resident memory during each
+  prediction (histogram), ``medssl_prediction_last_peak_rss_bytes`` that of the latest one
 
 Routes outside the app's own are counted as ``other``, so scanning for paths cannot grow
 the number of series.
@@ -27,6 +30,7 @@ from prometheus_client import (
 ROUTES = frozenset(
     {"/live", "/ready", "/metrics", "/v1/models", "/v1/predict", "/openapi.json", "/docs"}
 )
+RSS_BUCKETS = tuple(float(g * (1 << 30)) for g in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -59,6 +63,26 @@ class ServiceMetrics:
         self.predictions_running = Gauge(
             "medssl_predictions_running", "predictions in worker threads", registry=self.registry
         )
+
+        self.uploads_arriving = Gauge(
+            "medssl_uploads_arriving", "request bodies being received", registry=self.registry
+        )
+        self.prediction_peak = Histogram(
+            "medssl_prediction_peak_rss_bytes",
+            "peak resident memory of the server process during a prediction",
+            buckets=RSS_BUCKETS,
+            registry=self.registry,
+        )
+        self.last_peak = Gauge(
+            "medssl_prediction_last_peak_rss_bytes",
+            "peak resident memory of the server process during the latest prediction",
+            registry=self.registry,
+        )
+
+    def observe_peak(self, peak_bytes: int) -> None:
+        """One prediction's peak resident memory (called from its worker thread)."""
+        self.prediction_peak.observe(peak_bytes)
+        self.last_peak.set(peak_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

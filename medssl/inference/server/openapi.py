@@ -97,18 +97,22 @@ PREDICT_ERRORS = {
     400: "`bad_request`: broken multipart framing (no boundary, body ends early), or a "
     "`Content-Length` that is not one integer",
     **TOKEN_ERRORS,
-    408: "`request_timeout`: the upload did not complete within the request timeout",
+    408: "`request_timeout`: the upload (or the request head) did not complete within its "
+    "deadline; `upload_too_slow`: the upload averaged below the minimum rate after the grace "
+    "period",
     413: "`payload_too_large`: body over the upload limit (answered before it is read); "
     "`too_many_files`: more files (or zip members) than the file cap; `too_large`: the "
-    "input does not fit in memory",
+    "volume the upload declares would need more memory than one prediction may use (refused "
+    "before it is read, the message names the size, the estimate and the budget)",
     415: "`unsupported_media_type`: a content type other than multipart/form-data or a raw "
     "type, or a file that is not DICOM, a zip, NIfTI or NRRD (content sniffed, names ignored)",
     422: "`invalid_query`: unknown `outputs`, a `format` other than json/zip; `invalid_input`: "
     "a form field other than `file`, no files, an empty file, a zip/NIfTI/NRRD mixed with "
     "other files, a bad `modality`, a zip or series the reader refuses, a modality the model "
     "was not trained on under `--strict-modality`",
-    431: "`headers_too_large`: one multipart part's headers exceed the header cap",
-    503: f"{NOT_READY}; `busy`: every prediction slot and queue place is taken (`Retry-After: 2`)",
+    431: "`headers_too_large`: the request head or one multipart part's headers exceed their cap",
+    503: f"{NOT_READY}; `busy`: every prediction slot and queue place, or every upload slot, is taken "
+    "(`Retry-After: 2`)",
     504: "`timeout`: no prediction slot freed, or the prediction did not finish, before the "
     "request deadline",
 }

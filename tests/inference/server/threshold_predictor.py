@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medssl.errors import IngestError
+from medssl.inference.cancel import check_cancelled
 from medssl.inference.predictor import InputError, Prediction, PredictionRequest
 from medssl.io.dicom_scan import scan_file
 from medssl.io.dicom_stack import build_stacks
@@ -61,7 +62,12 @@ class ThresholdPredictor:
 
     def __init__(self, threshold: float = 0.0, delay_s: float = 0.0, warmup_s: float = 0.0) -> None:
         self.threshold, self.delay_s, self.warmup_s = threshold, delay_s, warmup_s
-        self.info = {"name": "threshold", "task": "segmentation", "labels": ["background", "foreground"], "artifact_sha256": None}
+        self.info = {
+            "name": "threshold",
+            "task": "segmentation",
+            "labels": ["background", "foreground"],
+            "artifact_sha256": None,
+        }
 
     def warmup(self) -> None:
         time.sleep(self.warmup_s)
@@ -71,9 +77,16 @@ class ThresholdPredictor:
             volume = read_volume(request.inputs)
         except IngestError as err:
             raise InputError(err.message) from None
-        time.sleep(self.delay_s)
+        end = time.monotonic() + self.delay_s
+        while time.monotonic() < end:  # slow on purpose, but stops when the request is given up
+            check_cancelled()
+            time.sleep(min(0.05, max(end - time.monotonic(), 0.0)))
         mask = (np.asarray(volume.array) > self.threshold).astype(np.uint8)
-        summary = {"shape": list(mask.shape), "foreground_voxels": int(mask.sum()), "spacing_mm": [round(s, 4) for s in volume.spacing]}
+        summary = {
+            "shape": list(mask.shape),
+            "foreground_voxels": int(mask.sum()),
+            "spacing_mm": [round(s, 4) for s in volume.spacing],
+        }
         out = request.output_dir
         files: dict[str, Path] = {}
         if "nifti" in request.outputs:
