@@ -12,6 +12,7 @@ and joint 2D/3D pretraining its slice aggregator (the "heads" entry of kind
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ import torch
 from medssl.errors import MedsslError
 from medssl.inference.artifact import AGGREGATOR
 from medssl.types import HeadSpec
+
+_NOT_WHOLE = (
+    "not a whole checkpoint ({size:,} bytes, {what}); truncated by a kill or a full disk? "
+    "Export an earlier checkpoint of the run"
+)
 
 
 class ExportError(MedsslError):
@@ -54,12 +60,18 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"checkpoint {path}: no such file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one lost its directory
+        raise ExportError(f"checkpoint {path}: {_NOT_WHOLE.format(size=path.stat().st_size, what='no zip directory')}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except pickle.UnpicklingError:
         raise ExportError(
-            f"checkpoint {path}: not a readable weights-only checkpoint ({str(exc).splitlines()[0][:200]})"
+            f"checkpoint {path}: not a readable weights-only checkpoint (it holds objects "
+            "other than tensors and containers; was it written by medssl?)"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a cut or garbled file fails in many ways inside torch
+        what = type(exc).__name__
+        raise ExportError(f"checkpoint {path}: {_NOT_WHOLE.format(size=path.stat().st_size, what=what)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ExportError(f"checkpoint {path}: no state_dict (is it a Lightning checkpoint?)")
     record = checkpoint.get("medssl")

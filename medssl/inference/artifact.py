@@ -16,7 +16,11 @@ and :attr:`Artifact.aggregator` / :attr:`Artifact.aggregator_state` give it. Hea
 plan are parsed once, on first use; a record that does not parse is an :class:`ArtifactError`.
 
 Loading reads the weights file once into memory, checks its sha256 against the JSON before
-parsing anything, and parses it with safetensors only: loading never unpickles. Both files
+parsing anything, and parses it with safetensors only: loading never unpickles.
+``artifact_sha256`` is a digest of the whole record (``weights_sha256`` included, so of the
+weights too): an edited field is refused; :func:`reseal_artifact` is the deliberate way to
+change one. Size, nesting depth and head names are checked before anything is built
+(:mod:`medssl.inference.artifact_guard`). Both files
 are written atomically (temporary sibling, fsync, rename), weights first: a write cut short
 leaves either the old artifact or a digest mismatch that loading refuses.
 
@@ -44,6 +48,13 @@ from safetensors.torch import save as save_safetensors
 from medssl import __version__
 from medssl.atomic import atomic_write_bytes
 from medssl.errors import MedsslError
+from medssl.inference.artifact_guard import (
+    DIGEST_KEY,
+    MAX_META_BYTES,
+    artifact_digest,
+    check_depth,
+    check_head_name,
+)
 from medssl.store.plan import Plan
 from medssl.types import HeadSpec, OutputClass
 
@@ -200,8 +211,10 @@ def save_artifact(
     tensors = {BACKBONE_PREFIX + k: v for k, v in state_dict.items()}
     specs: dict[str, Any] = {}
     for name, (spec, weights) in (heads or {}).items():
-        if "." in name or not name or name == AGGREGATOR:
-            raise ArtifactError(f"head name {name!r}: use a non-empty name without dots, other than {AGGREGATOR!r}")
+        try:
+            check_head_name(name, AGGREGATOR)
+        except ValueError as exc:
+            raise ArtifactError(str(exc)) from None
         specs[name] = spec.to_json()
         tensors.update({f"{HEADS_PREFIX}{name}.{k}": v for k, v in weights.items()})
     if aggregator is not None:
@@ -235,11 +248,24 @@ def save_artifact(
         _check_json(key, meta[key])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / WEIGHTS_FILE, data)
-    atomic_write_bytes(
-        out / META_FILE,
-        (json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
-    )
+    _write_meta(out, meta)
     return out
+
+
+def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    meta = {**meta, DIGEST_KEY: artifact_digest(meta)}
+    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(folder / META_FILE, text.encode())
+
+
+def reseal_artifact(path: str | Path, meta: dict[str, Any]) -> Path:
+    """Replace the artifact's record by ``meta`` with a new ``artifact_sha256``: a deliberate
+    edit (the weights and their ``weights_sha256`` stay as they are). Returns the folder."""
+    folder = Path(path)
+    if folder.name == META_FILE:
+        folder = folder.parent
+    _write_meta(folder, meta)
+    return folder
 
 
 def load_artifact(path: str | Path) -> Artifact:
@@ -257,10 +283,15 @@ def load_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(
             f"artifact {folder}: expected {META_FILE} and {WEIGHTS_FILE} in the folder"
         )
+    size = meta_path.stat().st_size
+    if size > MAX_META_BYTES:
+        raise ArtifactError(f"artifact {folder}: {META_FILE} is {size:,} bytes; at most {MAX_META_BYTES:,}")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"artifact {folder}: {META_FILE} is not JSON ({exc})") from None
+        text = meta_path.read_text()
+        check_depth(text)
+        meta = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"artifact {folder}: {META_FILE} is not usable JSON ({str(exc)[:120]})") from None
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ArtifactError(
@@ -282,11 +313,28 @@ def load_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(
             f"artifact {folder}: {WEIGHTS_FILE} is not a safetensors file ({exc})"
         ) from None
-    known = tuple([BACKBONE_PREFIX] + [f"{HEADS_PREFIX}{h}." for h in (meta.get("heads") or {})])
+    heads = meta.get("heads") or {}
+    if not isinstance(heads, dict):
+        raise ArtifactError(f"artifact {folder}: 'heads' must be an object")
+    for name in heads:
+        try:
+            check_head_name(name, "" if heads[name].get("kind") == AGGREGATOR else AGGREGATOR)
+        except (ValueError, AttributeError) as exc:
+            raise ArtifactError(f"artifact {folder}: {exc}") from None
+    known = tuple([BACKBONE_PREFIX] + [f"{HEADS_PREFIX}{h}." for h in heads])
     stray = [k for k in tensors if not k.startswith(known)]
     if stray:
         raise ArtifactError(
             f"artifact {folder}: unexpected tensors {stray[:3]} (neither backbone nor a listed head)"
+        )
+    recorded = meta.get(DIGEST_KEY)
+    if recorded is None:
+        raise ArtifactError(f"artifact {folder}: {META_FILE} has no {DIGEST_KEY} (written by an older medssl?); export it again")
+    if recorded != artifact_digest(meta):
+        raise ArtifactError(
+            f"artifact {folder}: {META_FILE} was changed after export ({DIGEST_KEY} does not match "
+            "its contents); refusing to load. Export again, or reseal a deliberate edit "
+            "(medssl.inference.artifact.reseal_artifact)"
         )
     return Artifact(folder, meta, tensors)
 
@@ -320,6 +368,7 @@ __all__ = [
     "ArtifactError",
     "check_label_values",
     "load_artifact",
+    "reseal_artifact",
     "save_artifact",
     "weights_digest",
 ]

@@ -31,7 +31,7 @@ def build_encoder(artifact: Artifact, volume: bool = False, weights: bool = True
             encoder.load_state_dict(artifact.backbone_state, strict=True)
     except RuntimeError as exc:
         raise ArtifactError(
-            f"artifact {artifact.path}: weights do not fit backbone {artifact.backbone_name!r}: {str(exc)[:300]}"
+            f"artifact {artifact.path}: weights do not fit backbone {artifact.backbone_name!r}: {' '.join(str(exc).split())[:300]}"
         ) from None
     if volume:
         return _slice_stack(artifact, encoder, weights).eval()

@@ -7,10 +7,16 @@ of :attr:`Artifact.heads` (a :class:`~medssl.types.HeadSpec` per name) from
 U-Net decoder over ``forward_features``), detection (a RetinaNet that holds the encoder),
 classification (a guideline-query decoder over the last feature map). Everything fails as
 :class:`ArtifactError` naming the artifact, the head and the reason.
+
+Before anything is allocated the whole model is built once on the ``meta`` device: a shape
+in ``artifact.json`` that differs from the weights (12,000 channels, 5e7 classes) fails
+there, and the parameters, and one window of the plan's crop, are checked against the
+memory budget (:mod:`medssl.inference.artifact_guard`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +26,10 @@ from torch import Tensor, nn
 from medssl.backbones import Backbone
 from medssl.heads import ENCODER_KEYS, build_head
 from medssl.inference.artifact import Artifact, ArtifactError
+from medssl.inference.artifact_guard import check_crop, check_model_bytes, tensor_bytes
 from medssl.inference.encoder import build_encoder
+from medssl.memory import device_budget
+from medssl.memory.budget import resident_bytes
 from medssl.types import HeadSpec, OutputClass, TaskKind
 
 
@@ -69,28 +78,8 @@ class InferenceModel(nn.Module):
                 f"artifact {artifact.path}: a pretrained encoder only; fine-tune a head first "
                 "(medssl finetune), then export again"
             )
-        encoder = build_encoder(artifact)
-        heads, specs = {}, {}
-        for name, spec in sorted(artifact.heads.items()):
-            kind = spec.kind
-            where = f"artifact {artifact.path}: head {name!r}"
-            if kind is TaskKind.SEGMENTATION:
-                spec = HeadSpec(kind, _segmentation_spec(spec.kwargs, encoder, where))
-            try:
-                head = build_head(kind, spec.kwargs, encoder)
-            except (TypeError, ValueError, KeyError) as exc:
-                raise ArtifactError(
-                    f"artifact {artifact.path}: cannot build {kind} head {name!r}: {exc}"
-                ) from None
-            try:
-                head.load_state_dict(artifact.head_state(name), strict=True)
-            except RuntimeError as exc:
-                raise ArtifactError(
-                    f"artifact {artifact.path}: weights do not fit {kind} head {name!r}: "
-                    f"{str(exc)[:300]}"
-                ) from None
-            heads[name], specs[name] = head, spec
-        model = cls(encoder, heads, specs)
+        _dry_run(cls, artifact, torch.device(device))
+        model = cls(*_assemble(artifact))
         model.meta = dict(artifact.meta)
         for name in model.names(TaskKind.SEGMENTATION):
             if model.output_classes(name)[0].value != 0:
@@ -189,3 +178,47 @@ def _guidelines(meta: dict[str, Any], head: str) -> Any:
 
 
 __all__ = ["InferenceModel"]
+
+
+def _assemble(artifact: Artifact) -> tuple[Backbone, dict[str, nn.Module], dict[str, HeadSpec]]:
+    """Encoder and heads with their weights loaded strictly (on the current default device)."""
+    encoder = build_encoder(artifact)
+    heads, specs = {}, {}
+    for name, spec in sorted(artifact.heads.items()):
+        kind = spec.kind
+        where = f"artifact {artifact.path}: head {name!r}"
+        if kind is TaskKind.SEGMENTATION:
+            spec = HeadSpec(kind, _segmentation_spec(spec.kwargs, encoder, where))
+        try:
+            head = build_head(kind, spec.kwargs, encoder)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{where}: cannot build {kind} head: {exc}") from None
+        try:
+            head.load_state_dict(artifact.head_state(name), strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{where}: weights do not fit {kind} head: {' '.join(str(exc).split())[:300]}") from None
+        heads[name], specs[name] = head, spec
+    return encoder, heads, specs
+
+
+def _dry_run(cls: type[InferenceModel], artifact: Artifact, device: torch.device) -> None:
+    """Build the model on ``meta`` (shapes checked against the weights, nothing allocated), then
+    check its size and one window of the plan's crop against ``device``'s memory budget."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op"
+            model = cls(*_assemble(artifact))
+    except ArtifactError:
+        raise
+    except (TypeError, ValueError, KeyError, RecursionError, OverflowError, MemoryError) as exc:
+        raise ArtifactError(f"artifact {artifact.path}: cannot build its model ({type(exc).__name__}: {str(exc)[:200]})") from None
+    needed = tensor_bytes([*model.parameters(), *model.buffers()])
+    budget = device_budget(device)
+    try:
+        check_model_bytes(needed, budget, resident_bytes() if device.type == "cpu" else 0)
+        plan = artifact.plan
+        if plan is not None:
+            classes = max((model.num_classes(n) for n in model.specs), default=1)
+            check_crop(list(plan.crop_size), classes, budget)
+    except ValueError as exc:
+        raise ArtifactError(f"artifact {artifact.path}: {exc}") from None

@@ -146,7 +146,7 @@ class ArtifactPredictor:
             "modalities": list(self.trained_modalities),
             "strict_modality": self.strict_modality,
             "backbone": self.artifact.backbone_name,
-            "artifact_sha256": self.artifact.meta.get("weights_sha256"),
+            "artifact_sha256": self.artifact.meta.get("artifact_sha256"),  # the whole artifact's
             "medssl_version": self.artifact.meta.get("medssl_version"),
             "plan": {
                 "target_spacing_mm": list(self.plan.target_spacing),

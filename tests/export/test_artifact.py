@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from medssl.inference.artifact import ARTIFACT_FORMAT, ArtifactError, load_artifact, save_artifact
+from medssl.inference.artifact import (
+    ARTIFACT_FORMAT,
+    ArtifactError,
+    load_artifact,
+    reseal_artifact,
+    save_artifact,
+)
 from medssl.store.plan import Plan
 from medssl.types import HeadSpec, TaskKind
 
@@ -83,7 +89,7 @@ def test_head_records_and_plan_as_older_medssl_wrote_them_are_read_typed(tmp_pat
     plan = Plan(target_spacing=(1.0, 1.0, 2.0), crop_size=(64, 64, 32), crop_size_2d=(64, 64))
     meta["plan"] = json.loads(plan.to_json())
     meta["heads"] = {"seg": {"kind": "segmentation", "num_classes": 2, "deep_supervision": False}}
-    (out / "artifact.json").write_text(json.dumps(meta))
+    reseal_artifact(out, meta)
     artifact = load_artifact(out)
     assert artifact.heads == {"seg": HeadSpec(TaskKind.SEGMENTATION, {"num_classes": 2, "deep_supervision": False})}
     assert artifact.heads["seg"].to_json() == meta["heads"]["seg"] and artifact.plan == plan
@@ -94,7 +100,7 @@ def test_an_unknown_head_kind_or_a_broken_plan_is_refused_on_use(tmp_path):
     meta = json.loads((out / "artifact.json").read_text())
     meta["heads"] = {"dx": {"kind": "linear", "classes": 3}}
     meta["plan"] = {"version": 1, "crop_size": [64, 64, 32]}
-    (out / "artifact.json").write_text(json.dumps(meta))
+    reseal_artifact(out, meta)
     artifact = load_artifact(out)
     with pytest.raises(ArtifactError, match="head 'dx': head kind 'linear'"):
         _ = artifact.heads

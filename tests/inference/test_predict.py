@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medssl.inference.artifact import ArtifactError
+from medssl.inference.artifact import ArtifactError, reseal_artifact
 from medssl.inference.inputs import read_input
 from medssl.inference.predict import ArtifactPredictor, load_predictor
 from medssl.inference.predictor import InputError, PredictionRequest, Predictor
@@ -208,7 +208,7 @@ def test_bad_arguments_are_refused(tmp_path):
         ArtifactPredictor(folder, device="cpu", overlap=1.0)
     meta = json.loads((folder / "artifact.json").read_text())
     meta["plan"] = None
-    (folder / "artifact.json").write_text(json.dumps(meta))
+    reseal_artifact(folder, meta)
     with pytest.raises(ArtifactError, match="no preprocessing plan"):
         ArtifactPredictor(folder, device="cpu")
 
@@ -222,9 +222,9 @@ def test_segmentation_spec_repeating_the_encoder_keys_is_accepted_only_when_they
     folder = segmentation_artifact(tmp_path / "artifact")
     meta = json.loads((folder / "artifact.json").read_text())
     meta["heads"]["seg"].update(feature_channels=[8, 16], feature_strides=[1, 2], in_channels=1)
-    (folder / "artifact.json").write_text(json.dumps(meta))
+    reseal_artifact(folder, meta)
     assert ArtifactPredictor(folder, device="cpu").model.kinds == {"seg": "segmentation"}
     meta["heads"]["seg"]["feature_channels"] = [8, 32]
-    (folder / "artifact.json").write_text(json.dumps(meta))
+    reseal_artifact(folder, meta)
     with pytest.raises(ArtifactError, match="feature_channels=.*differs from the encoder"):
         ArtifactPredictor(folder, device="cpu")
