@@ -220,6 +220,7 @@ class ArtifactPredictor:
             else:
                 summary.setdefault("diagnosis", {})[name] = self._classify(name, image, grid)
             timings[f"{name}_s"] = time.perf_counter() - tick
+        check_cancelled()
         tick = time.perf_counter()
         files.update(self._write_segmentations(request.outputs, inp, label_maps, out_dir, summary))
         if "sr" in request.outputs:

@@ -84,3 +84,20 @@ def test_a_reader_failing_in_a_way_it_does_not_name_is_an_input_error(monkeypatc
     monkeypatch.setattr(inputs, "read_stack", broken)
     with pytest.raises(InputError, match=r"\[malformed\] the series could not be decoded"):
         inputs.read_input(phantom_series(tmp_path / "s"))
+
+
+def test_a_prediction_given_up_stops_at_its_next_step(artifact, tmp_path):
+    import threading
+
+    from medssl.inference.cancel import Cancelled, cancellable
+    from medssl.inference.predictor import PredictionRequest
+    from tests.inference.artifact_builders import phantom_series
+
+    predictor = ArtifactPredictor(artifact, device="cpu")
+    request = PredictionRequest(tuple(phantom_series(tmp_path / "s")), output_dir=tmp_path)
+    given_up = threading.Event()
+    given_up.set()
+    with cancellable(given_up), pytest.raises(Cancelled, match="passed the deadline"):
+        predictor.predict(request)
+    assert not list(tmp_path.glob("*.nii.gz"))  # nothing written
+    assert predictor.predict(request).summary["segmentation"]  # outside: runs to the end
