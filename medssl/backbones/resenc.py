@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from medssl.backbones.base import Backbone
+from medssl.backbones.conv import Conv3d
 from medssl.backbones.registry import register_backbone
 
 _LEAKY_SLOPE = 0.01
@@ -28,7 +29,7 @@ _LEAKY_SLOPE = 0.01
 
 def _layers(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
     if spatial_dims == 3:
-        return nn.Conv3d, nn.InstanceNorm3d, nn.AvgPool3d
+        return Conv3d, nn.InstanceNorm3d, nn.AvgPool3d
     if spatial_dims == 2:
         return nn.Conv2d, nn.InstanceNorm2d, nn.AvgPool2d
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from medssl.backbones.base import Backbone, linear_ramp, stochastic_depth
+from medssl.backbones.conv import Conv3d
 from medssl.backbones.registry import register_backbone
 from medssl.backbones.windows import (
     effective_window,
@@ -226,7 +227,7 @@ class ResidualConvUnit(nn.Module):
 
     def __init__(self, dim: int, spatial_dims: int):
         super().__init__()
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        conv = Conv3d if spatial_dims == 3 else nn.Conv2d
         self.layer = nn.ModuleDict(
             {
                 name: nn.ModuleDict({"conv": conv(dim, dim, 3, padding=1, bias=False)})
