@@ -6,6 +6,7 @@ and resolves the file; the security properties are then asserted on the YAML its
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +20,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 GPU_OVERRIDE = ROOT / "docker" / "docker-compose.gpu.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 MEDSSL_SERVICES = ("medssl-serve", "medssl-router")
+API_OVERRIDE = ROOT / "docker" / "docker-compose.api.yml"
+ORTHANC_SETTINGS = ROOT / "docker" / "orthanc" / "orthanc.json"
+SERVICES = {"orthanc-db-owner", "orthanc", "medssl-serve", "medssl-router"}
+LONG_RUNNING = ("orthanc", "medssl-serve", "medssl-router")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def _docker_compose_config(*files: Path) -> dict:
 
 def test_docker_compose_config_accepts_the_file(services):
     resolved = _docker_compose_config(COMPOSE)
-    assert set(resolved["services"]) == {"orthanc", "medssl-serve", "medssl-router"}
+    assert set(resolved["services"]) == SERVICES
     for name, service in resolved["services"].items():  # the tool's view agrees with ours
         assert service["cap_drop"] == ["ALL"], name
         assert service.get("pids_limit") == services[name]["pids_limit"], name
@@ -60,19 +65,54 @@ def test_gpu_override_is_accepted():
     assert serve["read_only"] is True and serve["cap_drop"] == ["ALL"]  # hardening survives
 
 
+def test_api_override_publishes_serve_on_loopback_only():
+    resolved = _docker_compose_config(COMPOSE, API_OVERRIDE)
+    serve = resolved["services"]["medssl-serve"]
+    assert serve["ports"] == ["127.0.0.1:8000:8000/tcp"]
+    assert set(serve["networks"]) == {"inference", "api"}
+    assert not (resolved["networks"]["api"] or {}).get("internal")
+
+
 def test_expected_services(services):
-    assert set(services) == {"orthanc", "medssl-serve", "medssl-router"}
+    assert set(services) == SERVICES
     orthanc = services["orthanc"]
-    assert orthanc["image"].startswith("orthancteam/orthanc:")
-    assert orthanc["environment"]["DICOM_WEB_PLUGIN_ENABLED"] == "true"
-    assert orthanc["environment"]["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+    # an exact version tag by default, a site's own pin through ORTHANC_IMAGE
+    assert re.fullmatch(r"\$\{ORTHANC_IMAGE:-orthancteam/orthanc:\d+\.\d+\.\d+\}", orthanc["image"])
     assert orthanc["ports"] == ["127.0.0.1:8042:8042"]
+    assert (
+        orthanc["depends_on"]["orthanc-db-owner"]["condition"] == "service_completed_successfully"
+    )
+    settings = json.loads(ORTHANC_SETTINGS.read_text())  # DICOMweb on, authentication on
+    assert settings["AuthenticationEnabled"] is True and settings["DicomWeb"]["Enable"] is True
+    assert any(p.endswith("libOrthancDicomWeb.so") for p in settings["Plugins"])
+    assert settings["DicomServerEnabled"] is False  # DIMSE off unless a site enables it
 
 
-@pytest.mark.parametrize("name", ["orthanc", "medssl-serve", "medssl-router"])
+def test_networks_keep_the_model_server_internal(compose, services):
+    assert compose["networks"]["inference"]["internal"] is True
+    assert services["medssl-serve"]["networks"] == ["inference"]
+    assert "ports" not in services["medssl-serve"]  # published only by the API override
+    assert set(services["medssl-router"]["networks"]) == {"pacs", "inference"}
+    assert services["orthanc"]["networks"] == ["pacs"]
+
+
+def test_the_database_owner_runs_once_with_chown_only_and_no_network(services):
+    owner = services["orthanc-db-owner"]
+    assert owner["cap_drop"] == ["ALL"] and owner["cap_add"] == ["CHOWN"]
+    assert owner["network_mode"] == "none" and owner["restart"] == "no"
+    assert owner["read_only"] is True
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
 def test_every_service_is_hardened(services, name):
     service = services[name]
-    assert service["cap_drop"] == ["ALL"]
+    assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
+    assert service["read_only"] is True
+    assert str(service["user"]).split(":")[0] not in ("0", "root")
+    assert 0 < float(service["cpus"]) <= 16
+    for tmpfs in service.get("tmpfs", []):  # a tmpfs is memory: well below the limit
+        size = re.search(r"size=(\w+)", tmpfs)
+        assert size and _bytes(size.group(1)) * 4 <= _bytes(service["mem_limit"]), tmpfs
     assert any(re.fullmatch(r"no-new-privileges(:true)?", opt) for opt in service["security_opt"])
     assert _bytes(service["mem_limit"]) > 0
     assert 0 < int(service["pids_limit"]) <= 1024
@@ -112,10 +152,16 @@ def test_router_waits_for_healthy_dependencies(services):
 
 def test_secrets_are_files_never_values(compose, services):
     secrets = compose["secrets"]
-    assert set(secrets) == {"serve_token", "orthanc_users", "router_orthanc_credentials"}
+    assert set(secrets) == {
+        "serve_token",
+        "orthanc_users",
+        "orthanc_settings",
+        "router_orthanc_credentials",
+    }
     for name, secret in secrets.items():
         assert set(secret) == {"file"}, name
-        assert secret["file"].startswith("./secrets/"), name
+        folder = "./docker/orthanc/" if name == "orthanc_settings" else "./secrets/"
+        assert secret["file"].startswith(folder), name
     used = {
         (s if isinstance(s, str) else s["source"])
         for svc in services.values()
@@ -146,7 +192,8 @@ def test_secrets_folder_is_documented_and_ignored():
 
 def test_dockerfile_is_non_root_read_only_friendly_and_checks_ready():
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.MULTILINE)
+    assert re.search(r"^ARG BASE=python:3\.11\.\d+-slim-\w+$", text, re.MULTILINE)  # exact tag
+    assert re.search(r'^ARG TORCH_SPEC="torch==[\d.]+"$', text, re.MULTILINE)
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 3  # multi-stage
     assert re.search(r"^USER 10001(:10001)?$", text, re.MULTILINE)
     assert "useradd --uid 10001" in text
