@@ -43,10 +43,13 @@ from tools.phantom import (
 
 SIZES = {"small": ((96, 96, 48), (3.5, 3.5, 5.0)), "medium": ((192, 192, 96), (1.8, 1.8, 2.5))}
 LABELLED_SHAPE, LABELLED_SPACING = (64, 64, 40), (3.0, 3.0, 4.0)
-LABELLED_CASES = 8
-# cases 2, 7 and 8 validate (`split: val`): a hypodense and a calcified lesion, kinds the training
-# cases also show, and a case without lesions; fixed, so no project key moves the demo's split
-VALIDATION_CASES = (2, 7, 8)
+LABELLED_CASES = 12
+# lesions per case, cycling: cases 1, 5 and 9 have none (diagnosis needs normal cases), the others
+# 2 or 3, so the detector sees 17 lesions of all 5 kinds in training and 4 in validation
+LESIONS_PER_CASE = (0, 2, 3, 2)
+# cases 2, 5 and 8 validate (`split: val`): lesions of 4 kinds the training cases also show, and a
+# case without lesions; fixed, so no project key moves the demo's split
+VALIDATION_CASES = (2, 5, 8)
 # one value per lesion kind across the cohort, so every case shares one structure vocabulary
 LESION_VALUES = {kind: 101 + n for n, kind in enumerate(LESION_KINDS)}
 NO_LESION = "no lesion"
@@ -104,7 +107,7 @@ def _labelled(out: Path) -> Path:
     kinds = list(LESION_KINDS)
     cases = []
     for n in range(LABELLED_CASES):
-        chosen = [kinds[(n + m) % len(kinds)] for m in range(n % 3)]  # 0, 1 or 2 lesions
+        chosen = [kinds[(n + m) % len(kinds)] for m in range(LESIONS_PER_CASE[n % len(LESIONS_PER_CASE)])]
         ph = make_ct_phantom(LABELLED_SHAPE, LABELLED_SPACING, seed=100 + n, n_lesions=len(chosen), lesion_kinds=chosen or None)
         name = f"case{n + 1:02d}"
         if n % 2 == 0:

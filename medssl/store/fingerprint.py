@@ -36,7 +36,9 @@ def fingerprint(
     store = Path(store)
     with Manifest(store / "manifest.sqlite") as manifest:
         rows = manifest.volumes()
-    chosen = [r for r in rows if is_volume_3d(r, min_slices)]
+    # in content order (the stored file's sha256), not pseudonym order: the sample, and so the
+    # plan's intensity statistics, do not move with the project key
+    chosen = sorted((r for r in rows if is_volume_3d(r, min_slices)), key=lambda r: (r.sha256, r.volume_id))
     by_modality: dict[str, list[VolumeRow]] = {}
     for row in chosen:
         by_modality.setdefault(modality_key(row.modality), []).append(row)

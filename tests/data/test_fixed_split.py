@@ -132,6 +132,7 @@ def test_a_patient_split_across_sides_by_the_table_is_refused(store, tmp_path):
 def test_a_store_ingested_under_another_key_trains_on_the_same_crops(tmp_path):
     """A fresh demo-out makes a fresh key, so every pseudonym changes: the split (fixed by the
     table), the nested label subset and the crop draws must not."""
+    from medssl.store.fingerprint import fingerprint
     from medssl.store.ingest import IngestOptions, ingest
 
     data = tmp_path / "data"
@@ -142,7 +143,7 @@ def test_a_store_ingested_under_another_key_trains_on_the_same_crops(tmp_path):
         save_nifti(ph.labels.astype(np.uint8), ph.affine, data / f"c{n}_seg.nii.gz")
         cases.append({"image": f"c{n}.nii.gz", "mask": f"c{n}_seg.nii.gz", **({"split": "val"} if n == 2 else {})})
     table = write_table(data / "labels.yaml", cases, structures=structures_of(ph))
-    crops, subsets = [], []
+    crops, subsets, prints = [], [], []
     for key in (bytes(range(32)), bytes(range(1, 33))):
         store = tmp_path / f"store{key[0]}"
         ingest([], store, key, IngestOptions(progress=False, labels=table))
@@ -151,7 +152,9 @@ def test_a_store_ingested_under_another_key_trains_on_the_same_crops(tmp_path):
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
         crops.append(batch["image"])
+        prints.append(fingerprint(store, voxels_per_volume=500))  # subsampled: the plan's statistics
         subsets.append(sorted(v.sha256 for v in dm.index.volumes if v.volume_id in dm.train_cases))
         assert len(dm.val_cases) == 1 and len(dm.train_cases) == 2  # half of the 3 training cases, rounded
     assert subsets[0] == subsets[1]
     assert torch.equal(crops[0], crops[1])
+    assert prints[0] == prints[1]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from medssl.store import labels as L
+from medssl.types import SplitSide
 from tests.store import store_view as sv
 from tests.store.test_labels_fixtures import label_rejections, run
-from medssl.types import SplitSide
 from tools.demo_data import LABELLED_CASES, NO_LESION, VALIDATION_CASES, _labelled
 
 
