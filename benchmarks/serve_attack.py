@@ -151,8 +151,16 @@ def slow_headers(port: int, stop: threading.Event, tally: Tally, n: int = 70) ->
         for i, sock in enumerate(socks):
             closed = sock is None
             if sock is not None:
-                with contextlib.suppress(BlockingIOError):
-                    closed = sock.recv(4096) == b""
+                try:
+                    data = sock.recv(4096)
+                    closed = data == b""
+                    if data.startswith(b"HTTP/1."):  # the server answered the partial head
+                        tally.add(data.split(b" ", 2)[1].decode(), 0.0)
+                except BlockingIOError:
+                    pass
+                except OSError:  # reset by the server
+                    tally.add("reset", 0.0)
+                    closed = True
                 if closed:
                     sock.close()
             if closed:
