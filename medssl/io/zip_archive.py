@@ -11,8 +11,10 @@ follows counts the files exactly).
 
 from __future__ import annotations
 
+import lzma
 import os
 import zipfile
+import zlib
 from collections import OrderedDict
 
 from medssl.errors import IngestError
@@ -97,6 +99,10 @@ def read_member(path: str, member: str, limit: int) -> bytes:
         raise IngestError(
             RejectReason.BAD_ARCHIVE, f"archive member unreadable ({type(exc).__name__})"
         ) from None
+    except (zlib.error, lzma.LZMAError):  # damaged compressed bytes: not an OSError
+        raise IngestError(RejectReason.BAD_ARCHIVE, "archive member's compressed data do not decompress") from None
+    except NotImplementedError:  # a compression method zipfile does not know (a damaged header)
+        raise IngestError(RejectReason.BAD_ARCHIVE, "archive member compressed by an unsupported method") from None
     except RuntimeError as exc:  # encrypted members
         raise IngestError(RejectReason.BAD_ARCHIVE, "archive member is encrypted") from exc
     if len(data) != info.file_size:
