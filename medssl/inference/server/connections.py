@@ -64,7 +64,16 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self.waiting_for_head():
             self._head_bytes += len(data)
+            if self._head_length(data) > self.settings.max_request_head_bytes:
+                self.send_400_response("head too long")  # h11 bounds only a head that arrives in parts
+                return
         super().data_received(data)
+
+    def _head_length(self, data: bytes) -> int:
+        """Length of the head so far: unparsed bytes h11 holds plus ``data``, up to the blank line."""
+        pending = self.conn.trailing_data[0] + data
+        end = pending.find(b"\r\n\r\n")
+        return end + 4 if end >= 0 else len(pending)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -119,7 +128,7 @@ class GuardedH11Protocol(H11Protocol):
     # --- error answers ---------------------------------------------------------------------
     def send_400_response(self, msg: str) -> None:
         """h11 refused the request head (uvicorn's hook): 431 when it was too long, else 400."""
-        if self._head_bytes > self.settings.max_request_head_bytes:
+        if msg == "head too long" or self._head_bytes > self.settings.max_request_head_bytes:
             limit = self.settings.max_request_head_bytes
             self._answer_and_linger(
                 431, "headers_too_large", f"request line and headers exceed {limit} bytes"
