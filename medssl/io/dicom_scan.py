@@ -97,12 +97,12 @@ def scan_file(item: SourceItem, data: bytes, *, fast: bool = True) -> list[Slice
     ``fast``: classic uncompressed files are read through ``dicom_header`` (same values,
     a fraction of the time); ``False`` forces pydicom's reader (tests compare the two).
     """
-    header = read_header(data) if fast else None
-    if header is not None and not _mosaic_header(header):
-        ds, per_frame, span = header, header.frame_items, header.frames_span
-    else:
-        ds, per_frame, span = read_dataset_and_frames(data, stop_before_pixels=True)
-    try:
+    try:  # a header pydicom cannot even read (a VR it does not know: NotImplementedError) is malformed
+        header = read_header(data) if fast else None
+        if header is not None and not _mosaic_header(header):
+            ds, per_frame, span = header, header.frame_items, header.frames_span
+        else:
+            ds, per_frame, span = read_dataset_and_frames(data, stop_before_pixels=True)
         with lenient_reading():
             records = _records(item, ds, len(data), per_frame, span)
             if len(records) == 1 and records[0].frame is None:

@@ -265,7 +265,7 @@ def _pixels(ds: Dataset, rec: SliceRecord) -> np.ndarray:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits = int(ds.get("BitsAllocated", 16))
         expected = (rec.rows * rec.cols * frames * rec.samples_per_pixel * bits + 7) // 8
-        have = len(ds.PixelData)
+        have = len(ds.PixelData or b"")  # an element of length 0 reads as None
         if have < expected:
             raise IngestError(RejectReason.TRUNCATED, f"pixel data holds {have} of {expected} bytes the header promises")
     said = None
