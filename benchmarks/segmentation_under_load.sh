@@ -2,6 +2,7 @@
 # The demo's segmentation fine-tune (100 steps, no validation) alone and beside 2 and 4 busy
 # single-threaded processes (issue 14: it fell 7.5x under a load of 4). Needs a finished
 # `medssl pipeline pipelines/demo.yaml` (demo-out/). Usage: bash benchmarks/segmentation_under_load.sh
+cd "$(dirname "$0")/.." || exit 1
 run() { # $1 = number of busy processes
   pids=""
   for i in $(seq 1 $1); do python3 -c "while True: pass" & pids="$pids $!"; done
