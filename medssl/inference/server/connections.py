@@ -65,7 +65,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.waiting_for_head():
             self._head_bytes += len(data)
             if self._head_length(data) > self.settings.max_request_head_bytes:
-                self.send_400_response("head too long")  # h11 bounds only a head that arrives in parts
+                self._head_too_large()  # h11 bounds only a head that arrives in parts
                 return
         super().data_received(data)
 
@@ -128,13 +128,14 @@ class GuardedH11Protocol(H11Protocol):
     # --- error answers ---------------------------------------------------------------------
     def send_400_response(self, msg: str) -> None:
         """h11 refused the request head (uvicorn's hook): 431 when it was too long, else 400."""
-        if msg == "head too long" or self._head_bytes > self.settings.max_request_head_bytes:
-            limit = self.settings.max_request_head_bytes
-            self._answer_and_linger(
-                431, "headers_too_large", f"request line and headers exceed {limit} bytes"
-            )
+        if self._head_bytes > self.settings.max_request_head_bytes:
+            self._head_too_large()
         else:
             self._answer_and_linger(400, "bad_request", "malformed HTTP request")
+
+    def _head_too_large(self) -> None:
+        limit = self.settings.max_request_head_bytes
+        self._answer_and_linger(431, "headers_too_large", f"request line and headers exceed {limit} bytes")
 
     def _answer_and_linger(self, status: int, code: str, detail: str) -> None:
         """Answer, half-close, then read and discard what the client still sends (bounded),
