@@ -55,11 +55,10 @@ from medssl.inference.summary import class_values, diagnosis, input_summary, str
 from medssl.io.seg_writer import write_dicom_seg
 from medssl.io.sr_writer import write_dicom_sr
 from medssl.io.volume import Volume, nifti_gz_bytes
-from medssl.memory import GIB, MemoryBudgetError, device_budget
-from medssl.memory.budget import resident_bytes
 from medssl.memory.prediction import model_grid, prediction_peak
-from medssl.memory.sliding import fit_window_batch, sliding_window_cost
+from medssl.memory.sliding import sliding_window_cost
 from medssl.memory.trace import trace_forward
+from medssl.memory.window_batch import window_batch_on
 from medssl.preprocess.stage import preprocess
 from medssl.store.plan import CROP_DIVISOR, Plan
 from medssl.types import TaskKind
@@ -257,27 +256,9 @@ class ArtifactPredictor:
         return label_map.astype(np.uint8 if label_map.max(initial=0) < 256 else np.uint16)
 
     def window_batch(self, name: str, shape: tuple[int, ...]) -> int:
-        """Windows per forward pass for a preprocessed volume of ``shape``: ``sw_batch_size``,
-        or fewer when that would not fit the memory the device has now (the estimate of
-        :mod:`medssl.memory.sliding`; ``MEDSSL_MEMORY_BUDGET_GB`` replaces the device's figure).
-
-        Raises:
-            MemoryBudgetError: not even one window at a time fits (one line).
-        """
-        cost = self._window_cost(name, shape)
-        budget = device_budget(self.device)
-        held = resident_bytes() if self.device.type == "cpu" else torch.cuda.memory_allocated(self.device)
-        batch = fit_window_batch(cost, self.sw_batch_size, budget.total - held)
-        size = "x".join(str(s) for s in shape)
-        if batch == 0:
-            raise MemoryBudgetError(
-                f"memory: predicting a {size} volume needs ~{(held + cost.total(1)) / GIB:.1f} GiB on {self.device} "
-                f"even one window at a time, more than the {budget}; free memory or use a larger machine"
-            )
-        if batch < self.sw_batch_size:
-            log.warning("memory: %d windows per pass instead of --sw-batch-size %d: %d would need ~%.1f GiB on %s of %s",
-                        batch, self.sw_batch_size, self.sw_batch_size, (held + cost.total(self.sw_batch_size)) / GIB, self.device, budget)
-        return batch
+        """Windows per forward pass for a preprocessed volume of ``shape``: ``sw_batch_size``, or
+        fewer, or :class:`~medssl.memory.MemoryBudgetError` (:mod:`medssl.memory.window_batch`)."""
+        return window_batch_on(self.device, self._window_cost(name, shape), self.sw_batch_size, shape)
 
     def _window_cost(self, name: str, shape: tuple[int, ...]):
         if name not in self._window_peak:  # traced once on fake tensors: nothing allocated
