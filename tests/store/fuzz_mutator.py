@@ -137,7 +137,8 @@ def _zip_mutant(seeds: list[Seed], index: int, rng: random.Random, uids: _UidCac
             inner = rng.choice(KINDS[:-1])
             data, _ = mutate(source, inner, rng, uids.unique(source, index * 4 + n))
             member = f"d{n}/x{n}{source.suffix}"
-            archive.writestr(member, data, compress_type=rng.choice((zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)))
+            info = zipfile.ZipInfo(member, date_time=(2020, 1, 1, 0, 0, 0))  # not "now": mutant i is a function of (seed, i)
+            archive.writestr(info, data, compress_type=rng.choice((zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)))
             members.append((member, data))
             first = first or source.label
     data, detail = buffer.getvalue(), "archive intact"
