@@ -18,6 +18,7 @@ each case is linked to its volume and its labels written (``label_ingest``).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -106,8 +107,8 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
         with WorkerPool(options.workers, work.init_worker, (ctx,)) as pool:
             scans: dict = {}
             if local or table is not None:
-                items = _local_items(local, table, manifest, summary, options)
-                summary.add(_batch(items, lambda item: SourceKind.DICOM_ZIP if item.in_zip else SourceKind.DICOM_FILES, manifest, pool, pseudo, options, progress, scans))
+                items, modalities = _local_items(local, table, manifest, summary, options)
+                summary.add(_batch(items, lambda item: SourceKind.DICOM_ZIP if item.in_zip else SourceKind.DICOM_FILES, manifest, pool, pseudo, options, progress, scans, modalities))
             if table is not None:
                 labelled = ingest_labels(table, manifest, pseudo, scans, options.max_bytes)
                 summary.labels_written, summary.labels_skipped = labelled.written, labelled.skipped
@@ -119,15 +120,20 @@ def ingest(sources: Iterable[str | Path], store: Path, key: bytes, options: Inge
     return summary
 
 
-def _local_items(local: list[str], table: LabelTable | None, manifest: Manifest, summary: IngestSummary, options: IngestOptions) -> list[SourceItem]:
-    """Every file of the local sources and the table's images, once each; masks left out."""
+def _local_items(local: list[str], table: LabelTable | None, manifest: Manifest, summary: IngestSummary, options: IngestOptions) -> tuple[list[SourceItem], dict[tuple[str, str], str]]:
+    """Every file of the local sources and the table's images, once each, masks left out; and
+    the modality the table gives the files under a case image (NIfTI/NRRD carry none)."""
     roots = local + ([str(case.image) for case in table.cases] if table is not None else [])
     not_images = table.non_images() if table is not None else set()
-    items, seen, refused = [], set(), []
+    given = table.image_modalities() if table is not None else {}
+    items, seen, refused, modalities = [], set(), [], {}
     for source in roots:
+        modality = given.get(os.path.realpath(source))
         for entry in iter_source_items(source, roots=roots, follow_links=options.follow_links, max_zip_members=options.max_zip_members):
             item = entry.item if isinstance(entry, BadItem) else entry
             key = work.item_key(item)
+            if modality is not None:  # also when a plain source listed the same file first
+                modalities[key] = modality
             if key in seen or (not item.member and key[0] in not_images):
                 continue
             seen.add(key)
@@ -136,7 +142,7 @@ def _local_items(local: list[str], table: LabelTable | None, manifest: Manifest,
             else:
                 items.append(entry)
     _record_files(manifest, refused, summary)
-    return items
+    return items, modalities
 
 
 def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
@@ -148,7 +154,7 @@ def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
         raise ConfigError("this store was written with a different key file: its pseudonyms would not match; use the original key or a new store")
 
 
-def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress, scans_out: dict | None = None) -> IngestSummary:
+def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress, scans_out: dict | None = None, modalities: dict[tuple[str, str], str] | None = None) -> IngestSummary:
     summary = IngestSummary(files=len(items))
     records, files = [], []
     task = progress.task("scanning", total=len(items))
@@ -179,7 +185,7 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
     for scan in files:
         vid = work.volume_id_of_file(pseudo, scan.sha256)
         if not _done(manifest, vid, vid, summary):
-            jobs.append((work.convert_file, (scan.item, scan.fmt, vid)))
+            jobs.append((work.convert_file, (scan.item, scan.fmt, vid, (modalities or {}).get(work.item_key(scan.item)))))
     task = progress.task("converting", total=len(jobs))
     for outcome in pool.run(jobs, max(2, options.workers * 2), _crashed):
         progress.advance(task)

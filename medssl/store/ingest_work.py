@@ -145,15 +145,16 @@ def convert_stack(stack: Stack, volume_id: str, source_kind: SourceKind, digest:
     return _guarded(ref, volume_id, sorted({r.item for r in stack.records}), work)
 
 
-def convert_file(item: SourceItem, fmt: FileFormat, volume_id: str) -> Outcome:
-    """A NIfTI or NRRD file: one volume, header rebuilt from scratch (nothing carried over)."""
+def convert_file(item: SourceItem, fmt: FileFormat, volume_id: str, modality: str | None = None) -> Outcome:
+    """A NIfTI or NRRD file: one volume, header rebuilt from scratch (nothing carried over);
+    ``modality``: what the label table says it is, else ``--volume-modality``, else unknown."""
     ref = source_ref(_PSEUDO, item)
 
     def work() -> dict:
         volume = (read_nifti if fmt == FileFormat.NIFTI else read_nrrd)(_read(item), max_bytes=_CTX.max_bytes)
         kind = SourceKind.NIFTI if fmt == FileFormat.NIFTI else SourceKind.NRRD
         deid = {"method": "header rebuilt from array and affine; descrip, aux_file, intent_name and extensions dropped"}
-        meta = {"deid": deid, "n_images": 1, "source_digest": volume_id, "modality": _CTX.volume_modality, "scaling": volume.meta.get("scaling"),
+        meta = {"deid": deid, "n_images": 1, "source_digest": volume_id, "modality": modality or _CTX.volume_modality, "scaling": volume.meta.get("scaling"),
                 "geometry": str(GeometryKind.NONE if any(c.startswith("no_qform_sform") for c in volume.corrections) else GeometryKind.PATIENT)}
         return _write(volume_id, volume, kind, ref, meta, None)
 

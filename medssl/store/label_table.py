@@ -7,9 +7,10 @@ YAML (``.yaml``/``.yml``)::
     cases:
       - {image: ct/case01, mask: ct/case01_seg.nii.gz, classes: [nodule],
          boxes: [{label: lesion, min: [x0, y0, z0], max: [x1, y1, z1]}],
-         split: val}                        # optional: a fixed train/val side (else hashed)
+         split: val,                        # optional: a fixed train/val side (else hashed)
+         modality: CT}                      # optional: for NIfTI/NRRD images, which carry none
 
-CSV (``.csv``): columns ``image`` and optionally ``mask`` and ``classes`` (``;``-separated);
+CSV (``.csv``): columns ``image`` and optionally ``mask``, ``classes`` (``;``-separated) and ``modality``;
 structure names come from a ``structures.csv`` beside the table, else ``label_<value>``.
 
 Paths are relative to the table's folder and may not leave it (``..``); an absolute path
@@ -36,7 +37,9 @@ from medssl.types import SplitSide
 NAME_PATTERN = re.compile(r"[A-Za-z0-9 _\-.()/,+']{1,64}")
 MAX_LABEL_VALUE = 65535
 _TABLE_KEYS = {"structures", "classes", "cases"}
-_CASE_KEYS = {"image", "mask", "classes", "boxes", "split"}
+_CASE_KEYS = {"image", "mask", "classes", "boxes", "split", "modality"}
+_CSV_COLUMNS = {"image", "mask", "classes", "modality"}
+MODALITY_PATTERN = re.compile(r"[A-Z]{2,4}")  # a DICOM Modality code: CT, MR, PT, ...
 _VALUE_COLUMNS = ("value", "id", "label_value", "index", "label")
 _NAME_COLUMNS = ("name", "structure", "structure_name", "label_name", "segment")
 
@@ -51,6 +54,7 @@ class LabelCase:
     classes: tuple[str, ...]
     boxes: tuple[Box, ...]
     split: SplitSide | None = None  # a side the table fixes; None: the hashed split decides
+    modality: str | None = None  # what a NIfTI/NRRD image is (it carries no modality); DICOM keeps its own
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class LabelTable:
     classes: tuple[str, ...] | None  # the diagnosis vocabulary, when the table gives one
     cases: tuple[LabelCase, ...]
     support_files: tuple[Path, ...] = ()  # the table and its structures CSV: never images
+
+    def image_modalities(self) -> dict[str, str]:
+        """Real path of each case image (file or folder) the table gives a modality -> that modality."""
+        return {os.path.realpath(c.image): c.modality for c in self.cases if c.modality is not None}
 
     def non_images(self) -> set[str]:
         """Real paths of files that must not be ingested as images (masks, the table itself)."""
@@ -122,7 +130,7 @@ def _read_yaml(path: Path) -> LabelTable:
         unknown = set(raw) - _CASE_KEYS
         if unknown:
             raise ConfigError(f"label table case {index}: unknown keys {sorted(map(str, unknown))[:5]}; expected {sorted(_CASE_KEYS)}")
-        cases.append(_case(path.parent, index, raw.get("image"), raw.get("mask"), raw.get("classes") or [], raw.get("boxes") or [], raw.get("split")))
+        cases.append(_case(path.parent, index, raw.get("image"), raw.get("mask"), raw.get("classes") or [], raw.get("boxes") or [], raw.get("split"), raw.get("modality")))
     return _finish(path, structures, vocab, cases, support)
 
 
@@ -133,8 +141,8 @@ def _read_csv(path: Path) -> LabelTable:
             fields = set(rows[0].keys()) if rows else set()
     except (csv.Error, UnicodeDecodeError) as exc:
         raise ConfigError(f"label table: not valid CSV ({type(exc).__name__})") from None
-    if not rows or "image" not in fields or None in fields or not fields <= {"image", "mask", "classes"}:
-        raise ConfigError("label table: a CSV table needs rows and the columns image[,mask][,classes] only")
+    if not rows or "image" not in fields or None in fields or not fields <= _CSV_COLUMNS:
+        raise ConfigError("label table: a CSV table needs rows and the columns image[,mask][,classes][,modality] only")
     support: list[Path] = []
     structures = None
     beside = path.parent / "structures.csv"
@@ -144,7 +152,7 @@ def _read_csv(path: Path) -> LabelTable:
     cases = []
     for index, row in enumerate(rows, start=1):
         classes = [c.strip() for c in (row.get("classes") or "").split(";") if c.strip()]
-        cases.append(_case(path.parent, index, row.get("image"), row.get("mask") or None, classes, []))
+        cases.append(_case(path.parent, index, row.get("image"), row.get("mask") or None, classes, [], None, row.get("modality") or None))
     return _finish(path, structures, None, cases, support)
 
 
@@ -199,12 +207,14 @@ def _names(raw: object, where: str) -> tuple[str, ...]:
     return tuple(check_name(n, where) for n in items)
 
 
-def _case(folder: Path, index: int, image, mask, classes, boxes, split=None) -> LabelCase:
+def _case(folder: Path, index: int, image, mask, classes, boxes, split=None, modality=None) -> LabelCase:
     where = f"label table case {index}"
     if image is None or image == "":
         raise ConfigError(f"{where}: 'image' is required")
     if split is not None and split not in tuple(SplitSide):
         raise ConfigError(f"{where}: 'split' is {str(split)[:10]!r}; expected one of {', '.join(SplitSide)}")
+    if modality is not None and not (isinstance(modality, str) and MODALITY_PATTERN.fullmatch(modality.strip().upper())):
+        raise ConfigError(f"{where}: 'modality' must be a DICOM modality code of 2-4 letters (CT, MR, PT, ...)")
     return LabelCase(
         row=index,
         image=_resolve(folder, image, f"{where} image"),
@@ -212,6 +222,7 @@ def _case(folder: Path, index: int, image, mask, classes, boxes, split=None) -> 
         classes=tuple(dict.fromkeys(_names(classes, f"{where} classes"))),
         boxes=tuple(_box(b, f"{where} box {n}") for n, b in enumerate(_as_list(boxes, where), start=1)),
         split=None if split is None else SplitSide(split),
+        modality=None if modality is None else modality.strip().upper(),
     )
 
 
