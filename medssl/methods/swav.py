@@ -97,9 +97,21 @@ class SwAV(SSLMethod):
             AugmentConfig.from_fields(augment),
         )
 
+    def _check_crop_sizes(self, crops: list[Tensor]) -> None:
+        """One line instead of a pooling error deep in the backbone: every crop needs at least the
+        backbone's total stride along each axis (half of a 16-slice region is 8 slices)."""
+        stride = int(self.backbone.feature_strides[-1])
+        for name, crop in (("global", crops[0]), ("local", crops[-1])):
+            if min(crop.shape[2:]) < stride:
+                raise ValueError(
+                    f"SwAV: {name} crops of {tuple(crop.shape[2:])} voxels are smaller than the backbone's total stride "
+                    f"{stride} along an axis; set model.init_args.{name}_crop_size to at least {stride} per axis (or a larger data.crop_size)"
+                )
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         normalize_prototypes_(self.prototypes)
         crops = self.multi_crop(batch[BatchKey.IMAGE], self.step_generator(batch_idx))
+        self._check_crop_sizes(crops)
 
         # encode each resolution in one pass, project, score against the prototypes
         n_global, b = 2, crops[0].shape[0]

@@ -92,3 +92,9 @@ def test_two_forked_ddp_ranks_hold_one_global_queue_of_both_ranks_embeddings(tmp
     torch.testing.assert_close(ranks[0]["embeddings"], ranks[1]["embeddings"], rtol=0, atol=0)
     newest = ranks[0]["embeddings"][:, :4]  # the last step: rank 0's 2 regions, then rank 1's
     assert not torch.allclose(newest[:, :2], newest[:, 2:])
+
+
+def test_local_crops_below_the_backbone_stride_fail_in_one_line_naming_the_setting():
+    model = build("swav", local_crop_size=[2, 2, 2])  # the tiny backbone's total stride is 4
+    with pytest.raises(ValueError, match=r"SwAV: local crops of \(2, 2, 2\) voxels .* stride 4 .*init_args.local_crop_size"):
+        fit(model, fast_dev_run=False, max_steps=1)
