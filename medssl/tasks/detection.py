@@ -30,6 +30,10 @@ class Detection(FinetuneTask):
             three deepest).
         anchor_shapes: base anchor sizes in voxels at the finest returned level.
         fpn_channels: FPN width (a multiple of 8).
+        samples_per_image, positive_fraction, min_negatives: the anchors each image puts in the
+            classification loss (MONAI's hard-negative sampler: at most ``positive_fraction`` of
+            them positive, at least ``min_negatives`` of the hardest negatives, also in an image
+            without boxes).
         score_threshold, nms_iou_threshold, detections_per_image: the box selector.
         froc_iou: IoU a detection needs to count as a hit in the FROC.
         **kwargs: :class:`~medssl.tasks.base.FinetuneTask` arguments.
@@ -45,6 +49,9 @@ class Detection(FinetuneTask):
         returned_levels: list[int] | None = None,
         anchor_shapes: list[list[float]] | None = None,
         fpn_channels: int = 64,
+        samples_per_image: int = 64,
+        positive_fraction: float = 0.3,
+        min_negatives: int = 16,
         score_threshold: float = 0.05,
         nms_iou_threshold: float = 0.22,
         detections_per_image: int = 100,
@@ -65,6 +72,7 @@ class Detection(FinetuneTask):
         anchors = anchor_shapes or [[6.0] * dims, [10.0] * dims, [14.0] * dims]
         self.heads["det"] = build_retinanet(
             self.encoder, dims, num_classes, returned_levels, anchors, out_channels=fpn_channels,
+            samples_per_image=samples_per_image, positive_fraction=positive_fraction, min_negatives=min_negatives,
             score_threshold=score_threshold, nms_iou_threshold=nms_iou_threshold,
             detections_per_image=detections_per_image,
         )

@@ -56,3 +56,12 @@ def test_bad_detection_arguments(labelled_store):
         Detection(num_classes=0)
     with pytest.raises(ValueError, match="names the 2 box classes"):
         Detection(num_classes=2, class_names=["a"])
+
+
+def test_the_hard_negative_sampler_settings_reach_the_detector_and_its_spec():
+    model = Detection(num_classes=1, samples_per_image=256, positive_fraction=0.1, min_negatives=128)
+    sampler, spec = model.heads["det"].fg_bg_sampler, model.head_specs()["det"].kwargs
+    assert (sampler.batch_size_per_image, sampler.positive_fraction, sampler.min_neg) == (256, 0.1, 128)
+    assert (spec["samples_per_image"], spec["positive_fraction"], spec["min_negatives"]) == (256, 0.1, 128)
+    default = Detection(num_classes=1).heads["det"].fg_bg_sampler
+    assert (default.batch_size_per_image, default.positive_fraction, default.min_neg) == (64, 0.3, 16)  # MONAI's LUNA16 recipe

@@ -89,7 +89,9 @@ def test_anatomy_lies_on_the_right_sides(small_ct):
         ("muscle", 20, 70),
         ("lung_right", -900, -750),
         ("lung_left", -900, -750),
-        ("liver", 40, 80),
+        ("liver", 90, 130),  # portal-venous phase, as the enhanced aorta
+        ("spleen", 95, 135),
+        ("kidney_right", 140, 190),
         ("aorta", 120, 260),
         ("vertebrae", 200, 900),
     ],
@@ -131,6 +133,21 @@ def test_lesion_intensities_follow_their_kind():
     assert -40 < median["cyst"] < 30
 
 
+def test_variation_gives_each_body_its_own_size_and_place_and_zero_keeps_the_reference():
+    args = {"shape": (48, 48, 24), "spacing": (6.0, 6.0, 10.0), "n_lesions": 0}
+    reference = make_ct_phantom(**args, seed=1)
+    assert np.array_equal(make_ct_phantom(**args, seed=1, variation=0.0).labels, reference.labels)
+    liver = _label(reference, "liver")
+    assert np.array_equal(make_ct_phantom(**args, seed=2).labels == liver, reference.labels == liver)  # one anatomy, any seed
+    varied = [make_ct_phantom(**args, seed=s, variation=0.15) for s in (1, 2, 3)]
+    livers = [_centroid_world(p, "liver") for p in varied]
+    volumes = [int((p.labels == _label(p, "liver")).sum()) for p in varied]
+    assert max(np.linalg.norm(a - b) for a in livers for b in livers) > 5.0  # moved (mm)
+    assert max(volumes) > 1.1 * min(volumes)  # resized
+    for p, liver in zip(varied, livers):  # still a torso with its organs on their sides
+        assert liver[0] > _centroid_world(p, "spleen")[0] and liver[0] > _centroid_world(p, "body")[0]
+
+
 def test_mr_phantom_shares_anatomy_with_t1_contrast():
     ct = make_ct_phantom((48, 48, 24), (6.0, 6.0, 10.0), seed=5)
     mr = make_mr_phantom((48, 48, 24), (6.0, 6.0, 10.0), seed=5)
@@ -151,6 +168,8 @@ def test_mr_phantom_shares_anatomy_with_t1_contrast():
         {"lesion_kinds": ["tumour"]},
         {"shape": (4, 64, 64)},
         {"spacing": (0.0, 1.0, 1.0)},
+        {"variation": 0.5},
+        {"variation": -0.1},
     ],
 )
 def test_bad_arguments_raise(kwargs):

@@ -140,11 +140,23 @@ def build_anatomy(
     rng: np.random.Generator,
     n_lesions: int,
     lesion_kinds: Sequence[str] | None,
+    variation: float = 0.0,
 ) -> tuple[Canvas, list[Lesion]]:
-    """Paint the torso and its lesions; returns the canvas and the lesion list."""
+    """Paint the torso and its lesions; returns the canvas and the lesion list.
+
+    ``variation`` > 0 gives this body its own size and position: a relative size per axis
+    drawn from ``1 ± variation`` and an offset from ``± variation / 2`` of the half field of
+    view (0: every seed shares one anatomy, as before).
+    """
     if min(shape) < 8:
         raise ValueError(f"shape {shape}: every axis needs at least 8 voxels for the anatomy")
-    c = Canvas.empty(shape, spacing, center_mm)
+    if not 0.0 <= variation <= 0.3:
+        raise ValueError(f"variation must be in [0, 0.3] (a share of the body's size), got {variation}")
+    scale, shift = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+    if variation > 0:
+        scale = tuple(1.0 + rng.uniform(-variation, variation, 3))
+        shift = tuple(rng.uniform(-variation / 2, variation / 2, 3))
+    c = Canvas.empty(shape, spacing, center_mm, scale, shift)
     rho = _body_rho(c)
     _draw_wall(c, rho)
     _draw_ribs(c, rho)
@@ -179,6 +191,7 @@ def make_ct_phantom(
     lesion_kinds: Sequence[str] | None = None,
     noise_sd: float = 10.0,
     center_mm: tuple[float, float, float] = (10.0, -20.0, 30.0),
+    variation: float = 0.0,
 ) -> Phantom:
     """A CT-like torso in HU, ``image`` float32 ``[I, J, K]`` in RAS+ order.
 
@@ -188,13 +201,15 @@ def make_ct_phantom(
     of ``LESION_KINDS`` in order), each with its own label value 101, 102, ...;
     noise_sd: standard deviation (HU) of the spatially correlated Gaussian noise;
     center_mm: RAS world position of the volume centre (non-zero by default so readers
-    that drop the origin are caught).
+    that drop the origin are caught);
+    variation: how much this body's size and position differ from the reference anatomy
+    (:func:`build_anatomy`; 0: the same anatomy for every seed).
 
     Values are clipped to [-1024, 3071] HU, the range a 12-bit CT stores.
     """
     _check_args(n_lesions, lesion_kinds)
     rng = np.random.default_rng(seed)
-    canvas, lesions = build_anatomy(shape, spacing, center_mm, rng, n_lesions, lesion_kinds)
+    canvas, lesions = build_anatomy(shape, spacing, center_mm, rng, n_lesions, lesion_kinds, variation)
     image = tissue_lut("CT")[canvas.tissue]
     image = ndimage.gaussian_filter(image, sigma=0.4, mode="nearest")  # mild partial-volume edges
     noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=0.7)
@@ -221,6 +236,7 @@ def make_mr_phantom(
     noise_sd: float = 15.0,
     bias_strength: float = 0.15,
     center_mm: tuple[float, float, float] = (10.0, -20.0, 30.0),
+    variation: float = 0.0,
 ) -> Phantom:
     """A T1-weighted-like MR torso (fat bright, fluid and lung dark), arbitrary units.
 
@@ -230,7 +246,7 @@ def make_mr_phantom(
     """
     _check_args(n_lesions, lesion_kinds)
     rng = np.random.default_rng(seed)
-    canvas, lesions = build_anatomy(shape, spacing, center_mm, rng, n_lesions, lesion_kinds)
+    canvas, lesions = build_anatomy(shape, spacing, center_mm, rng, n_lesions, lesion_kinds, variation)
     image = tissue_lut("MR")[canvas.tissue]
     image = ndimage.gaussian_filter(image, sigma=0.4, mode="nearest")
     coeffs = rng.uniform(-1.0, 1.0, size=4).astype(np.float32)

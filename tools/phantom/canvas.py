@@ -20,9 +20,9 @@ TISSUES: dict[str, tuple[float, float]] = {
     "muscle": (45.0, 350.0),
     "lung": (-850.0, 30.0),
     "heart": (40.0, 380.0),
-    "liver": (60.0, 520.0),
-    "spleen": (50.0, 400.0),
-    "kidney": (35.0, 450.0),
+    "liver": (110.0, 520.0),  # CT: portal-venous phase, as the enhanced aorta and veins below
+    "spleen": (115.0, 400.0),
+    "kidney": (165.0, 450.0),
     "aorta": (200.0, 80.0),
     "vein": (150.0, 120.0),
     "cortical_bone": (700.0, 60.0),
@@ -92,10 +92,16 @@ class Canvas:
         shape: tuple[int, int, int],
         spacing: tuple[float, float, float],
         center_mm: tuple[float, float, float],
+        scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        shift: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> Canvas:
+        """An empty canvas; ``scale`` and ``shift`` (fractions of the half field of view) make
+        this body larger/smaller and off-centre along each axis, as patients differ: the
+        anatomy is drawn at ``(position - shift * half_extent) / scale``."""
         affine = make_affine(shape, spacing, center_mm)
         sp = np.asarray(spacing, dtype=np.float64)
-        axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, sp)]
+        half = np.asarray(shape) * sp / 2.0
+        axes = [((np.arange(n) - (n - 1) / 2.0) * s - o * h) / k for n, s, o, h, k in zip(shape, sp, shift, half, scale)]
         return cls(
             tissue=np.zeros(shape, dtype=np.uint8),
             labels=np.zeros(shape, dtype=np.uint8),
@@ -104,7 +110,7 @@ class Canvas:
             xmm=axes[0].reshape(-1, 1, 1).astype(np.float32),
             ymm=axes[1].reshape(1, -1, 1).astype(np.float32),
             zmm=axes[2].reshape(1, 1, -1).astype(np.float32),
-            half_extent=np.asarray(shape) * sp / 2.0,
+            half_extent=half,
         )
 
     @property
