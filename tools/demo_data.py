@@ -43,13 +43,13 @@ from tools.phantom import (
 
 SIZES = {"small": ((96, 96, 48), (3.5, 3.5, 5.0)), "medium": ((192, 192, 96), (1.8, 1.8, 2.5))}
 LABELLED_SHAPE, LABELLED_SPACING = (64, 64, 40), (3.0, 3.0, 4.0)
-LABELLED_CASES = 12
-# lesions per case, cycling: cases 1, 5 and 9 have none (diagnosis needs normal cases), the others
-# 2 or 3, so the detector sees 17 lesions of all 5 kinds in training and 4 in validation
-LESIONS_PER_CASE = (0, 2, 3, 2)
-# cases 2, 5 and 8 validate (`split: val`): lesions of 4 kinds the training cases also show, and a
-# case without lesions; fixed, so no project key moves the demo's split
-VALIDATION_CASES = (2, 5, 8)
+LABELLED_CASES = 16
+# lesions per case, cycling: cases 1, 5, 9 and 13 have none (diagnosis needs normal cases), the
+# others 3 or 4, so the detector sees 30 lesions of all 5 kinds in training and 10 in validation
+LESIONS_PER_CASE = (0, 3, 4, 3)
+# cases 2, 5, 8 and 11 validate (`split: val`): lesions of every kind, and a case without
+# lesions; fixed, so no project key moves the demo's split
+VALIDATION_CASES = (2, 5, 8, 11)
 # one value per lesion kind across the cohort, so every case shares one structure vocabulary
 LESION_VALUES = {kind: 101 + n for n, kind in enumerate(LESION_KINDS)}
 NO_LESION = "no lesion"
@@ -117,7 +117,8 @@ def _labelled(out: Path) -> Path:
             write_nifti(ph, out / "labelled" / f"{name}.nii.gz")
             image = f"{out.name}/labelled/{name}.nii.gz"
         _save_mask(_cohort_labels(ph), ph.affine, masks / f"{name}_seg.nii.gz")
-        case = {"image": image, "mask": f"{masks.name}/{name}_seg.nii.gz", "classes": sorted({k.replace("_", " ") for k in chosen}) or [NO_LESION]}
+        case = {"image": image, "mask": f"{masks.name}/{name}_seg.nii.gz", "classes": sorted({k.replace("_", " ") for k in chosen}) or [NO_LESION],
+                "modality": "CT"}  # the NIfTI cases carry none: without it they are normalised as "OT", not by the CT window
         if ph.lesions and n % 4 != 3:  # boxes for most cases, not all: a table may mix
             case["boxes"] = [_lesion_box(ph, les) for les in ph.lesions]
         if n + 1 in VALIDATION_CASES:
