@@ -156,6 +156,7 @@ def _check_key(manifest: Manifest, pseudo: Pseudonymizer) -> None:
 
 def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind], manifest: Manifest, pool: WorkerPool, pseudo: Pseudonymizer, options: IngestOptions, progress: Progress, scans_out: dict | None = None, modalities: dict[tuple[str, str], str] | None = None) -> IngestSummary:
     summary = IngestSummary(files=len(items))
+    modalities = modalities or {}
     records, files = [], []
     task = progress.task("scanning", total=len(items))
     scans, refused = [(work.scan_item, (item,)) for item in items], []
@@ -185,7 +186,7 @@ def _batch(items: list[SourceItem], kind_of: Callable[[SourceItem], SourceKind],
     for scan in files:
         vid = work.volume_id_of_file(pseudo, scan.sha256)
         if not _done(manifest, vid, vid, summary):
-            jobs.append((work.convert_file, (scan.item, scan.fmt, vid, (modalities or {}).get(work.item_key(scan.item)))))
+            jobs.append((work.convert_file, (scan.item, scan.fmt, vid, modalities.get(work.item_key(scan.item)))))
     task = progress.task("converting", total=len(jobs))
     for outcome in pool.run(jobs, max(2, options.workers * 2), _crashed):
         progress.advance(task)

@@ -213,7 +213,9 @@ def _case(folder: Path, index: int, image, mask, classes, boxes, split=None, mod
         raise ConfigError(f"{where}: 'image' is required")
     if split is not None and split not in tuple(SplitSide):
         raise ConfigError(f"{where}: 'split' is {str(split)[:10]!r}; expected one of {', '.join(SplitSide)}")
-    if modality is not None and not (isinstance(modality, str) and MODALITY_PATTERN.fullmatch(modality.strip().upper())):
+    if isinstance(modality, str):
+        modality = modality.strip().upper()
+    if modality is not None and not (isinstance(modality, str) and MODALITY_PATTERN.fullmatch(modality)):
         raise ConfigError(f"{where}: 'modality' must be a DICOM modality code of 2-4 letters (CT, MR, PT, ...)")
     return LabelCase(
         row=index,
@@ -222,7 +224,7 @@ def _case(folder: Path, index: int, image, mask, classes, boxes, split=None, mod
         classes=tuple(dict.fromkeys(_names(classes, f"{where} classes"))),
         boxes=tuple(_box(b, f"{where} box {n}") for n, b in enumerate(_as_list(boxes, where), start=1)),
         split=None if split is None else SplitSide(split),
-        modality=None if modality is None else modality.strip().upper(),
+        modality=modality,
     )
 
 
